@@ -1,0 +1,90 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The null-space state of one prompted layer for one adapter, kept as buffers so PEFT saves it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .projector import NullSpaceProjector
+
+
+class NullSpaceState(nn.Module):
+    """Accumulated statistics, projectors and the previous prompt of one prompted layer.
+
+    Buffers (all persistent, so they are part of the adapter checkpoint):
+
+    * ``key_covariance`` ``(D, D)`` float64: accumulated ``C1``;
+    * ``prompt_covariance`` ``(M, M)`` float64: accumulated ``C2``;
+    * ``rows`` ``()`` float64: number of image-token query rows (``B·H·N``) accumulated so far;
+    * ``key_projector`` ``(D, D)`` / ``prompt_projector`` ``(M, M)`` float32: ``Proj1`` / ``Proj2``;
+    * ``null_dims`` ``(2,)`` int64: dimensions of the two null spaces;
+    * ``previous_prompt`` ``(M, D)`` float32: the prompt at the end of the last task (LayerNorm loss);
+    * ``tasks_seen`` ``()`` int64: number of tasks folded into the statistics.
+
+    Casting the module (``.half()``, ``.to(dtype)``) moves it between devices but keeps these dtypes:
+    the statistics must stay in float64.
+    """
+
+    def __init__(self, hidden_size: int, prompt_length: int) -> None:
+        super().__init__()
+        self.register_buffer("key_covariance", torch.zeros(hidden_size, hidden_size, dtype=torch.float64))
+        self.register_buffer("prompt_covariance", torch.zeros(prompt_length, prompt_length, dtype=torch.float64))
+        self.register_buffer("rows", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("key_projector", torch.eye(hidden_size))
+        self.register_buffer("prompt_projector", torch.eye(prompt_length))
+        self.register_buffer("null_dims", torch.zeros(2, dtype=torch.int64))
+        self.register_buffer("previous_prompt", torch.zeros(prompt_length, hidden_size))
+        self.register_buffer("tasks_seen", torch.zeros((), dtype=torch.int64))
+        # Host-side copy of `tasks_seen`: the optimizer hooks ask every step and must not sync with the GPU.
+        self._tasks_seen_on_host = 0
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: D401 - torch hook
+        dtypes = {name: buf.dtype for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, dtype in dtypes.items():
+            if self._buffers[name].dtype != dtype:
+                self._buffers[name] = self._buffers[name].to(dtype)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._tasks_seen_on_host = int(self.tasks_seen)
+
+    @property
+    def has_projectors(self) -> bool:
+        """Whether at least one task has been folded in (no projection happens before)."""
+        return self._tasks_seen_on_host > 0
+
+    @torch.no_grad()
+    def fold_in(self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, accumulation: str) -> None:
+        """Accumulate one task's raw sums.
+
+        Args:
+            key_sum: ``(D, D)`` ``Σ rᵀ r`` over the task's rows.
+            prompt_sum: ``(M, M)`` ``Σ aᵀ a`` over the same rows.
+            rows: number of rows summed.
+            accumulation: ``"sum"``: add the task's per-row mean (every task weighs the same);
+                ``"mean"``: sample-weighted mean over all rows of all tasks.
+        """
+        if rows <= 0:
+            raise ValueError("Cannot fold in statistics of an empty task: no image-token rows were collected.")
+        if accumulation == "sum":
+            self.key_covariance += key_sum.double() / rows
+            self.prompt_covariance += prompt_sum.double() / rows
+        elif accumulation == "mean":
+            total = self.rows + rows
+            self.key_covariance.mul_(self.rows / total).add_(key_sum.double() / total)
+            self.prompt_covariance.mul_(self.rows / total).add_(prompt_sum.double() / total)
+        else:
+            raise ValueError(f"`accumulation` must be 'sum' or 'mean', got {accumulation!r}.")
+        self.rows += rows
+        self.tasks_seen += 1
+        self._tasks_seen_on_host += 1
+
+    @torch.no_grad()
+    def set_projectors(self, key: NullSpaceProjector, prompt: NullSpaceProjector) -> None:
+        """Store ``Proj1`` (from ``C1``) and ``Proj2`` (from ``C2``)."""
+        self.key_projector.copy_(key.matrix)
+        self.prompt_projector.copy_(prompt.matrix)
+        self.null_dims.copy_(torch.tensor([key.null_dim, prompt.null_dim]))

@@ -1,0 +1,172 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of the `vpt_nsp` PEFT method."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+from .._registration import PEFT_TYPE
+
+PROMPT_INITS = ("uniform", "zeros")
+THRESHOLD_MODES = ("adaptive", "times")
+ACCUMULATIONS = ("sum", "mean")
+
+
+@dataclass
+class VPTNSPConfig(PeftConfig):
+    """Configuration of [`VPTNSPModel`]: deep visual prompts trained in the null space of earlier tasks.
+
+    VPT-NSP² ("Visual Prompt Tuning in Null Space for Continual Learning", https://huggingface.co/papers/2406.05658)
+    appends `prompt_length` learnable tokens to the input of every prompted transformer block (used as
+    keys/values only, dropped after the block), and projects every prompt update with
+    `Proj2 · u · Proj1`, built from statistics of earlier tasks. Projector 1 (`D × D`, from `C1`) protects the
+    attention logits, projector 2 (`M × M`, from `C2`) the prompt part of the attention output.
+
+    Args:
+        prompt_length (`int`, defaults to `4`):
+            Number of prompt tokens M per prompted layer.
+        prompt_layers (`list[int]`, *optional*):
+            Indices of the transformer blocks that get prompts. Defaults to all blocks.
+        target_modules (`Union[list[str], str]`, *optional*):
+            The transformer blocks to prompt, as in other PEFT methods (a regex matched against the full module
+            name, or a list of names/suffixes). Defaults to every block of the supported architecture;
+            `prompt_layers` then selects among them by index. Only whole transformer blocks can be targeted.
+        prompt_init (`str`, defaults to `"uniform"`):
+            Prompt initialisation: `"uniform"` (uniform in [-1, 1], the paper's) or `"zeros"`.
+        threshold_mode (`str`, defaults to `"adaptive"`):
+            How the null space is chosen from the eigenvalues: `"adaptive"` (point of largest curvature of the
+            eigenvalue curve) or `"times"` (eigenvalues `≤ times_factor · s_min`).
+        threshold_offset1 (`float`, defaults to `0.0`):
+            `adaptive` only, projector 1: moves the split right by a fraction in [0, 1) of the null-space
+            points, or by a whole count ≥ 1 (a smaller null space).
+        threshold_offset2 (`float`, defaults to `0.0`):
+            Same for projector 2.
+        times_factor1 (`float`, defaults to `10.0`):
+            `times` only, projector 1: the factor c ≥ 1.
+        times_factor2 (`float`, defaults to `10.0`):
+            Same for projector 2.
+        eta1 (`float`, defaults to `0.97`):
+            η of projector 1: `Proj1 = η·B + (1 − η)·I`, in [0, 1]. 1 is the pure null space.
+        eta2 (`float`, defaults to `0.97`):
+            η of projector 2.
+        accumulation (`str`, defaults to `"sum"`):
+            How statistics of successive tasks combine: `"sum"` adds each task's per-row mean (tasks weigh the
+            same) or `"mean"` (sample-weighted mean over all rows).
+        ln_loss_weight (`float`, defaults to `1.0`):
+            λ, weight of the LayerNorm consistency loss (tasks after the first).
+        projected_layers (`list[int]`, *optional*):
+            Indices (among `prompt_layers`) of the blocks whose prompt updates are projected. Defaults to all
+            prompted blocks; the others train freely (an ablation knob).
+        task_classes (`list[list[int]]`, defaults to `[]`):
+            Global class ids of every task's head, in task order. Filled by `add_task`; saved so that
+            `PeftModel.from_pretrained` rebuilds the heads. Do not set it by hand.
+    """
+
+    prompt_length: int = field(default=4, metadata={"help": "Number of prompt tokens M per prompted layer."})
+    prompt_layers: Optional[list[int]] = field(
+        default=None, metadata={"help": "Indices of the transformer blocks that get prompts. Defaults to all blocks."}
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "The transformer blocks to prompt (regex or list of names/suffixes). Defaults to every block of "
+                "the supported architecture; `prompt_layers` then selects among them by index."
+            )
+        },
+    )
+    prompt_init: str = field(
+        default="uniform", metadata={"help": "Prompt initialisation.", "choices": list(PROMPT_INITS)}
+    )
+    threshold_mode: str = field(
+        default="adaptive", metadata={"help": "How the null space is chosen.", "choices": list(THRESHOLD_MODES)}
+    )
+    threshold_offset1: float = field(
+        default=0.0, metadata={"help": "`adaptive`, projector 1: fraction in [0, 1) or count ≥ 1 to shift the split."}
+    )
+    threshold_offset2: float = field(
+        default=0.0, metadata={"help": "`adaptive`, projector 2: fraction in [0, 1) or count ≥ 1 to shift the split."}
+    )
+    times_factor1: float = field(default=10.0, metadata={"help": "`times`, projector 1: the factor c ≥ 1."})
+    times_factor2: float = field(default=10.0, metadata={"help": "`times`, projector 2: the factor c ≥ 1."})
+    eta1: float = field(default=0.97, metadata={"help": "η of projector 1, in [0, 1]."})
+    eta2: float = field(default=0.97, metadata={"help": "η of projector 2, in [0, 1]."})
+    accumulation: str = field(
+        default="sum",
+        metadata={"help": "How statistics of successive tasks combine.", "choices": list(ACCUMULATIONS)},
+    )
+    ln_loss_weight: float = field(default=1.0, metadata={"help": "λ, weight of the LayerNorm consistency loss."})
+    projected_layers: Optional[list[int]] = field(
+        default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
+    )
+    task_classes: list[list[int]] = field(
+        default_factory=list, metadata={"help": "Global class ids of every task's head; filled by `add_task`."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if self.task_type is not None:
+            raise ValueError(
+                f"`task_type` must be None for VPT-NSP² (got {self.task_type!r}): the method brings its own "
+                "classifier heads."
+            )
+        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int) or self.prompt_length < 1:
+            raise ValueError(f"`prompt_length` must be an integer ≥ 1, got {self.prompt_length!r}.")
+        self.prompt_layers = _layer_list("prompt_layers", self.prompt_layers)
+        self.projected_layers = _layer_list("projected_layers", self.projected_layers)
+        if self.prompt_layers is not None and self.projected_layers is not None:
+            extra = sorted(set(self.projected_layers) - set(self.prompt_layers))
+            if extra:
+                raise ValueError(
+                    f"`projected_layers` {extra} are not in `prompt_layers` {self.prompt_layers}: only prompted "
+                    "layers can be projected."
+                )
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        _check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
+        _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
+        _check_choice("accumulation", self.accumulation, ACCUMULATIONS)
+        for name in ("threshold_offset1", "threshold_offset2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or (value >= 1 and value != int(value)):
+                raise ValueError(
+                    f"`{name}` must be a fraction in [0, 1) or a whole count ≥ 1, got {value!r}."
+                )
+        for name in ("times_factor1", "times_factor2"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a number ≥ 1, got {getattr(self, name)!r}.")
+        for name in ("eta1", "eta2"):
+            if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        if not isinstance(self.ln_loss_weight, (int, float)) or self.ln_loss_weight < 0:
+            raise ValueError(f"`ln_loss_weight` must be a number ≥ 0, got {self.ln_loss_weight!r}.")
+        if not isinstance(self.task_classes, list) or not all(
+            isinstance(classes, list) and classes for classes in self.task_classes
+        ):
+            raise ValueError("`task_classes` must be a list of non-empty lists of class ids (it is set by `add_task`).")
+        if self.threshold_mode == "times" and (self.threshold_offset1 or self.threshold_offset2):
+            warnings.warn("`threshold_offset1/2` only apply to `threshold_mode='adaptive'`; they are ignored.")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def _layer_list(name: str, value) -> Optional[list[int]]:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, (list, tuple, set))
+        or not value
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    ):
+        raise ValueError(f"`{name}` must be None (all layers) or a non-empty list of layer indices ≥ 0, got {value!r}.")
+    return sorted(set(value))
