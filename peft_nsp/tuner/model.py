@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -145,7 +146,10 @@ class VPTNSPModel(BaseTuner):
         if reference is not None:
             new_module.to(reference.device)
 
-    def _post_injection_hook(self, model: nn.Module, config: VPTNSPConfig, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # Also the path of `PeftModel.add_adapter`/`load_adapter`, which skip the injection hooks.
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        config = self.peft_config[adapter_name]
         if self._classifier_name is None:
             in_features = model.config.hidden_size
         else:
@@ -189,6 +193,11 @@ class VPTNSPModel(BaseTuner):
             handle.remove()
         self._hook_handles = []
         return super()._unload_and_optionally_merge(merge=False, **kwargs)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # The adapter name follows our container (`vpt_nsp_head.<name>.heads.0.weight`), not always second to last.
+        return re.sub(rf"(\.{cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key, count=1)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
