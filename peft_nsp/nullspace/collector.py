@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -39,6 +40,12 @@ class LayerSums:
     """``(M, M)`` float64 ``Σ aᵀ a``."""
     rows: torch.Tensor
     """``()`` float64 number of image-token query rows (``B·H·N``)."""
+
+    @classmethod
+    def zeros(cls, access: AttentionAccess, num_prompts: int, device: torch.device) -> LayerSums:
+        """Empty sums (a process whose data shard was empty still joins the reduction)."""
+        zeros = partial(torch.zeros, dtype=torch.float64, device=device)
+        return cls(zeros(access.num_heads, access.head_dim, access.head_dim), zeros(num_prompts, num_prompts), zeros(()))
 
     def reduce(self, reduce_fn: Callable[[torch.Tensor], torch.Tensor]) -> LayerSums:
         """Combine across processes (``reduce_fn`` sums a tensor over ranks)."""

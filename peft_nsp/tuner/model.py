@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from ..losses import layernorm_consistency_loss
-from ..nullspace.collector import StatisticsCollector
+from ..nullspace.collector import LayerSums, StatisticsCollector
 from ..nullspace.projector import null_space_projector
 from ..nullspace.update import NullSpaceProjection, ProjectionTarget
 from .architectures import BLOCK_CLASSES, attention_access, classifier_name
@@ -314,6 +314,10 @@ class VPTNSPModel(BaseTuner):
         self._set_head_trainable(adapter_name, trainable=not config.inference_mode)
         return len(config.task_classes) - 1
 
+    def task_columns(self, task: int = -1, adapter_name: str | None = None) -> slice:
+        """Logit columns of task ``task`` (default: the newest)."""
+        return self.vpt_nsp_head[adapter_name or self._active_adapter_name()].task_columns(task)
+
     def class_order(self, adapter_name: str | None = None) -> list[int]:
         """Global class id of every logit column, in task order."""
         config = self.peft_config[adapter_name or self._active_adapter_name()]
@@ -373,12 +377,17 @@ class VPTNSPModel(BaseTuner):
                     self.model(pixel_values=_pixel_values(batch).to(device), **(forward_kwargs or {}))
         finally:
             self.model.train(was_training)
-        if any(sums is None for sums in collector.sums):
+        collected = collector.sums
+        if reduce_fn is not None:
+            # A process with an empty shard contributes zeros but must join every reduction.
+            collected = [
+                (sums or LayerSums.zeros(access, config.prompt_length, device)).reduce(reduce_fn)
+                for sums, access in zip(collected, accesses)
+            ]
+        if any(sums is None or float(sums.rows) == 0 for sums in collected):
             raise ValueError("`update_null_space` got no batches: pass the finished task's training data.")
         reports = []
-        for layer, access, sums in zip(layers, accesses, collector.sums):
-            if reduce_fn is not None:
-                sums = sums.reduce(reduce_fn)
+        for layer, access, sums in zip(layers, accesses, collected):
             state = layer.vpt_nsp_null_space[adapter_name]
             rows = float(sums.rows)
             state.fold_in(sums.key_covariance(access.k_proj.weight), sums.prompt_gram, rows, config.accumulation)

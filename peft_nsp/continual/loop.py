@@ -1,0 +1,253 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The class-incremental loop: one `NullSpaceTrainer` per task, statistics, evaluation, resumable stages.
+
+Output layout (only the main process writes):
+
+    output_dir/
+      progress.json              # pointer to the last finished task, replaced atomically
+      tasks/task-<t>/            # the model after task t: adapter (+ projector state), metrics, plots
+      training/task-<t>/         # Trainer checkpoints while task t trains (resume_from_checkpoint)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..trainer import NSPTrainingArguments, NullSpaceTrainer
+from ..tuner.config import VPTNSPConfig
+from .data import ImageTransform, TaskCollator, check_image_dataset, select_classes, split_classes
+from .metrics import ContinualMetrics, count_correct
+from .plots import plot_accuracy_curve, plot_accuracy_matrix
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class ContinualResult:
+    """What [`run_class_incremental`] returns."""
+
+    model: PeftModel
+    metrics: ContinualMetrics
+    tasks: list[list[int]]
+    """Global class ids of every task, in training order (the class order cut into tasks)."""
+    output_dir: Path
+
+
+def run_class_incremental(
+    base_model: PreTrainedModel,
+    peft_config: VPTNSPConfig,
+    args: NSPTrainingArguments,
+    train_dataset: Dataset,
+    test_dataset: Dataset,
+    *,
+    num_tasks: int,
+    train_transform: ImageTransform,
+    eval_transform: ImageTransform | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    class_order: Sequence[int] | None = None,
+    joint: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> ContinualResult:
+    """Train a class-incremental task sequence with VPT-NSP² (or a baseline) and measure forgetting.
+
+    Classes are shuffled with ``args.seed`` (or taken from ``class_order``) and cut into ``num_tasks`` equal
+    tasks. Per task: add its head, train it with [`NullSpaceTrainer`], collect the null-space statistics on its
+    training data (``eval_transform``), evaluate on the test data of every task seen, save the stage. Re-running
+    the same call resumes after the last finished task, or from the last Trainer checkpoint inside a task.
+
+    Args:
+        base_model: a fresh supported model (prompts and heads are added here, or restored when resuming).
+        peft_config: the adapter configuration.
+        args: training arguments; ``output_dir`` holds the whole run. ``projection=False`` with
+            ``ln_loss_weight=0`` is VPT-Seq.
+        train_dataset / test_dataset: datasets with an `Image` column and a `ClassLabel` column.
+        num_tasks: T.
+        train_transform: images → pixel values for training (augmentation goes here).
+        eval_transform: images → pixel values for statistics and evaluation (default: ``train_transform``).
+        image_column / label_column: column names.
+        class_order: a permutation of the class ids to use instead of the seeded shuffle.
+        joint: train one task on all classes (the upper bound); the same metrics, one row.
+        callbacks: extra Trainer callbacks for every task.
+    """
+    eval_transform = eval_transform or train_transform
+    labels = check_image_dataset(train_dataset, image_column, label_column, "train_dataset")
+    test_labels = check_image_dataset(test_dataset, image_column, label_column, "test_dataset")
+    if labels.num_classes != test_labels.num_classes:
+        raise ValueError(
+            f"`train_dataset` has {labels.num_classes} classes but `test_dataset` {test_labels.num_classes}."
+        )
+    tasks = split_classes(labels.num_classes, num_tasks, args.seed, class_order)
+    if joint:
+        tasks = [[c for task in tasks for c in task]]
+    for classes in tasks:
+        select_classes(train_dataset, label_column, classes, "train_dataset")
+        select_classes(test_dataset, label_column, classes, "test_dataset")
+
+    output_dir = Path(args.output_dir)
+    progress = _read_progress(output_dir)
+    if progress is None:
+        set_seed(args.seed)
+        model = get_peft_model(base_model, copy.deepcopy(peft_config))
+        metrics, start = ContinualMetrics(), 0
+    else:
+        if progress["tasks"] != tasks:
+            raise ValueError(
+                f"`{output_dir}` holds a run with another task split ({progress['tasks']}); use a new `output_dir` "
+                "or the same seed/class order/num_tasks to resume it."
+            )
+        start = progress["finished_tasks"]
+        model = PeftModel.from_pretrained(base_model, _stage_dir(output_dir, start - 1), is_trainable=True)
+        metrics = ContinualMetrics.from_dict(progress["metrics"])
+        logger.info("Resuming after task %d of %d from %s", start, len(tasks), output_dir)
+
+    for task in range(start, len(tasks)):
+        set_seed(args.seed + task)
+        model.add_task(tasks[task])
+        task_args = dataclasses.replace(
+            args, output_dir=str(output_dir / "training" / f"task-{task}"), remove_unused_columns=False
+        )
+        trainer = NullSpaceTrainer(
+            model,
+            task_args,
+            train_dataset=select_classes(train_dataset, label_column, tasks[task]),
+            data_collator=TaskCollator(train_transform, image_column, label_column, task_classes=tasks[task]),
+            callbacks=list(callbacks),
+        )
+        checkpoint = get_last_checkpoint(task_args.output_dir) if os.path.isdir(task_args.output_dir) else None
+        trainer.train(resume_from_checkpoint=checkpoint)
+        accelerator = trainer.accelerator
+        show = accelerator.is_main_process and not args.disable_tqdm
+        if args.projection or trainer.ln_loss_weight() > 0:
+            task_data = select_classes(train_dataset, label_column, tasks[task])
+            shard = task_data.select(range(accelerator.process_index, len(task_data), accelerator.num_processes))
+            loader = DataLoader(
+                shard,
+                batch_size=args.statistics_batch_size,
+                collate_fn=TaskCollator(eval_transform, image_column, label_column),
+                num_workers=args.dataloader_num_workers,
+            )
+            model.update_null_space(
+                tqdm(loader, desc=f"Statistics of task {task + 1}", disable=not show),
+                reduce_fn=lambda tensor: accelerator.reduce(tensor, "sum"),
+            )
+        correct, total = evaluate_seen_tasks(
+            model, test_dataset, tasks[: task + 1], eval_transform, args, accelerator, image_column, label_column
+        )
+        metrics.record_task(task, correct, total)
+        if accelerator.is_main_process:
+            _save_stage(model, metrics, tasks, task, output_dir, args, joint)
+            print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
+        accelerator.wait_for_everyone()
+    return ContinualResult(model=model, metrics=metrics, tasks=tasks, output_dir=output_dir)
+
+
+@torch.no_grad()
+def evaluate_seen_tasks(
+    model: PeftModel,
+    test_dataset: Dataset,
+    tasks: list[list[int]],
+    transform: ImageTransform,
+    args: NSPTrainingArguments,
+    accelerator: Any,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> tuple[list[int], list[int]]:
+    """Correct and total test counts per seen task; the prediction is the argmax over all seen classes.
+
+    Data is sharded over processes and gathered with ``gather_for_metrics``, which drops the samples repeated to
+    even out the last batch.
+    """
+    seen = [c for classes in tasks for c in classes]
+    subset = select_classes(test_dataset, label_column, seen, "test_dataset")
+    loader = accelerator.prepare(
+        DataLoader(
+            subset,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=TaskCollator(transform, image_column, label_column),
+            num_workers=args.dataloader_num_workers,
+        )
+    )
+    column_class = torch.tensor(model.class_order(), device=accelerator.device)
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    show = accelerator.is_main_process and not args.disable_tqdm
+    for batch in tqdm(loader, desc=f"Evaluating {len(tasks)} task(s)", disable=not show):
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        predicted, target = accelerator.gather_for_metrics((column_class[logits.argmax(-1)], batch["labels"]))
+        predictions.append(predicted.cpu())
+        targets.append(target.cpu())
+    model.train(was_training)
+    task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
+    return count_correct(torch.cat(predictions).tolist(), torch.cat(targets).tolist(), task_of_class, len(tasks))
+
+
+def _stage_dir(output_dir: Path, task: int) -> Path:
+    return output_dir / "tasks" / f"task-{task}"
+
+
+def _read_progress(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / PROGRESS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _save_stage(
+    model: PeftModel,
+    metrics: ContinualMetrics,
+    tasks: list[list[int]],
+    task: int,
+    output_dir: Path,
+    args: NSPTrainingArguments,
+    joint: bool,
+) -> None:
+    """Write the stage into a temporary folder, rename it into place, then move the progress pointer."""
+    final = _stage_dir(output_dir, task)
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    metrics.save_json(partial / "metrics.json")
+    plot_accuracy_matrix(metrics, partial / "accuracy_matrix.png")
+    plot_accuracy_curve(metrics, partial / "accuracy_curve.png", label="VPT-NSP²" if args.projection else "VPT-Seq")
+    sequence = {
+        "finished_tasks": task + 1,
+        "tasks": tasks,
+        "seed": args.seed,
+        "joint": joint,
+        "projection": args.projection,
+        "metrics": metrics.to_dict(),
+    }
+    (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
+    shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
+    os.replace(partial, final)
+    _write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
