@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from .._io import write_atomically
 from ..trainer import NSPTrainingArguments, NullSpaceTrainer
 from ..tuner.config import VPTNSPConfig
 from .data import ImageTransform, TaskCollator, check_image_dataset, select_classes, split_classes
@@ -241,13 +242,5 @@ def _save_stage(
     (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
     shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
     os.replace(partial, final)
-    _write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2))
+    write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2).encode())
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

@@ -1,0 +1,147 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The class-incremental loop: metrics, resumability, baselines, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from peft import PeftModel
+from synthetic import blob_images, to_tensor
+from transformers import TrainerCallback
+
+from peft_nsp import VPTNSPConfig, VPTNSPLayer
+from peft_nsp.continual.data import split_classes
+from peft_nsp.continual.loop import run_class_incremental
+from peft_nsp.trainer import NSPTrainingArguments
+
+TRAIN = blob_images(6, 6)
+TEST = blob_images(6, 3, seed=1)
+
+
+def run(output_dir, callbacks=(), **kwargs):
+    arguments = dict(
+        output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=0.05,
+        report_to="none", use_cpu=True, disable_tqdm=True, seed=5, save_strategy="steps", save_steps=2,
+        logging_steps=50,
+    )
+    arguments.update(kwargs)
+    joint = arguments.pop("joint", False)
+    return run_class_incremental(
+        tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2), NSPTrainingArguments(**arguments), TRAIN, TEST,
+        num_tasks=3, train_transform=to_tensor, joint=joint, callbacks=callbacks,
+    )
+
+
+def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_path):
+    result = run(tmp_path)
+    matrix = result.metrics.accuracy_matrix
+    assert result.tasks == split_classes(6, 3, seed=5)
+    for stage in range(3):
+        model = PeftModel.from_pretrained(tiny_model("vit", seed=2), tmp_path / "tasks" / f"task-{stage}").eval()
+        order = [c for task in result.tasks[: stage + 1] for c in task]
+        assert model.class_order() == order
+        for task in range(stage + 1):
+            rows = [r for r in TEST if r["label"] in result.tasks[task]]
+            with torch.no_grad():
+                logits = model(pixel_values=to_tensor([r["image"] for r in rows])).logits
+            predicted = [order[i] for i in logits.argmax(-1).tolist()]
+            accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+            assert matrix[stage, task] == pytest.approx(accuracy)
+        saved = json.loads((tmp_path / "tasks" / f"task-{stage}" / "sequence.json").read_text())
+        assert saved["finished_tasks"] == stage + 1 and saved["tasks"] == result.tasks
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["metrics"] == result.metrics.to_dict()
+    for name in ("accuracy_matrix.png", "accuracy_curve.png", "metrics.json", "adapter_model.safetensors"):
+        assert (tmp_path / "tasks" / "task-2" / name).stat().st_size > 0
+
+
+class Interrupt(TrainerCallback):
+    """Raise when training of task ``task`` reaches ``step`` (0: as it begins)."""
+
+    def __init__(self, task: int, step: int):
+        self.task, self.step, self.trainings = task, step, -1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainings += 1
+        if self.trainings == self.task and self.step == 0:
+            raise KeyboardInterrupt("simulated kill before the task")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainings == self.task and state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill inside the task")
+
+
+def final_state(result):
+    prompts = [m.vpt_nsp_prompt["default"].detach() for m in result.model.modules() if isinstance(m, VPTNSPLayer)]
+    return result.metrics.to_dict(), prompts
+
+
+@pytest.mark.parametrize(("task", "step"), [(2, 0), (1, 3)], ids=["after-task-2", "mid-task-2"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, task, step):
+    reference_metrics, reference_prompts = final_state(run(tmp_path / "reference"))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", callbacks=[Interrupt(task, step)])
+    progress = json.loads((tmp_path / "killed" / "progress.json").read_text())
+    assert progress["finished_tasks"] == task
+    if step:
+        assert (tmp_path / "killed" / "training" / f"task-{task}" / "checkpoint-2").is_dir()
+    metrics, prompts = final_state(run(tmp_path / "killed"))
+    assert metrics == reference_metrics
+    for a, b in zip(prompts, reference_prompts):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_resuming_with_another_split_is_refused(tmp_path):
+    run(tmp_path, num_train_epochs=1)
+    with pytest.raises(ValueError, match="holds a run with another task split"):
+        run(tmp_path, num_train_epochs=1, seed=6)
+
+
+def test_vpt_seq_and_joint_baselines_share_the_code_path(tmp_path):
+    seq = run(tmp_path / "seq", projection=False, ln_loss_weight=0.0, num_train_epochs=1)
+    assert seq.metrics.num_tasks == 3
+    assert all(int(m.vpt_nsp_null_space["default"].tasks_seen) == 0
+               for m in seq.model.modules() if isinstance(m, VPTNSPLayer))
+    joint = run(tmp_path / "joint", joint=True, num_train_epochs=1)
+    assert joint.tasks == [sorted(c for task in split_classes(6, 3, seed=5) for c in task)] or len(joint.tasks[0]) == 6
+    assert joint.metrics.num_tasks == 1 and 0.0 <= joint.metrics.final_accuracy <= 1.0
+
+
+def _with(dataset: Dataset, **features) -> Dataset:
+    return dataset.cast(Features({**dataset.features, **features}))
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (TRAIN.remove_columns("label"), "no label column `label`"),
+        (TRAIN.cast_column("label", Value("int64")), "must be a `ClassLabel` column"),
+        (Dataset.from_dict({"image": [[0.0]] * 4, "label": [0, 1, 2, 3]},
+                           features=Features({"image": [Value("float32")], "label": ClassLabel(num_classes=6)})),
+         "must be a `datasets.Image` column"),
+        (DatasetDict({"train": TRAIN}), "must be a `datasets.Dataset`"),
+    ],
+)
+def test_bad_datasets_are_clear_errors(tmp_path, train, message):
+    with pytest.raises(ValueError, match=message):
+        run_class_incremental(
+            tiny_model("vit"), VPTNSPConfig(), NSPTrainingArguments(output_dir=str(tmp_path), report_to="none"),
+            train, TEST, num_tasks=3, train_transform=to_tensor,
+        )
+
+
+def test_indivisible_classes_and_empty_tasks_are_clear_errors(tmp_path):
+    args = NSPTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(ValueError, match="6 classes cannot be cut into 4 equal tasks.*divisors of 6"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=4,
+                              train_transform=to_tensor)
+    without_class_5 = TRAIN.select([i for i, label in enumerate(TRAIN["label"]) if label != 5])
+    with pytest.raises(ValueError, match="`train_dataset` has no samples of classes"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, without_class_5, TEST, num_tasks=6,
+                              train_transform=to_tensor)
+    with pytest.raises(ValueError, match="must be a permutation of range"):
+        split_classes(6, 3, seed=0, class_order=[0, 1, 2, 3, 4, 4])
