@@ -283,3 +283,27 @@ def test_from_pretrained_needs_the_import_documented(tmp_path, images):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "VPT_NSP" in result.stderr
+
+
+def test_failed_null_space_update_leaves_every_layer_unchanged(images, monkeypatch):
+    from peft_nsp.tuner import model as tuner_model
+
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3))
+    model.add_task(2)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "null_space" in k}
+    calls = []
+
+    def failing_projector(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # layer 1's first projector
+            raise RuntimeError("simulated eigendecomposition failure")
+        return real_projector(*args, **kwargs)
+
+    real_projector = tuner_model.null_space_projector
+    monkeypatch.setattr(tuner_model, "null_space_projector", failing_projector)
+    with pytest.raises(RuntimeError, match="simulated"):
+        model.update_null_space([images])
+    for key, value in model.state_dict().items():
+        if "null_space" in key:
+            assert torch.equal(value, before[key]), key
+    assert model.tasks_seen() == 0 and model.projection_targets() == []

@@ -3,8 +3,9 @@
 
 The hooks sit on the ``q_proj``/``k_proj`` linear layers, so they see the same queries and keys whatever
 attention backend (eager, SDPA, flash) the model uses. Per layer they keep only the per-head query Gram
-``(H, d, d)``, the ``(M, M)`` prompt-attention Gram and a row count: memory does not grow with the
-number of tokens, and ``C1 = Σ_h W_k,hᵀ G_h W_k,h`` is formed once at the end.
+``(H, d, d)``, the ``(M, M)`` prompt-attention Gram and a row count, and ``C1 = Σ_h W_k,hᵀ G_h W_k,h``
+is formed once at the end: the ``B·H·N × D`` rows ``q·W_k,h`` are never built. The softmax rows for ``C2``
+need a ``(chunk, H, N, N + M)`` temporary, bounded by ``chunk_size``.
 """
 
 from __future__ import annotations

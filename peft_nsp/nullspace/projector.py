@@ -123,7 +123,8 @@ def null_space_projector(
     stat = statistic.double()
     stat = 0.5 * (stat + stat.T)
     eigenvalues, eigenvectors = torch.linalg.eigh(stat)
-    values = eigenvalues.flip(0)
+    # A PSD statistic's zero eigenvalues come out as tiny negatives; they would break `times`' c · s_min.
+    values = eigenvalues.flip(0).clamp_min(0.0)
     vectors = eigenvectors.flip(1)
     if mode == "adaptive":
         split = adaptive_split_index(values, offset)

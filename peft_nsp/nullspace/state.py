@@ -57,8 +57,10 @@ class NullSpaceState(nn.Module):
         return self._tasks_seen_on_host > 0
 
     @torch.no_grad()
-    def fold_in(self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, accumulation: str) -> None:
-        """Accumulate one task's raw sums.
+    def accumulated(
+        self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, accumulation: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics after folding in one task's raw sums (nothing is modified; see :meth:`commit`).
 
         Args:
             key_sum: ``(D, D)`` ``Σ rᵀ r`` over the task's rows.
@@ -66,25 +68,41 @@ class NullSpaceState(nn.Module):
             rows: number of rows summed.
             accumulation: ``"sum"``: add the task's per-row mean (every task weighs the same);
                 ``"mean"``: sample-weighted mean over all rows of all tasks.
+
+        Returns:
+            The new ``(D, D)`` key and ``(M, M)`` prompt covariances, float64.
         """
         if rows <= 0:
             raise ValueError("Cannot fold in statistics of an empty task: no image-token rows were collected.")
+        key_sum = key_sum.double().to(self.key_covariance.device)
+        prompt_sum = prompt_sum.double().to(self.prompt_covariance.device)
         if accumulation == "sum":
-            self.key_covariance += key_sum.double() / rows
-            self.prompt_covariance += prompt_sum.double() / rows
-        elif accumulation == "mean":
+            return self.key_covariance + key_sum / rows, self.prompt_covariance + prompt_sum / rows
+        if accumulation == "mean":
             total = self.rows + rows
-            self.key_covariance.mul_(self.rows / total).add_(key_sum.double() / total)
-            self.prompt_covariance.mul_(self.rows / total).add_(prompt_sum.double() / total)
-        else:
-            raise ValueError(f"`accumulation` must be 'sum' or 'mean', got {accumulation!r}.")
-        self.rows += rows
-        self.tasks_seen += 1
-        self._tasks_seen_on_host += 1
+            return (
+                (self.key_covariance * self.rows + key_sum) / total,
+                (self.prompt_covariance * self.rows + prompt_sum) / total,
+            )
+        raise ValueError(f"`accumulation` must be 'sum' or 'mean', got {accumulation!r}.")
 
     @torch.no_grad()
-    def set_projectors(self, key: NullSpaceProjector, prompt: NullSpaceProjector) -> None:
-        """Store ``Proj1`` (from ``C1``) and ``Proj2`` (from ``C2``)."""
+    def commit(
+        self,
+        key_covariance: torch.Tensor,
+        prompt_covariance: torch.Tensor,
+        rows: float,
+        key: NullSpaceProjector,
+        prompt: NullSpaceProjector,
+        previous_prompt: torch.Tensor,
+    ) -> None:
+        """Store a folded-in task: statistics, ``Proj1`` (from ``C1``), ``Proj2`` (from ``C2``), reference prompt."""
+        self.key_covariance.copy_(key_covariance)
+        self.prompt_covariance.copy_(prompt_covariance)
+        self.rows += rows
         self.key_projector.copy_(key.matrix)
         self.prompt_projector.copy_(prompt.matrix)
         self.null_dims.copy_(torch.tensor([key.null_dim, prompt.null_dim]))
+        self.previous_prompt.copy_(previous_prompt)
+        self.tasks_seen += 1
+        self._tasks_seen_on_host += 1

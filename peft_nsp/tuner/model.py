@@ -386,22 +386,29 @@ class VPTNSPModel(BaseTuner):
             ]
         if any(sums is None or float(sums.rows) == 0 for sums in collected):
             raise ValueError("`update_null_space` got no batches: pass the finished task's training data.")
-        reports = []
+        # Everything is computed before any layer changes: a failure leaves the model as it was.
+        updates = []
         for layer, access, sums in zip(layers, accesses, collected):
             state = layer.vpt_nsp_null_space[adapter_name]
             rows = float(sums.rows)
-            state.fold_in(sums.key_covariance(access.k_proj.weight), sums.prompt_gram, rows, config.accumulation)
+            key_covariance, prompt_covariance = state.accumulated(
+                sums.key_covariance(access.k_proj.weight), sums.prompt_gram, rows, config.accumulation
+            )
             # Eigendecompositions on the CPU in float64: identical on every rank, whatever the accelerator.
             key = null_space_projector(
-                state.key_covariance.cpu(), config.eta1, config.threshold_mode, config.threshold_offset1,
+                key_covariance.cpu(), config.eta1, config.threshold_mode, config.threshold_offset1,
                 config.times_factor1,
             )
             prompt = null_space_projector(
-                state.prompt_covariance.cpu(), config.eta2, config.threshold_mode, config.threshold_offset2,
+                prompt_covariance.cpu(), config.eta2, config.threshold_mode, config.threshold_offset2,
                 config.times_factor2,
             )
-            state.set_projectors(key, prompt)
-            state.previous_prompt.copy_(layer.vpt_nsp_prompt[adapter_name].detach())
+            updates.append((layer, state, key_covariance, prompt_covariance, rows, key, prompt))
+        reports = []
+        for layer, state, key_covariance, prompt_covariance, rows, key, prompt in updates:
+            state.commit(
+                key_covariance, prompt_covariance, rows, key, prompt, layer.vpt_nsp_prompt[adapter_name].detach()
+            )
             reports.append(NullSpaceLayerReport(layer.layer_index, key.null_dim, prompt.null_dim, rows))
         return reports
 
