@@ -204,6 +204,7 @@ def test_layernorm_loss_keeps_prompt_statistics():
         gaps[weight] = 0.0
         for layer in (m for m in run.modules() if isinstance(m, VPTNSPLayer)):
             prompt, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
+            prompt = prompt.detach()
             gaps[weight] += float((prompt.mean(-1) - old.mean(-1)).abs().sum())
             gaps[weight] += float((prompt.std(-1, correction=0) - old.std(-1, correction=0)).abs().sum())
     print(f"\nprompt mean/std drift: λ=0 {gaps[0.0]:.4f}, λ=1 {gaps[1.0]:.4f}")
