@@ -33,3 +33,16 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
         finally:
             os.close(directory)
     return path
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """Flush every file below ``directory``, and the directories themselves, to disk (before a rename)."""
+    if os.name != "posix":
+        return
+    for root, _, files in os.walk(directory):
+        for name in [*files, "."]:
+            descriptor = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)

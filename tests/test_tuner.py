@@ -258,11 +258,31 @@ def test_merge_is_refused(images):
         model.merge_and_unload()
 
 
-def test_state_keeps_float64_under_half_and_moves():
+def test_casting_the_model_leaves_the_null_space_state_exact(images):
     model = get_peft_model(tiny_model("vit"), VPTNSPConfig())
-    model.half()
-    state = model.base_model.model.layers[0].vpt_nsp_null_space["default"]
-    assert state.key_covariance.dtype == torch.float64 and state.key_projector.dtype == torch.float32
+    model.add_task(2)
+    model.update_null_space([5 * images])
+    before = {k: v.clone() for k, v in model.state_dict().items() if "null_space" in k}
+    model.to(torch.bfloat16)
+    model.to(torch.float32)
+    for key, value in model.state_dict().items():
+        if "null_space" in key:
+            assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+
+
+def test_statistics_only_for_the_active_adapter(images):
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=4))
+    model.add_adapter("other", VPTNSPConfig(prompt_length=2))
+    model.add_task(2)
+    with pytest.raises(ValueError, match=r"active adapter's prompts \('default'\).*set_adapter\('other'\)"):
+        model.update_null_space([images], adapter_name="other")
+
+
+def test_hidden_states_hold_image_tokens_with_or_without_heads(images):
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=4))
+    with torch.no_grad():
+        hidden = model(pixel_values=images, output_hidden_states=True).hidden_states
+    assert [h.shape[1] for h in hidden] == [17, 17, 17]
 
 
 def test_import_twice_and_reload_do_not_fail():

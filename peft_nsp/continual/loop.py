@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .._io import write_atomically
+from .._io import fsync_tree, write_atomically
 from ..trainer import NSPTrainingArguments, NullSpaceTrainer
 from ..tuner.config import VPTNSPConfig
 from .data import ImageTransform, TaskCollator, check_image_dataset, select_classes, split_classes
@@ -240,6 +240,7 @@ def _save_stage(
         "metrics": metrics.to_dict(),
     }
     (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
+    fsync_tree(partial)  # the pointer below must never name a stage whose files are not on disk
     shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
     os.replace(partial, final)
     write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2).encode())

@@ -22,8 +22,8 @@ class NullSpaceState(nn.Module):
     * ``previous_prompt`` ``(M, D)`` float32: the prompt at the end of the last task (LayerNorm loss);
     * ``tasks_seen`` ``()`` int64: number of tasks folded into the statistics.
 
-    Casting the module (``.half()``, ``.to(dtype)``) moves it between devices but keeps these dtypes:
-    the statistics must stay in float64.
+    Casting the module (``.half()``, ``.to(dtype)``) leaves these buffers untouched (device moves apply):
+    the statistics must stay exact in float64.
     """
 
     def __init__(self, hidden_size: int, prompt_length: int) -> None:
@@ -40,11 +40,10 @@ class NullSpaceState(nn.Module):
         self._tasks_seen_on_host = 0
 
     def _apply(self, fn, recurse: bool = True):  # noqa: D401 - torch hook
-        dtypes = {name: buf.dtype for name, buf in self._buffers.items() if buf is not None}
-        super()._apply(fn, recurse)
-        for name, dtype in dtypes.items():
-            if self._buffers[name].dtype != dtype:
-                self._buffers[name] = self._buffers[name].to(dtype)
+        # Only the device of `fn`'s result is used: a round trip through a lower precision would lose digits.
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[name] = buffer.to(fn(buffer.reshape(-1)[:0]).device)
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

@@ -59,7 +59,7 @@ class VPTNSPConfig(PeftConfig):
         ln_loss_weight (`float`, defaults to `1.0`):
             λ, weight of the LayerNorm consistency loss (tasks after the first).
         projected_layers (`list[int]`, *optional*):
-            Indices (among `prompt_layers`) of the blocks whose prompt updates are projected. Defaults to all
+            Block indices (a subset of `prompt_layers`) whose prompt updates are projected. Defaults to all
             prompted blocks; the others train freely (an ablation knob).
         task_classes (`list[list[int]]`, defaults to `[]`):
             Global class ids of every task's head, in task order. Filled by `add_task`; saved so that

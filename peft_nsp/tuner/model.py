@@ -247,13 +247,17 @@ class VPTNSPModel(BaseTuner):
         CLS token of the final LayerNorm); a classification model an ``ImageClassifierOutput`` whose classifier
         is the continual head. Without heads, or with the adapter disabled, outputs pass unchanged.
         """
-        head = self._active_head()
-        if head is None:
+        if not self._heads_enabled or isinstance(outputs, tuple) and self._active_head() is None:
             return None
-        labels, self._pending_labels = self._pending_labels, None
         if isinstance(outputs, tuple):
             raise ValueError("VPT-NSP² heads need `return_dict=True` (the default) in the model call.")
-        hidden_states = self._drop_prompt_tokens(outputs.hidden_states)
+        hidden_states = self._drop_prompt_tokens(outputs.get("hidden_states"))
+        head = self._active_head()
+        if head is None:
+            if hidden_states is not None:
+                outputs["hidden_states"] = hidden_states
+            return outputs
+        labels, self._pending_labels = self._pending_labels, None
         if self._classifier_name is None:
             logits = head(outputs.last_hidden_state[:, 0])
         else:
@@ -311,7 +315,7 @@ class VPTNSPModel(BaseTuner):
             raise ValueError(f"Classes {overlap} already belong to an earlier task; tasks must be disjoint.")
         config.task_classes.append(classes)
         self.vpt_nsp_head[adapter_name].add_task(len(classes))
-        self._set_head_trainable(adapter_name, trainable=not config.inference_mode)
+        self._set_head_trainable(adapter_name, trainable=adapter_name in self.active_adapters and not config.inference_mode)
         return len(config.task_classes) - 1
 
     def task_columns(self, task: int = -1, adapter_name: str | None = None) -> slice:
@@ -364,7 +368,13 @@ class VPTNSPModel(BaseTuner):
         Returns:
             One :class:`NullSpaceLayerReport` per prompted layer.
         """
-        adapter_name = adapter_name or self._active_adapter_name()
+        active = self._active_adapter_name()
+        if adapter_name not in (None, active):
+            raise ValueError(
+                f"`update_null_space` collects statistics with the active adapter's prompts ({active!r}); call "
+                f"`model.set_adapter({adapter_name!r})` first."
+            )
+        adapter_name = active
         config = self.peft_config[adapter_name]
         layers = self._prompted_layers(adapter_name)
         accesses = [attention_access(layer.base_layer) for layer in layers]
