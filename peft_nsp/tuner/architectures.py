@@ -52,11 +52,6 @@ def classifier_name(model: nn.Module) -> str | None:
     )
 
 
-def find_blocks(model: nn.Module) -> list[str]:
-    """Qualified names of the transformer blocks, in forward order."""
-    return [name for name, module in model.named_modules() if isinstance(module, BLOCK_CLASSES)]
-
-
 def attention_access(block: nn.Module) -> AttentionAccess:
     """The q/k projections and head layout of a supported block."""
     attention = block.attention
