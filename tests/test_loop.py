@@ -30,14 +30,23 @@ def run(output_dir, callbacks=(), **kwargs):
     )
     arguments.update(kwargs)
     joint = arguments.pop("joint", False)
+    hooks = {key: arguments.pop(key) for key in ("run_info", "on_stage_saved") if key in arguments}
     return run_class_incremental(
         tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2), NSPTrainingArguments(**arguments), TRAIN, TEST,
-        num_tasks=3, train_transform=to_tensor, joint=joint, callbacks=callbacks,
+        num_tasks=3, train_transform=to_tensor, joint=joint, callbacks=callbacks, **hooks,
     )
 
 
 def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_path):
-    result = run(tmp_path)
+    saved_stages = []
+
+    def on_stage_saved(stage, task):  # the pointer must already name the stage when the hook runs
+        progress = json.loads((tmp_path / "progress.json").read_text())
+        saved_stages.append((stage, task, progress["finished_tasks"], (stage / "adapter_config.json").exists()))
+
+    result = run(tmp_path, run_info={"benchmark": "toy"}, on_stage_saved=on_stage_saved)
+    stages = [tmp_path / "tasks" / f"task-{t}" for t in range(3)]
+    assert saved_stages == [(stages[t], t, t + 1, True) for t in range(3)]
     matrix = result.metrics.accuracy_matrix
     assert result.tasks == split_classes(6, 3, seed=5)
     for stage in range(3):
@@ -53,6 +62,8 @@ def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_pa
             assert matrix[stage, task] == pytest.approx(accuracy)
         saved = json.loads((tmp_path / "tasks" / f"task-{stage}" / "sequence.json").read_text())
         assert saved["finished_tasks"] == stage + 1 and saved["tasks"] == result.tasks
+        assert saved["run_info"] == {"benchmark": "toy"} and saved["class_names"] == TRAIN.features["label"].names
+        assert saved["hyperparameters"]["learning_rate"] == 0.05 and saved["hyperparameters"]["seed"] == 5
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["metrics"] == result.metrics.to_dict()
     for name in ("accuracy_matrix.png", "accuracy_curve.png", "metrics.json", "adapter_model.safetensors"):

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ def run_class_incremental(
     class_order: Sequence[int] | None = None,
     joint: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    run_info: Mapping[str, Any] | None = None,
+    on_stage_saved: Callable[[Path, int], None] | None = None,
 ) -> ContinualResult:
     """Train a class-incremental task sequence with VPT-NSP² (or a baseline) and measure forgetting.
 
@@ -89,6 +91,10 @@ def run_class_incremental(
         class_order: a permutation of the class ids to use instead of the seeded shuffle.
         joint: train one task on all classes (the upper bound); the same metrics, one row.
         callbacks: extra Trainer callbacks for every task.
+        run_info: JSON-serialisable facts about the run stored in every stage's ``sequence.json`` (e.g.
+            ``{"benchmark": "cifar100-10", "dataset": "uoft-cs/cifar100"}``; model cards read them).
+        on_stage_saved: called on the main process with ``(stage_dir, task)`` once a stage is on disk and the
+            progress pointer names it (e.g. to push it to the Hub).
     """
     eval_transform = eval_transform or train_transform
     labels = check_image_dataset(train_dataset, image_column, label_column, "train_dataset")
@@ -156,8 +162,10 @@ def run_class_incremental(
         )
         metrics.record_task(task, correct, total)
         if accelerator.is_main_process:
-            _save_stage(model, metrics, tasks, task, output_dir, args, joint)
+            stage = _save_stage(model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info)
             print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
+            if on_stage_saved is not None:
+                on_stage_saved(stage, task)
         accelerator.wait_for_everyone()
     return ContinualResult(model=model, metrics=metrics, tasks=tasks, output_dir=output_dir)
 
@@ -222,7 +230,9 @@ def _save_stage(
     output_dir: Path,
     args: NSPTrainingArguments,
     joint: bool,
-) -> None:
+    class_names: list[str],
+    run_info: Mapping[str, Any] | None,
+) -> Path:
     """Write the stage into a temporary folder, rename it into place, then move the progress pointer."""
     final = _stage_dir(output_dir, task)
     partial = final.with_name(f".{final.name}.partial")
@@ -237,6 +247,9 @@ def _save_stage(
         "seed": args.seed,
         "joint": joint,
         "projection": args.projection,
+        "class_names": class_names,
+        "hyperparameters": _hyperparameters(args),
+        "run_info": dict(run_info or {}),
         "metrics": metrics.to_dict(),
     }
     (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
@@ -244,4 +257,19 @@ def _save_stage(
     shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
     os.replace(partial, final)
     write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2).encode())
+    return final
+
+
+def _hyperparameters(args: NSPTrainingArguments) -> dict[str, Any]:
+    """The training arguments a reader of the run needs (the adapter's own live in ``adapter_config.json``)."""
+    names = (
+        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
+        "fp16", "bf16", "temperature", "ln_loss_weight", "projection", "projection_mode", "seed",
+    )
+    values = {name: getattr(args, name) for name in names}
+    values["optim"] = str(values["optim"].value if hasattr(values["optim"], "value") else values["optim"])
+    values["lr_scheduler_type"] = str(getattr(values["lr_scheduler_type"], "value", values["lr_scheduler_type"]))
+    values["world_size"] = args.world_size
+    return json.loads(json.dumps(values, default=str))
 
