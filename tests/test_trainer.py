@@ -159,3 +159,30 @@ def test_trainer_input_errors(tmp_path):
         NSPTrainingArguments(output_dir=str(tmp_path), projection_mode="both")
     with pytest.raises(ValueError, match=r"Labels \[0\] are not classes of the task"):
         TaskCollator(to_tensor, task_classes=[2, 3])(list(blob_images(1, 1)))
+
+
+class RecordLearningRate(TrainerCallback):
+    def __init__(self):
+        self.rates = []
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+def test_step_schedule_decays_at_the_given_epochs(tmp_path):
+    # 8 samples / batch 2 = 4 steps per epoch; 5 epochs, decay ×0.1 at epochs 2 and 4 → steps 8 and 16.
+    recorder = RecordLearningRate()
+    trainer = make_trainer(tmp_path, callbacks=[recorder], num_train_epochs=5, lr_decay_epochs=[2, 4],
+                           lr_decay_factor=0.1, warmup_steps=3)  # the step schedule has no warm-up
+    trainer.train()
+    expected = [0.05 * 0.1 ** sum(step >= m for m in (8, 16)) for step in range(20)]
+    assert recorder.rates == pytest.approx(expected)
+
+
+def test_step_schedule_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="set `num_train_epochs` instead of `max_steps`"):
+        NSPTrainingArguments(output_dir=str(tmp_path), max_steps=10, lr_decay_epochs=[1])
+    with pytest.raises(ValueError, match="strictly between 0 and `num_train_epochs`"):
+        NSPTrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, lr_decay_epochs=[3])
+    with pytest.raises(ValueError, match=r"`lr_decay_factor` must be in \(0, 1\]"):
+        NSPTrainingArguments(output_dir=str(tmp_path), lr_decay_factor=0)

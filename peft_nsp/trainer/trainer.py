@@ -70,6 +70,19 @@ class NullSpaceTrainer(Trainer):
             self.projection = self.nsp_model.attach_null_space_projection(optimizer, mode=self.args.projection_mode)
         return optimizer
 
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The paper's step schedule when `lr_decay_epochs` is set, else the `Trainer`'s."""
+        if self.lr_scheduler is None and self.args.lr_decay_epochs:
+            steps_per_epoch = num_training_steps / self.args.num_train_epochs
+            milestones = sorted({round(epoch * steps_per_epoch) for epoch in self.args.lr_decay_epochs})
+            self.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer or self.optimizer, milestones=milestones, gamma=self.args.lr_decay_factor
+            )
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
     def compute_loss(
         self,
         model: torch.nn.Module,
