@@ -50,3 +50,29 @@ PAPER_RESULTS: dict[str, dict[str, PaperResult]] = {
 def paper_results(benchmark: str | None) -> dict[str, PaperResult]:
     """The published rows for ``benchmark`` (empty for a benchmark the paper did not run)."""
     return dict(PAPER_RESULTS.get(benchmark or "", {}))
+
+
+def comparison_rows(
+    final_accuracy: float, forgetting: float | None, benchmark: str | None, method: str
+) -> list[tuple[str, str, str]]:
+    """``(row name, final accuracy %, forgetting %)`` rows: this run's, then the paper's for ``benchmark``.
+
+    ``final_accuracy`` and ``forgetting`` are fractions in [0, 1] (``forgetting`` ``None`` for a one-task run).
+    """
+
+    def percent(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    ours = (percent(100 * final_accuracy), percent(None if forgetting is None else 100 * forgetting))
+    rows = [(f"{method} (this run)", *ours)]
+    for name, result in paper_results(benchmark).items():
+        rows.append((f"{name} (paper)", percent(result.final_accuracy), percent(result.forgetting)))
+    return rows
+
+
+def comparison_table(final_accuracy: float, forgetting: float | None, benchmark: str | None, method: str) -> str:
+    """[`comparison_rows`] as a Markdown table."""
+    lines = ["| | final accuracy (%) | forgetting (%) |", "|---|---|---|"]
+    for name, accuracy, forgotten in comparison_rows(final_accuracy, forgetting, benchmark, method):
+        lines.append(f"| {name} | {accuracy} | {forgotten} |")
+    return "\n".join(lines)

@@ -1,0 +1,10 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""VPT-NSP² on ImageNet-R (10 tasks of 20 classes, 80/20 train/test split per class when the data has no test split) with the paper's recipe.
+
+    accelerate launch recipes/train_imagenet_r.py --dataset /path/to/data [--projection off] [--help]
+"""
+
+from peft_nsp.recipes import run_recipe
+
+if __name__ == "__main__":
+    run_recipe("imagenet-r")
