@@ -1,0 +1,165 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The model card of one stage, rendered from ``model_cards/vpt_nsp.md`` with [`huggingface_hub.ModelCard`]."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .._io import write_atomically
+from ..continual.metrics import ContinualMetrics
+from ..continual.paper import PAPER_TITLE, PAPER_URL, paper_results
+from .stages import CARD_FILE, read_sequence, stage_revision
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "vpt_nsp.md"
+TAGS = ["peft-nsp", "vpt-nsp", "continual-learning", "class-incremental-learning", "visual-prompt-tuning"]
+# adapter_config.json keys that are bookkeeping, not settings of the method
+_ADAPTER_BOOKKEEPING = {
+    "auto_mapping", "base_model_name_or_path", "inference_mode", "peft_type", "peft_version", "revision",
+    "target_modules", "task_classes", "task_type",
+}
+
+
+def build_model_card(
+    stage_dir: str | os.PathLike, repo_id: str | None = None, template_path: str | os.PathLike = TEMPLATE_PATH
+) -> ModelCard:
+    """The model card of the stage in ``stage_dir``, for the Hub repository ``repo_id`` (or a local folder).
+
+    Reads ``sequence.json`` (tasks, class names, hyperparameters, ``run_info``, metrics) and
+    ``adapter_config.json``. ``run_info`` keys used: ``benchmark`` (a key of [`PAPER_RESULTS`] puts the paper's
+    numbers next to ours), ``dataset`` (a Hub dataset id: `datasets` and `model-index` metadata) and
+    ``base_model`` (a Hub model id, else the adapter's ``base_model_name_or_path`` when it is one).
+    """
+    stage_dir = Path(stage_dir)
+    sequence = read_sequence(stage_dir)
+    adapter = json.loads((stage_dir / "adapter_config.json").read_text())
+    metrics = ContinualMetrics.from_dict(sequence["metrics"])
+    run_info, tasks, names = sequence["run_info"], sequence["tasks"], sequence["class_names"]
+    task = sequence["finished_tasks"] - 1
+    method = _method(sequence)
+    base_model_path = run_info.get("base_model") or adapter.get("base_model_name_or_path")
+    base_model = _hub_model_id(base_model_path)
+    dataset = run_info.get("dataset")
+    benchmark = run_info.get("benchmark")
+    model_name = repo_id.split("/")[-1] if repo_id else f"{method} ({stage_revision(task)})"
+    eval_results = _eval_results(metrics, dataset, benchmark, task) if dataset else None
+    card_data = ModelCardData(
+        model_name=model_name if eval_results else None,  # only `model-index` has a model name on the Hub
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="image-classification",
+        tags=TAGS,
+        datasets=[dataset] if dataset else None,
+        eval_results=eval_results,
+    )
+    summary = metrics.summary()
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        title=model_name,
+        repo_id=repo_id,
+        revision=stage_revision(task),
+        task=task,
+        num_tasks=len(tasks),
+        method=method,
+        base_model_class=adapter.get("auto_mapping", {}).get("base_model_class", "AutoModel"),
+        base_model_path=base_model_path,
+        benchmark=benchmark,
+        dataset=dataset,
+        paper_url=PAPER_URL,
+        paper_title=PAPER_TITLE,
+        seed=sequence["seed"],
+        class_order=[c for classes in tasks for c in classes],
+        task_rows=[
+            {"task": k, "revision": stage_revision(k), "classes": ", ".join(f"{_cell(names[c])} ({c})" for c in ids)}
+            for k, ids in enumerate(tasks)
+        ],
+        hyperparameters=sequence["hyperparameters"],
+        adapter_settings={key: value for key, value in adapter.items() if key not in _ADAPTER_BOOKKEEPING},
+        matrix_rows=_matrix_rows(metrics),
+        results=_results(summary, benchmark, task, len(tasks)),
+        average_incremental_accuracy=_percent(summary["average_incremental_accuracy"]),
+    )
+
+
+def write_model_card(
+    stage_dir: str | os.PathLike, repo_id: str | None = None, template_path: str | os.PathLike = TEMPLATE_PATH
+) -> Path:
+    """Render [`build_model_card`] into ``stage_dir/README.md`` atomically (replacing PEFT's generic card)."""
+    card = build_model_card(stage_dir, repo_id, template_path)
+    return write_atomically(Path(stage_dir) / CARD_FILE, str(card).encode("utf-8"))
+
+
+def _method(sequence: dict[str, Any]) -> str:
+    if sequence["joint"]:
+        return "VPT-NSP² (joint training)" if sequence["projection"] else "VPT (joint training)"
+    return "VPT-NSP²" if sequence["projection"] else "VPT-Seq"
+
+
+def _hub_model_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub model id (not a local folder or path), else ``None``."""
+    if not name or os.path.isabs(name) or name.startswith(".") or os.path.isdir(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _eval_results(metrics: ContinualMetrics, dataset: str, benchmark: str | None, task: int) -> list[EvalResult]:
+    """``model-index`` entries: accuracy over the classes seen after ``task``, and forgetting (percent)."""
+    common = dict(
+        task_type="image-classification",
+        task_name="Class-incremental image classification",
+        dataset_type=dataset,
+        dataset_name=benchmark or dataset,
+        dataset_split="test",
+    )
+    results = [
+        EvalResult(**common, metric_type="accuracy", metric_value=round(100 * metrics.final_accuracy, 2),
+                   metric_name=f"Accuracy (%) after task {task}")
+    ]
+    if not math.isnan(metrics.forgetting):
+        results.append(
+            EvalResult(**common, metric_type="forgetting", metric_value=round(100 * metrics.forgetting, 2),
+                       metric_name=f"Forgetting (%) after task {task}")
+        )
+    return results
+
+
+def _matrix_rows(metrics: ContinualMetrics) -> list[list[str]]:
+    """Row ``t``: the percent accuracies on tasks ``0 … t`` after task ``t``, blank above the diagonal."""
+    matrix = 100 * metrics.accuracy_matrix
+    size = metrics.num_tasks
+    return [[f"{matrix[t, j]:.2f}" if j <= t else "" for j in range(size)] for t in range(size)]
+
+
+def _results(summary: dict[str, float], benchmark: str | None, task: int, num_tasks: int) -> list[dict[str, str]]:
+    """This stage's final accuracy and forgetting, then the paper's rows for ``benchmark``."""
+    ours = {
+        "method": f"This model, after task {task} ({task + 1} of {num_tasks} tasks)",
+        "final_accuracy": _percent(summary["final_accuracy"]),
+        "forgetting": _percent(summary["forgetting"]),
+    }
+    paper = [
+        {"method": f"Paper: {method}", "final_accuracy": f"{result.final_accuracy:.2f}",
+         "forgetting": "n/a" if result.forgetting is None else f"{result.forgetting:.2f}"}
+        for method, result in paper_results(benchmark).items()
+    ]
+    return [ours, *paper]
+
+
+def _percent(fraction: float) -> str:
+    return "n/a" if math.isnan(fraction) else f"{100 * fraction:.2f}"
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
