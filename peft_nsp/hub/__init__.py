@@ -1,0 +1,24 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Share a class-incremental run on the Hub: every stage a commit and a ``task-<t>`` branch, with a model card.
+
+``task-<t>`` (tasks counted from 0) names both the local stage folder ``output_dir/tasks/task-<t>`` and the Hub
+branch holding the model after task ``t``. From the shell: ``python -m peft_nsp.hub push OUTPUT_DIR
+--hub_model_id ID`` and ``python -m peft_nsp.hub materialize SOURCE OUTPUT_DIR --revision task-<t>``.
+"""
+
+from .card import build_model_card, write_model_card
+from .push import HubPushError, PushedStage, push_after_each_task, push_to_hub
+from .resume import materialize_stage
+from .stages import finished_stages, stage_revision
+
+__all__ = [
+    "HubPushError",
+    "PushedStage",
+    "build_model_card",
+    "finished_stages",
+    "materialize_stage",
+    "push_after_each_task",
+    "push_to_hub",
+    "stage_revision",
+    "write_model_card",
+]

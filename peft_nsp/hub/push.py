@@ -1,0 +1,176 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Publish a run's stages to the Hub: one commit to ``main`` per task and a branch ``task-<t>`` on it.
+
+Re-running a push resumes it. A stage counts as pushed when its branch points at a commit of ``main`` whose title
+carries the stage's digest (a hash of its files); a commit that landed but whose branch was not created is found
+by that title and reused, so nothing is committed or branched twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.utils import validate_repo_id
+
+from .card import write_model_card
+from .stages import finished_stages, stage_digest, stage_files, stage_revision
+
+logger = logging.getLogger(__name__)
+
+
+class HubPushError(RuntimeError):
+    """A push failed part-way; the local output is intact and re-running the same push resumes it."""
+
+
+@dataclass(frozen=True)
+class PushedStage:
+    """What [`push_to_hub`] did with one stage."""
+
+    task: int
+    revision: str
+    commit: str
+    """OID of the stage's commit on ``main``, which the branch ``revision`` points at."""
+    action: Literal["committed", "branched", "unchanged"]
+    """``"committed"``: new commit and branch; ``"branched"``: the commit was there (an earlier push stopped
+    before its branch), the branch is new; ``"unchanged"``: both were there."""
+
+
+def push_to_hub(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    api: HfApi | None = None,
+) -> list[PushedStage]:
+    """Push every finished stage of a run's ``output_dir`` that is not on the Hub yet, in task order.
+
+    Each stage's model card is rendered into its ``README.md`` before anything is uploaded. Then, per stage
+    ``tasks/task-<t>``: one commit to ``main`` whose files are exactly the stage's (adapter with projector state,
+    ``sequence.json``, ``metrics.json``, plots, card; other files on ``main`` are deleted), and a branch
+    ``task-<t>`` at that commit, so ``PeftModel.from_pretrained(base, repo_id, revision="task-<t>")`` loads the
+    model after task ``t`` (tasks counted from 0, like the stage folders).
+
+    Args:
+        output_dir: the ``output_dir`` of [`run_class_incremental`].
+        repo_id: the model repository, created if missing.
+        private: visibility of a new repository (``None``: the Hub's default); an existing one is unchanged.
+        token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login, as in `huggingface_hub`.
+        api: the [`~huggingface_hub.HfApi`] to use (default: ``HfApi(token=token)``).
+
+    Returns:
+        What happened to each finished stage found locally, in task order.
+
+    Raises:
+        HubPushError: a Hub call failed; stages pushed before it stay pushed, re-run to resume.
+        ValueError: ``repo_id`` is invalid, ``output_dir`` has no finished task, or the repository already has a
+            branch ``task-<t>`` that is not this run's stage (checked before anything is uploaded).
+    """
+    validate_repo_id(repo_id)
+    output_dir = Path(output_dir)
+    stages = finished_stages(output_dir)
+    for _, stage in stages:
+        write_model_card(stage, repo_id)
+    api = api or HfApi(token=token)
+    with _resumable(f"Reading `{repo_id}`", output_dir):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        branches = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo_id).branches}
+        history = api.list_repo_commits(repo_id, revision="main")
+    head = history[0].commit_id
+    commit_of_title = {commit.title: commit.commit_id for commit in history}
+    plan = [(task, stage, _commit_title(task, stage_digest(stage))) for task, stage in stages]
+    for task, stage, title in plan:
+        _check_branch(repo_id, stage, branches.get(stage_revision(task)), commit_of_title.get(title))
+    pushed = []
+    for task, stage, title in plan:
+        revision = stage_revision(task)
+        commit = commit_of_title.get(title)
+        if revision in branches:
+            pushed.append(PushedStage(task, revision, commit, "unchanged"))
+            continue
+        action = "branched" if commit else "committed"
+        with _resumable(f"Pushing `{revision}` to `{repo_id}`", output_dir):
+            if commit is None:
+                commit = head = _commit_stage(api, repo_id, task, stage, title, head)
+            api.create_branch(repo_id, branch=revision, revision=commit)
+        logger.info("%s of %s: %s (commit %s)", revision, repo_id, action, commit)
+        pushed.append(PushedStage(task, revision, commit, action))
+    return pushed
+
+
+def push_after_each_task(
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    api: HfApi | None = None,
+) -> Callable[[Path, int], None]:
+    """An ``on_stage_saved`` hook for [`run_class_incremental`] that runs [`push_to_hub`] after every task.
+
+    A failed push is logged as a warning and training goes on; the next task's push, or a final
+    [`push_to_hub`] of the run (which raises), catches up. A branch conflict (``ValueError``) stops the run.
+    """
+    api = api or HfApi(token=token)
+
+    def on_stage_saved(stage_dir: Path, task: int) -> None:
+        try:
+            push_to_hub(Path(stage_dir).parents[1], repo_id, private=private, api=api)
+        except HubPushError as error:
+            logger.warning("%s Training goes on; the next push retries.", error)
+
+    return on_stage_saved
+
+
+def _commit_title(task: int, digest: str) -> str:
+    """The title of the stage's commit; the digest identifies the stage's files across re-runs."""
+    return f"Add {stage_revision(task)}: the model after task {task} (stage sha256 {digest[:16]})"
+
+
+def _commit_stage(api: HfApi, repo_id: str, task: int, stage: Path, title: str, head: str) -> str:
+    """Commit the stage's files on top of ``head`` of ``main``; returns the new commit's OID."""
+    info = api.create_commit(
+        repo_id,
+        _operations(stage, api.list_repo_files(repo_id, revision=head)),
+        commit_message=title,
+        commit_description=f"The model after task {task} (tasks counted from 0): the run's `tasks/{stage.name}`.",
+        revision="main",
+        parent_commit=head,  # refused if `main` moved since it was read; a re-run reads it again
+    )
+    return info.oid
+
+
+def _check_branch(repo_id: str, stage: Path, branch_commit: str | None, stage_commit: str | None) -> None:
+    if branch_commit is not None and branch_commit != stage_commit:
+        raise ValueError(
+            f"`{repo_id}` has a branch `{stage.name}` at commit {branch_commit} that is not the stage `{stage}` "
+            "(a different run, or this run retrained): push to another repository, or delete that branch."
+        )
+
+
+def _operations(stage: Path, files_on_main: list[str]) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """Add every file of the stage, delete every other file of ``main`` (``.gitattributes`` stays)."""
+    names = stage_files(stage)
+    stale = sorted(set(files_on_main) - set(names) - {".gitattributes"})
+    return [
+        *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(stage / name)) for name in names),
+        *(CommitOperationDelete(path_in_repo=name) for name in stale),
+    ]
+
+
+@contextmanager
+def _resumable(step: str, output_dir: Path) -> Iterator[None]:
+    """Turn a failed Hub call into a [`HubPushError`] that says what failed and how to resume."""
+    try:
+        yield
+    except Exception as error:
+        raise HubPushError(
+            f"{step} failed ({type(error).__name__}: {error}). The local output in `{output_dir}` is complete and "
+            "unchanged; run the same push again to resume (stages already on the Hub are kept, none is pushed twice)."
+        ) from error
