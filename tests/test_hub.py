@@ -242,8 +242,8 @@ def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
     text = card.text
     matrix = 100 * metrics.accuracy_matrix
     assert f"| 2 | {matrix[2, 0]:.2f} | {matrix[2, 1]:.2f} | {matrix[2, 2]:.2f} | " in text
-    assert f"| This model, after task 2 (3 of 3 tasks) | {100 * metrics.final_accuracy:.2f} |" in text
-    assert "| Paper: VPT-NSP² | 91.74 | 3.28 |" in text and "https://huggingface.co/papers/2406.05658" in text
+    assert f"| VPT-NSP², after task 2 (3 of 3 tasks) (this run) | {100 * metrics.final_accuracy:.2f} |" in text
+    assert "| VPT-NSP² (paper) | 91.74 | 3.28 |" in text and "https://huggingface.co/papers/2406.05658" in text
     assert "![Accuracy matrix](accuracy_matrix.png)" in text
     assert "![Accuracy after each task](accuracy_curve.png)" in text
     assert f"class_order={[c for task in result.tasks for c in task]}" in text
@@ -262,7 +262,7 @@ def test_card_without_run_info_has_no_hub_claims(pushed_run, tmp_path):
         "library_name": "peft", "pipeline_tag": "image-classification",
         "tags": ["peft-nsp", "vpt-nsp", "continual-learning", "class-incremental-learning", "visual-prompt-tuning"],
     }
-    assert "Paper:" not in card.text and "| This model, after task 0 (1 of 3 tasks) |" in card.text
+    assert "(paper)" not in card.text and "| VPT-NSP², after task 0 (1 of 3 tasks) (this run) | " in card.text
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-0")' in card.text
 
 

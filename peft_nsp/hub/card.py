@@ -14,7 +14,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .._io import write_atomically
 from ..continual.metrics import ContinualMetrics
-from ..continual.paper import PAPER_TITLE, PAPER_URL, paper_results
+from ..continual.paper import PAPER_TITLE, PAPER_URL, comparison_rows
 from .stages import CARD_FILE, read_sequence, stage_revision
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "vpt_nsp.md"
@@ -42,10 +42,10 @@ def build_model_card(
     metrics = ContinualMetrics.from_dict(sequence["metrics"])
     run_info, tasks, names = sequence["run_info"], sequence["tasks"], sequence["class_names"]
     task = sequence["finished_tasks"] - 1
-    method = _method(sequence)
+    method = run_info.get("method") or _method(sequence)
     base_model_path = run_info.get("base_model") or adapter.get("base_model_name_or_path")
-    base_model = _hub_model_id(base_model_path)
-    dataset = run_info.get("dataset")
+    base_model = _hub_id(base_model_path)
+    dataset = _hub_id(run_info.get("dataset"))
     benchmark = run_info.get("benchmark")
     model_name = repo_id.split("/")[-1] if repo_id else f"{method} ({stage_revision(task)})"
     eval_results = _eval_results(metrics, dataset, benchmark, task) if dataset else None
@@ -83,8 +83,13 @@ def build_model_card(
         hyperparameters=sequence["hyperparameters"],
         adapter_settings={key: value for key, value in adapter.items() if key not in _ADAPTER_BOOKKEEPING},
         matrix_rows=_matrix_rows(metrics),
-        results=_results(summary, benchmark, task, len(tasks)),
-        average_incremental_accuracy=_percent(summary["average_incremental_accuracy"]),
+        results=comparison_rows(
+            summary["final_accuracy"],
+            None if math.isnan(summary["forgetting"]) else summary["forgetting"],
+            benchmark,
+            f"{method}, after task {task} ({task + 1} of {len(tasks)} tasks)",
+        ),
+        average_incremental_accuracy=f"{100 * summary['average_incremental_accuracy']:.2f}",
     )
 
 
@@ -102,8 +107,8 @@ def _method(sequence: dict[str, Any]) -> str:
     return "VPT-NSP²" if sequence["projection"] else "VPT-Seq"
 
 
-def _hub_model_id(name: str | None) -> str | None:
-    """``name`` when it can be a Hub model id (not a local folder or path), else ``None``."""
+def _hub_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub repository id (not a local folder or path), else ``None``."""
     if not name or os.path.isabs(name) or name.startswith(".") or os.path.isdir(name):
         return None
     try:
@@ -139,25 +144,6 @@ def _matrix_rows(metrics: ContinualMetrics) -> list[list[str]]:
     matrix = 100 * metrics.accuracy_matrix
     size = metrics.num_tasks
     return [[f"{matrix[t, j]:.2f}" if j <= t else "" for j in range(size)] for t in range(size)]
-
-
-def _results(summary: dict[str, float], benchmark: str | None, task: int, num_tasks: int) -> list[dict[str, str]]:
-    """This stage's final accuracy and forgetting, then the paper's rows for ``benchmark``."""
-    ours = {
-        "method": f"This model, after task {task} ({task + 1} of {num_tasks} tasks)",
-        "final_accuracy": _percent(summary["final_accuracy"]),
-        "forgetting": _percent(summary["forgetting"]),
-    }
-    paper = [
-        {"method": f"Paper: {method}", "final_accuracy": f"{result.final_accuracy:.2f}",
-         "forgetting": "n/a" if result.forgetting is None else f"{result.forgetting:.2f}"}
-        for method, result in paper_results(benchmark).items()
-    ]
-    return [ours, *paper]
-
-
-def _percent(fraction: float) -> str:
-    return "n/a" if math.isnan(fraction) else f"{100 * fraction:.2f}"
 
 
 def _cell(text: str) -> str:
