@@ -1,7 +1,20 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+from .class_statistics import ClassFeatureStatistics
 from .config import VPTNSPConfig
-from .head import ContinualClassifier
+from .head import ContinualClassifier, TaskHeads
 from .layer import VPTNSPLayer
 from .model import NullSpaceLayerReport, VPTNSPModel, VPTNSPModelOutput
+from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
-__all__ = ["ContinualClassifier", "NullSpaceLayerReport", "VPTNSPConfig", "VPTNSPLayer", "VPTNSPModel", "VPTNSPModelOutput"]
+__all__ = [
+    "ClassFeatureStatistics",
+    "ContinualClassifier",
+    "NullSpaceLayerReport",
+    "TaskHeads",
+    "TextEmbeddingClassifier",
+    "VPTNSPConfig",
+    "VPTNSPLayer",
+    "VPTNSPModel",
+    "VPTNSPModelOutput",
+    "encode_class_names",
+]

@@ -1,59 +1,130 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Which transformers models VPT-NSP² supports, and where it finds their blocks, attention and classifier."""
+"""Which transformers models VPT-NSP² supports, and where it finds their blocks, attention, features and heads."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 from transformers import (
+    CLIPModel,
+    CLIPVisionModel,
     DeiTForImageClassification,
     DeiTModel,
     Dinov2ForImageClassification,
     Dinov2Model,
+    SiglipModel,
+    SiglipVisionModel,
     ViTForImageClassification,
     ViTModel,
 )
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.deit.modeling_deit import DeiTLayer
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
+from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.models.vit.modeling_vit import ViTLayer
 
 from ..nullspace.collector import AttentionAccess
 
-#: Supported model classes → name of the classifier module replaced by the continual head
-#: (``None``: a backbone; the head reads the CLS token of the final LayerNorm).
-SUPPORTED_MODELS: dict[type[nn.Module], str | None] = {
-    ViTModel: None,
-    ViTForImageClassification: "classifier",
-    DeiTModel: None,
-    DeiTForImageClassification: "classifier",
-    Dinov2Model: None,
-    Dinov2ForImageClassification: "classifier",
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where VPT-NSP² finds the parts of one supported model class."""
+
+    vision_prefix: str = ""
+    """Module-name prefix of the image tower; blocks outside it (CLIP's text tower) are never prompted."""
+    classifier: str | None = None
+    """Name of the classifier replaced by the continual head (``*ForImageClassification``), ``None`` for a backbone."""
+    pooling: str = "cls"
+    """How a backbone's pooled feature is read: ``"cls"`` (CLS token of the final-LayerNorm ``last_hidden_state``)
+    or ``"pooler"`` (``pooler_output``: CLIP's post-LayerNorm CLS, SigLIP's attention-pooling head)."""
+    projection: str | None = None
+    """Linear image projection into the text-embedding space applied after pooling (CLIP's ``visual_projection``)."""
+    text_tower: bool = False
+    """An image–text model (`CLIPModel`, `SiglipModel`): calls without ``input_ids`` run the image tower only, and
+    class names can be encoded with ``get_text_features``."""
+    text_padding: bool | str = True
+    """Tokenizer padding for the text tower (SigLIP was trained on ``"max_length"`` padding)."""
+
+
+#: Supported model classes and their layout.
+SUPPORTED_MODELS: dict[type[nn.Module], Architecture] = {
+    ViTModel: Architecture(),
+    ViTForImageClassification: Architecture(classifier="classifier"),
+    DeiTModel: Architecture(),
+    DeiTForImageClassification: Architecture(classifier="classifier"),
+    Dinov2Model: Architecture(),
+    Dinov2ForImageClassification: Architecture(classifier="classifier"),
+    CLIPVisionModel: Architecture(pooling="pooler"),
+    CLIPModel: Architecture(
+        vision_prefix="vision_model.", pooling="pooler", projection="visual_projection", text_tower=True
+    ),
+    SiglipVisionModel: Architecture(pooling="pooler"),
+    SiglipModel: Architecture(
+        vision_prefix="vision_model.", pooling="pooler", text_tower=True, text_padding="max_length"
+    ),
 }
 
-#: Transformer block classes that get prompts; each has ``.attention.{q_proj,k_proj}``.
-BLOCK_CLASSES: tuple[type[nn.Module], ...] = (ViTLayer, DeiTLayer, Dinov2Layer)
+#: Transformer block classes that get prompts; each has a self-attention with ``q_proj``/``k_proj``.
+BLOCK_CLASSES: tuple[type[nn.Module], ...] = (ViTLayer, DeiTLayer, Dinov2Layer, CLIPEncoderLayer, SiglipEncoderLayer)
 
 
 def supported_model_names() -> str:
     return ", ".join(sorted(cls.__name__ for cls in SUPPORTED_MODELS))
 
 
-def classifier_name(model: nn.Module) -> str | None:
-    """Name of the classifier the continual head replaces, ``None`` for a backbone.
+def architecture(model: nn.Module) -> Architecture:
+    """The layout of a supported model.
 
     Raises:
-        ValueError: the model is not one of :data:`SUPPORTED_MODELS`.
+        ValueError: the model is not one of :data:`SUPPORTED_MODELS`, or a SigLIP image tower without its
+            attention-pooling head (it has no pooled feature for the head).
     """
-    for cls, name in SUPPORTED_MODELS.items():
-        if type(model) is cls:
-            return name
-    raise ValueError(
-        f"VPT-NSP² does not support `{type(model).__name__}`. Supported models: {supported_model_names()}. "
-        "Load the backbone with one of these classes (e.g. `ViTModel.from_pretrained(...)`)."
-    )
+    spec = SUPPORTED_MODELS.get(type(model))
+    if spec is None:
+        raise ValueError(
+            f"VPT-NSP² does not support `{type(model).__name__}`. Supported models: {supported_model_names()}. "
+            "Load the backbone with one of these classes (e.g. `ViTModel.from_pretrained(...)`)."
+        )
+    if isinstance(model, (SiglipModel, SiglipVisionModel)) and not vision_config(model).vision_use_head:
+        raise ValueError(
+            f"This `{type(model).__name__}` has no attention-pooling head (`vision_use_head=False`), so there is no "
+            "pooled image feature for the continual head; use a SigLIP checkpoint with `vision_use_head=True`."
+        )
+    return spec
+
+
+def vision_config(model: nn.Module):
+    """The configuration of the image tower (the model's own one for an image-only model)."""
+    return getattr(model.config, "vision_config", None) or model.config
+
+
+def pooled_size(model: nn.Module, spec: Architecture) -> int:
+    """Size of the pooled image feature: the continual head's input before any image projection."""
+    if spec.classifier is not None:
+        return getattr(model, spec.classifier).in_features
+    return vision_config(model).hidden_size
+
+
+def pooled_features(outputs, spec: Architecture) -> torch.Tensor:
+    """``(B, F)`` pooled feature of a backbone's (or an image tower's) output."""
+    if spec.pooling == "cls":
+        return outputs.last_hidden_state[:, 0]
+    return outputs.pooler_output
 
 
 def attention_access(block: nn.Module) -> AttentionAccess:
     """The q/k projections and head layout of a supported block."""
+    if isinstance(block, (CLIPEncoderLayer, SiglipEncoderLayer)):
+        attention = block.self_attn
+        return AttentionAccess(
+            q_proj=attention.q_proj,
+            k_proj=attention.k_proj,
+            num_heads=attention.num_heads,
+            head_dim=attention.head_dim,
+            scaling=float(attention.scale),
+        )
     attention = block.attention
     return AttentionAccess(
         q_proj=attention.q_proj,

@@ -14,6 +14,7 @@ from .._registration import PEFT_TYPE
 PROMPT_INITS = ("uniform", "zeros")
 THRESHOLD_MODES = ("adaptive", "times")
 ACCUMULATIONS = ("sum", "mean")
+CLASSIFIERS = ("linear", "text")
 
 
 @dataclass
@@ -61,6 +62,20 @@ class VPTNSPConfig(PeftConfig):
         projected_layers (`list[int]`, *optional*):
             Block indices (a subset of `prompt_layers`) whose prompt updates are projected. Defaults to all
             prompted blocks; the others train freely (an ablation knob).
+        classifier (`str`, defaults to `"linear"`):
+            The continual classifier: `"linear"` (one linear head per task) or `"text"` (CLIP-NSP²: scaled cosine
+            similarity to class-name embeddings of the frozen text tower, with a trainable logit scale; the
+            embeddings are computed by `add_task` and saved with the adapter).
+        text_templates (`list[str]`, defaults to `["a photo of a {}."]`):
+            `"text"` only: prompt templates with one `{}` for the class name; the class embedding is the normalised
+            mean of the normalised template embeddings.
+        logit_scale (`float`, *optional*):
+            `"text"` only: initial log logit scale `s` (logits are `exp(s) · cos`). Defaults to the base model's
+            `logit_scale` if it has one (`CLIPModel`; `ln 100` for OpenAI's weights), else `ln 100`.
+        class_statistics (`bool`, defaults to `False`):
+            Keep the per-class mean and covariance of the pooled image features of every task's training data in
+            the adapter (`update_class_statistics`), the input of head refinement. Costs `F × F` float32 per class
+            (F = 768 for ViT-B/16: 2.4 MB per class).
         task_classes (`list[list[int]]`, defaults to `[]`):
             Global class ids of every task's head, in task order. Filled by `add_task`; saved so that
             `PeftModel.from_pretrained` rebuilds the heads. Do not set it by hand.
@@ -103,6 +118,21 @@ class VPTNSPConfig(PeftConfig):
     projected_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
     )
+    classifier: str = field(
+        default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
+    )
+    text_templates: list[str] = field(
+        default_factory=lambda: ["a photo of a {}."],
+        metadata={"help": "`text` classifier: prompt templates with one `{}` for the class name."},
+    )
+    logit_scale: Optional[float] = field(
+        default=None,
+        metadata={"help": "`text` classifier: initial log logit scale; default: the base model's, else ln 100."},
+    )
+    class_statistics: bool = field(
+        default=False,
+        metadata={"help": "Keep per-class feature means and covariances in the adapter (for head refinement)."},
+    )
     task_classes: list[list[int]] = field(
         default_factory=list, metadata={"help": "Global class ids of every task's head; filled by `add_task`."}
     )
@@ -131,6 +161,17 @@ class VPTNSPConfig(PeftConfig):
         _check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
         _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
         _check_choice("accumulation", self.accumulation, ACCUMULATIONS)
+        _check_choice("classifier", self.classifier, CLASSIFIERS)
+        if (
+            not isinstance(self.text_templates, (list, tuple))
+            or not self.text_templates
+            or not all(isinstance(t, str) and t.count("{}") == 1 for t in self.text_templates)
+        ):
+            raise ValueError(
+                "`text_templates` must be a non-empty list of strings with one `{}` each, got "
+                f"{self.text_templates!r}."
+            )
+        self.text_templates = list(self.text_templates)
         for name in ("threshold_offset1", "threshold_offset2"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value >= 1 and value != int(value)):
@@ -149,6 +190,8 @@ class VPTNSPConfig(PeftConfig):
             isinstance(classes, list) and classes for classes in self.task_classes
         ):
             raise ValueError("`task_classes` must be a list of non-empty lists of class ids (it is set by `add_task`).")
+        if self.logit_scale is not None and self.classifier != "text":
+            warnings.warn("`logit_scale` only applies to `classifier='text'`; it is ignored.")
         if self.threshold_mode == "times" and (self.threshold_offset1 or self.threshold_offset2):
             warnings.warn("`threshold_offset1/2` only apply to `threshold_mode='adaptive'`; they are ignored.")
 

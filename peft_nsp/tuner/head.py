@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The continual classifier: one linear head per task, concatenated over all tasks seen."""
+"""The continual classifiers: logit columns grouped by task, concatenated over all tasks seen."""
 
 from __future__ import annotations
 
@@ -7,11 +7,34 @@ import torch
 from torch import nn
 
 
-class ContinualClassifier(nn.Module):
-    """One ``nn.Linear`` per task over that task's classes; only the newest head trains.
+class TaskHeads(nn.Module):
+    """Base of the continual classifiers: one group of logit columns per task, in task order.
 
-    Output columns follow the tasks in order. The global class id of each column is recorded by the tuner
-    (``VPTNSPConfig.task_classes``); this module only holds the weights.
+    The global class id of each column is recorded by the tuner (``VPTNSPConfig.task_classes``); subclasses only
+    hold weights and report ``task_sizes``.
+    """
+
+    @property
+    def task_sizes(self) -> list[int]:
+        """Number of classes of every task, in task order."""
+        raise NotImplementedError
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    def task_columns(self, task: int) -> slice:
+        """Output columns of task ``task`` (negative indices count from the newest)."""
+        sizes = self.task_sizes
+        start = sum(sizes[:task])
+        return slice(start, start + sizes[task])
+
+    def freeze_old_heads(self) -> None:
+        """Re-freeze the weights of older tasks (PEFT's ``set_adapter`` makes every adapter weight trainable)."""
+
+
+class ContinualClassifier(TaskHeads):
+    """One ``nn.Linear`` per task over that task's classes; only the newest head trains.
 
     Args:
         in_features: feature size (hidden size for a backbone, the replaced classifier's input size
@@ -35,18 +58,12 @@ class ContinualClassifier(nn.Module):
         return len(self.heads) - 1
 
     def freeze_old_heads(self) -> None:
-        """Re-freeze all heads but the newest (PEFT's ``set_adapter`` makes every adapter weight trainable)."""
         for old in list(self.heads)[:-1]:
             old.requires_grad_(False)
 
     @property
-    def num_tasks(self) -> int:
-        return len(self.heads)
-
-    def task_columns(self, task: int) -> slice:
-        """Output columns of task ``task``."""
-        start = sum(head.out_features for head in list(self.heads)[:task])
-        return slice(start, start + self.heads[task].out_features)
+    def task_sizes(self) -> list[int]:
+        return [head.out_features for head in self.heads]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, in_features)`` → ``(B, num_seen_classes)`` logits of all heads."""

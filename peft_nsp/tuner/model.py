@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -18,10 +22,19 @@ from ..losses import layernorm_consistency_loss
 from ..nullspace.collector import LayerSums, StatisticsCollector
 from ..nullspace.projector import null_space_projector
 from ..nullspace.update import NullSpaceProjection, ProjectionTarget
-from .architectures import BLOCK_CLASSES, attention_access, classifier_name
+from .architectures import (
+    BLOCK_CLASSES,
+    architecture,
+    attention_access,
+    pooled_features,
+    pooled_size,
+    vision_config,
+)
+from .class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
 from .config import VPTNSPConfig
-from .head import ContinualClassifier
+from .head import ContinualClassifier, TaskHeads
 from .layer import VPTNSPLayer
+from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
 
 @dataclass
@@ -48,12 +61,21 @@ class NullSpaceLayerReport:
 class VPTNSPModel(BaseTuner):
     """VPT-NSP²: deep visual prompts for continual learning, updated in the null space of earlier tasks.
 
-    Creates a [`VPTNSPLayer`] around every selected transformer block of a supported ViT-family model and a
-    [`ContinualClassifier`] (one linear head per task). Paper: https://huggingface.co/papers/2406.05658.
+    Creates a [`VPTNSPLayer`] around every selected transformer block of the image tower of a supported model and
+    a continual classifier: [`ContinualClassifier`] (one linear head per task) or, for CLIP-NSP²,
+    [`TextEmbeddingClassifier`] (scaled cosine similarity to class-name embeddings of the frozen text tower).
+    Paper: https://huggingface.co/papers/2406.05658.
+
+    On `CLIPModel`/`SiglipModel` a call without `input_ids` (`model(pixel_values=...)`) runs the image tower only
+    and returns the head's logits; a call with `input_ids` is the base model's image–text forward. The text tower
+    is never prompted nor trained. The head reads CLIP's projected image embedding through a copy of
+    `visual_projection` kept in the adapter: frozen while tasks train (only prompts and the logit scale or the
+    newest linear head train, as in the paper), trained by head refinement.
 
     Args:
         model ([`transformers.PreTrainedModel`]): a supported model (`ViTModel`, `ViTForImageClassification`,
-            `DeiTModel`, `DeiTForImageClassification`, `Dinov2Model`, `Dinov2ForImageClassification`).
+            `DeiTModel`, `DeiTForImageClassification`, `Dinov2Model`, `Dinov2ForImageClassification`,
+            `CLIPVisionModel`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`).
         config ([`VPTNSPConfig`]): the configuration.
         adapter_name (`str`): the adapter name.
 
@@ -70,6 +92,8 @@ class VPTNSPModel(BaseTuner):
         - **model** ([`transformers.PreTrainedModel`]) -- the adapted model.
         - **peft_config** ([`VPTNSPConfig`]) -- the configuration.
         - **vpt_nsp_head** (`nn.ModuleDict`) -- the continual classifier of each adapter.
+        - **vpt_nsp_projection** (`nn.ModuleDict`) -- each adapter's copy of the image projection (CLIP).
+        - **vpt_nsp_class_statistics** (`nn.ModuleDict`) -- per-class feature statistics (`class_statistics=True`).
     """
 
     prefix: str = "vpt_nsp_"
@@ -78,25 +102,29 @@ class VPTNSPModel(BaseTuner):
 
     # ------------------------------------------------------------------ injection
     def _pre_injection_hook(self, model: nn.Module, config: VPTNSPConfig, adapter_name: str) -> None:
-        self._classifier_name = classifier_name(model)  # raises for unsupported models
+        self._architecture = architecture(model)  # raises for unsupported models
         if "vpt_nsp_head" not in self._modules:
             self.vpt_nsp_head = nn.ModuleDict()
+            self.vpt_nsp_projection = nn.ModuleDict()
+            self.vpt_nsp_class_statistics = nn.ModuleDict()
             self._heads_enabled = True
             self._pending_labels: torch.Tensor | None = None
+            self._feature_sink: list[torch.Tensor] | None = None
             # `PeftModel.forward` calls the wrapped model directly, so the heads act through its hooks.
             self._hook_handles = [
                 model.register_forward_pre_hook(self._take_labels, with_kwargs=True),
                 model.register_forward_hook(self._add_head_outputs, with_kwargs=True),
             ]
-            if self._classifier_name is not None:
-                classifier = getattr(model, self._classifier_name)
+            if self._architecture.classifier is not None:
+                classifier = getattr(model, self._architecture.classifier)
                 self._hook_handles.append(classifier.register_forward_hook(self._replace_classifier_output))
+            self._image_forward = _route_image_calls(model) if self._architecture.text_tower else None
 
     def _prepare_adapter_config(self, peft_config: VPTNSPConfig, model_config: dict) -> VPTNSPConfig:
         return peft_config
 
     def _prepare_model(self, peft_config: VPTNSPConfig, model: nn.Module) -> None:
-        blocks = _block_names(model)
+        blocks = _block_names(model, self._architecture.vision_prefix)
         if not blocks:
             raise ValueError(f"No transformer blocks ({', '.join(c.__name__ for c in BLOCK_CLASSES)}) found.")
         indices = range(len(blocks)) if peft_config.prompt_layers is None else peft_config.prompt_layers
@@ -131,7 +159,9 @@ class VPTNSPModel(BaseTuner):
             layer = target
         else:
             layer = VPTNSPLayer(
-                target, layer_index=self._prompt_targets[current_key], hidden_size=self.model.config.hidden_size
+                target,
+                layer_index=self._prompt_targets[current_key],
+                hidden_size=vision_config(self.model).hidden_size,
             )
         layer.update_layer(adapter_name, peft_config.prompt_length, peft_config.prompt_init, peft_config.inference_mode)
         if layer is not target:
@@ -150,15 +180,37 @@ class VPTNSPModel(BaseTuner):
         # Also the path of `PeftModel.add_adapter`/`load_adapter`, which skip the injection hooks.
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         config = self.peft_config[adapter_name]
-        if self._classifier_name is None:
-            in_features = model.config.hidden_size
+        device = next(model.parameters()).device
+        features = pooled = pooled_size(model, self._architecture)
+        if self._architecture.projection is not None:
+            projection = copy.deepcopy(getattr(model, self._architecture.projection)).requires_grad_(False)
+            self.vpt_nsp_projection[adapter_name] = projection
+            features = projection.out_features
+        if config.classifier == "text":
+            logit_scale = config.logit_scale
+            if logit_scale is None:
+                logit_scale = float(model.logit_scale) if hasattr(model, "logit_scale") else math.log(100.0)
+            self.vpt_nsp_head[adapter_name] = TextEmbeddingClassifier(features, logit_scale).to(device)
         else:
-            in_features = getattr(model, self._classifier_name).in_features
-        head = ContinualClassifier(in_features).to(next(model.parameters()).device)
+            self.vpt_nsp_head[adapter_name] = ContinualClassifier(features).to(device)
+        if config.class_statistics:
+            self.vpt_nsp_class_statistics[adapter_name] = ClassFeatureStatistics(pooled)
+        # Rebuild the per-task state a checkpoint fills (`PeftModel.from_pretrained` loads after injection).
         for classes in config.task_classes:
-            head.add_task(len(classes))
-        self.vpt_nsp_head[adapter_name] = head
+            self._append_task(adapter_name, len(classes))
         self._set_head_trainable(adapter_name, trainable=not config.inference_mode)
+
+    def _append_task(self, adapter_name: str, num_classes: int, class_embeddings: torch.Tensor | None = None) -> None:
+        """Grow the head (and the class statistics) by one task; zero text embeddings until a checkpoint loads."""
+        head = self.vpt_nsp_head[adapter_name]
+        if isinstance(head, TextEmbeddingClassifier):
+            if class_embeddings is None:
+                class_embeddings = torch.zeros(num_classes, head.embedding_dim)
+            head.add_task(class_embeddings)
+        else:
+            head.add_task(num_classes)
+        if adapter_name in self.vpt_nsp_class_statistics:
+            self.vpt_nsp_class_statistics[adapter_name].add_task(num_classes, next(self.model.parameters()).device)
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
         super()._mark_only_adapters_as_trainable(model)
@@ -181,7 +233,9 @@ class VPTNSPModel(BaseTuner):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        del self.vpt_nsp_head[adapter_name]
+        for container in (self.vpt_nsp_head, self.vpt_nsp_projection, self.vpt_nsp_class_statistics):
+            if adapter_name in container:
+                del container[adapter_name]
 
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError("VPT-NSP² prompts are extra tokens and cannot be merged into the weights.")
@@ -192,6 +246,8 @@ class VPTNSPModel(BaseTuner):
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
+        if self._image_forward is not None and self.model.__dict__.get("forward") is self._image_forward:
+            del self.model.forward
         return super()._unload_and_optionally_merge(merge=False, **kwargs)
 
     @classmethod
@@ -222,15 +278,31 @@ class VPTNSPModel(BaseTuner):
             raise ValueError(f"Exactly one adapter must be active for VPT-NSP², got {active}.")
         return active[0]
 
-    def _active_head(self) -> ContinualClassifier | None:
+    def _active_head(self) -> TaskHeads | None:
         if not self._heads_enabled:
             return None
         head = self.vpt_nsp_head[self._active_adapter_name()]
         return head if head.num_tasks > 0 else None
 
     def _replace_classifier_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        head = self._active_head()
-        return None if head is None else head(args[0])
+        return None if self._active_head() is None else self._classify(args[0])
+
+    def _classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self._feature_sink is not None:
+            self._feature_sink.append(pooled.detach())
+        return self.logits_from_features(pooled)
+
+    def logits_from_features(self, pooled: torch.Tensor, adapter_name: str | None = None) -> torch.Tensor:
+        """The image-side head: ``(B, F)`` pooled features → image projection (CLIP) → classifier.
+
+        Returns:
+            ``(B, num_seen_classes)`` logits, columns in `class_order()`.
+        """
+        adapter_name = adapter_name or self._active_adapter_name()
+        if adapter_name in self.vpt_nsp_projection:
+            projection = self.vpt_nsp_projection[adapter_name]
+            pooled = projection(pooled.to(projection.weight.dtype))
+        return self.vpt_nsp_head[adapter_name](pooled)
 
     def _take_labels(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """With heads, ``labels`` are global class ids for our loss: keep them from the base model's own loss."""
@@ -243,27 +315,31 @@ class VPTNSPModel(BaseTuner):
     def _add_head_outputs(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any) -> Any:
         """With task heads, return logits over all seen classes (and the cross-entropy loss for ``labels``).
 
-        A backbone gets a [`VPTNSPModelOutput`] (its own fields plus ``logits``/``loss``, the head reading the
-        CLS token of the final LayerNorm); a classification model an ``ImageClassifierOutput`` whose classifier
-        is the continual head. Without heads, or with the adapter disabled, outputs pass unchanged.
+        A backbone (or the image tower of `CLIPModel`/`SiglipModel`) gets a [`VPTNSPModelOutput`] (its own fields
+        plus ``logits``/``loss``, the head reading the pooled feature: CLS token of the final LayerNorm for ViTs,
+        ``pooler_output`` for CLIP/SigLIP); a classification model an ``ImageClassifierOutput`` whose classifier
+        is the continual head. Without heads, with the adapter disabled, or for an image–text call (``input_ids``),
+        outputs pass unchanged.
         """
-        if not self._heads_enabled or isinstance(outputs, tuple) and self._active_head() is None:
+        if not self._heads_enabled or (self._architecture.text_tower and _has_text(args, kwargs)):
             return None
+        head = self._active_head()
         if isinstance(outputs, tuple):
+            if head is None:
+                return None
             raise ValueError("VPT-NSP² heads need `return_dict=True` (the default) in the model call.")
         hidden_states = self._drop_prompt_tokens(outputs.get("hidden_states"))
-        head = self._active_head()
         if head is None:
             if hidden_states is not None:
                 outputs["hidden_states"] = hidden_states
             return outputs
         labels, self._pending_labels = self._pending_labels, None
-        if self._classifier_name is None:
-            logits = head(outputs.last_hidden_state[:, 0])
+        if self._architecture.classifier is None:
+            logits = self._classify(pooled_features(outputs, self._architecture))
         else:
             logits = outputs.logits
         loss = None if labels is None else F.cross_entropy(logits, self.class_ids_to_columns(labels))
-        if self._classifier_name is None:
+        if self._architecture.classifier is None:
             return VPTNSPModelOutput(
                 last_hidden_state=outputs.last_hidden_state,
                 pooler_output=outputs.pooler_output,
@@ -290,12 +366,25 @@ class VPTNSPModel(BaseTuner):
         return tuple(trimmed)
 
     # ------------------------------------------------------------------ tasks
-    def add_task(self, classes: int | Sequence[int], adapter_name: str | None = None) -> int:
+    def add_task(
+        self,
+        classes: int | Sequence[int],
+        adapter_name: str | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        tokenizer: Any = None,
+        class_embeddings: torch.Tensor | None = None,
+    ) -> int:
         """Add a classifier head for a new task and return its index (0-based).
 
         Args:
             classes: the task's global class ids, or a count ``n`` for the next ``n`` unused ids.
             adapter_name: defaults to the active adapter.
+            class_names: ``classifier="text"``: the classes' names, encoded with the model's frozen text tower
+                under every `text_templates` entry (`CLIPModel`/`SiglipModel`; needs ``tokenizer``).
+            tokenizer: ``classifier="text"``: the text tower's tokenizer (e.g. ``AutoTokenizer.from_pretrained``).
+            class_embeddings: ``classifier="text"``: precomputed ``(num_classes, E)`` class embeddings instead of
+                names (any model; E is the size of the image embedding the head reads).
         """
         adapter_name = adapter_name or self._active_adapter_name()
         config = self.peft_config[adapter_name]
@@ -313,10 +402,60 @@ class VPTNSPModel(BaseTuner):
         overlap = sorted(set(classes) & set(seen))
         if overlap:
             raise ValueError(f"Classes {overlap} already belong to an earlier task; tasks must be disjoint.")
+        if config.classifier == "text":
+            class_embeddings = self._task_class_embeddings(
+                adapter_name, classes, class_names, tokenizer, class_embeddings
+            )
+        elif class_names is not None or tokenizer is not None or class_embeddings is not None:
+            warnings.warn(
+                "`class_names`, `tokenizer` and `class_embeddings` only apply to `classifier='text'`; they are ignored."
+            )
+            class_embeddings = None
         config.task_classes.append(classes)
-        self.vpt_nsp_head[adapter_name].add_task(len(classes))
+        self._append_task(adapter_name, len(classes), class_embeddings)
         self._set_head_trainable(adapter_name, trainable=adapter_name in self.active_adapters and not config.inference_mode)
         return len(config.task_classes) - 1
+
+    def _task_class_embeddings(
+        self,
+        adapter_name: str,
+        classes: list[int],
+        class_names: Sequence[str] | None,
+        tokenizer: Any,
+        class_embeddings: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``(len(classes), E)`` embeddings of a new task's classes for the text classifier."""
+        width = self.vpt_nsp_head[adapter_name].embedding_dim
+        model_name = type(self.model).__name__
+        if class_embeddings is None:
+            if class_names is None:
+                raise ValueError(
+                    "`classifier='text'` needs the task's `class_names=` (with `tokenizer=`) or precomputed "
+                    "`class_embeddings=` in `add_task`."
+                )
+            if len(class_names) != len(classes):
+                raise ValueError(f"Got {len(class_names)} class names for {len(classes)} classes.")
+            if not self._architecture.text_tower:
+                raise ValueError(
+                    f"`{model_name}` has no text tower to encode class names: load the image–text model "
+                    f"(`CLIPModel`, `SiglipModel`), or pass precomputed `class_embeddings` of width {width}."
+                )
+            if tokenizer is None:
+                raise ValueError(
+                    "Encoding class names needs the text tower's tokenizer: `add_task(..., tokenizer="
+                    "AutoTokenizer.from_pretrained(<model id>))`."
+                )
+            templates = self.peft_config[adapter_name].text_templates
+            class_embeddings = encode_class_names(
+                self.model, tokenizer, class_names, templates, padding=self._architecture.text_padding
+            )
+        class_embeddings = torch.as_tensor(class_embeddings)
+        if tuple(class_embeddings.shape) != (len(classes), width):
+            raise ValueError(
+                f"`class_embeddings` must have shape ({len(classes)}, {width}) for {len(classes)} classes and the "
+                f"{width}-wide image embedding of `{model_name}`, got {tuple(class_embeddings.shape)}."
+            )
+        return class_embeddings
 
     def task_columns(self, task: int = -1, adapter_name: str | None = None) -> slice:
         """Logit columns of task ``task`` (default: the newest)."""
@@ -337,6 +476,15 @@ class VPTNSPModel(BaseTuner):
         return matches.int().argmax(-1)
 
     # ------------------------------------------------------------------ null space
+    def _statistics_adapter(self, adapter_name: str | None, method: str) -> str:
+        active = self._active_adapter_name()
+        if adapter_name not in (None, active):
+            raise ValueError(
+                f"`{method}` collects statistics with the active adapter's prompts ({active!r}); call "
+                f"`model.set_adapter({adapter_name!r})` first."
+            )
+        return active
+
     def _prompted_layers(self, adapter_name: str | None = None) -> list[VPTNSPLayer]:
         adapter_name = adapter_name or self._active_adapter_name()
         return [m for m in self.model.modules() if isinstance(m, VPTNSPLayer) and adapter_name in m.vpt_nsp_prompt]
@@ -368,13 +516,7 @@ class VPTNSPModel(BaseTuner):
         Returns:
             One :class:`NullSpaceLayerReport` per prompted layer.
         """
-        active = self._active_adapter_name()
-        if adapter_name not in (None, active):
-            raise ValueError(
-                f"`update_null_space` collects statistics with the active adapter's prompts ({active!r}); call "
-                f"`model.set_adapter({adapter_name!r})` first."
-            )
-        adapter_name = active
+        adapter_name = self._statistics_adapter(adapter_name, "update_null_space")
         config = self.peft_config[adapter_name]
         layers = self._prompted_layers(adapter_name)
         accesses = [attention_access(layer.base_layer) for layer in layers]
@@ -456,21 +598,138 @@ class VPTNSPModel(BaseTuner):
             return next(self.vpt_nsp_head.parameters(), torch.zeros(())).new_zeros(())
         return layernorm_consistency_loss([p for p, _ in pairs], [old for _, old in pairs])
 
+    # ------------------------------------------------------------------ head refinement
+    @torch.no_grad()
+    def update_class_statistics(
+        self,
+        batches: Iterable[Any],
+        task: int = -1,
+        adapter_name: str | None = None,
+        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store the per-class mean and covariance of the pooled features of a task's training data.
+
+        Run after training the task, on its training data with evaluation transforms (the model is put in eval
+        mode and restored). The features are those the image-side head reads (before CLIP's projection).
+
+        Args:
+            batches: iterable of mappings with ``pixel_values`` and ``labels`` (global class ids), or of
+                ``(pixel_values, labels)`` tuples (a `DataLoader` over [`TaskCollator`] without ``task_classes``).
+            task: the task whose classes the labels belong to (default: the newest).
+            adapter_name: must be the active adapter (default).
+            reduce_fn: sums a tensor over processes, so every rank stores the statistics of all data.
+            forward_kwargs: extra model arguments (e.g. ``{"interpolate_pos_encoding": True}``).
+        """
+        adapter_name = self._statistics_adapter(adapter_name, "update_class_statistics")
+        config = self.peft_config[adapter_name]
+        if not config.class_statistics:
+            raise ValueError("Class statistics are off for this adapter: create it with `class_statistics=True`.")
+        if not config.task_classes:
+            raise ValueError("The adapter has no task: call `add_task` first.")
+        task = range(len(config.task_classes))[task]
+        classes = config.task_classes[task]
+        column = {c: i for i, c in enumerate(classes)}
+        device = next(self.model.parameters()).device
+        sums = None
+        was_training = self.model.training
+        self.model.eval()
+        self._feature_sink = captured = []
+        try:
+            for batch in batches:
+                labels = _labels(batch).tolist()
+                unknown = sorted(set(labels) - set(column))
+                if unknown:
+                    raise ValueError(f"Labels {unknown} are not classes of task {task} ({classes}).")
+                self.model(pixel_values=_pixel_values(batch).to(device), **(forward_kwargs or {}))
+                local = torch.tensor([column[label] for label in labels], device=captured[-1].device)
+                batch_sums = class_feature_sums(captured.pop(), local, len(classes))
+                sums = batch_sums if sums is None else tuple(a + b for a, b in zip(sums, batch_sums))
+        finally:
+            self._feature_sink = None
+            self.model.train(was_training)
+        statistics = self.vpt_nsp_class_statistics[adapter_name]
+        if sums is None:  # a process with an empty shard still joins the reductions
+            count, width = len(classes), statistics.feature_size
+            shapes = [(count,), (count, width), (count, width, width)]
+            sums = tuple(torch.zeros(shape, dtype=torch.float64, device=device) for shape in shapes)
+        if reduce_fn is not None:
+            sums = tuple(reduce_fn(t) for t in sums)
+        empty = [c for c, count in zip(classes, sums[0].tolist()) if count == 0]
+        if empty:
+            raise ValueError(f"`update_class_statistics` got no samples of classes {empty} of task {task}.")
+        means, covariances = mean_and_covariance(*sums)
+        statistics.store(task, sums[0], means, covariances)
+
+    def class_feature_statistics(self, adapter_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C_seen, F)`` float64 means and ``(C_seen, F, F)`` float32 covariances of every seen class, in
+        logit-column order (see `update_class_statistics`)."""
+        adapter_name = adapter_name or self._active_adapter_name()
+        if adapter_name not in self.vpt_nsp_class_statistics:
+            raise ValueError("Class statistics are off for this adapter: create it with `class_statistics=True`.")
+        return self.vpt_nsp_class_statistics[adapter_name].collected()
+
+    def refinable_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
+        """What head refinement trains: the image projection (CLIP) and, with linear heads, every task's head."""
+        adapter_name = adapter_name or self._active_adapter_name()
+        parameters = []
+        if adapter_name in self.vpt_nsp_projection:
+            parameters += list(self.vpt_nsp_projection[adapter_name].parameters())
+        head = self.vpt_nsp_head[adapter_name]
+        if isinstance(head, ContinualClassifier):
+            parameters += list(head.parameters())
+        return parameters
+
     def tasks_seen(self, adapter_name: str | None = None) -> int:
         """Number of tasks folded into the null-space statistics."""
         layers = self._prompted_layers(adapter_name)
         return int(layers[0].vpt_nsp_null_space[adapter_name or self._active_adapter_name()].tasks_seen)
 
 
-def _block_names(model: nn.Module) -> list[str]:
-    """Names of the transformer blocks (a prompted block counts under its own name), in forward order."""
+def _block_names(model: nn.Module, prefix: str = "") -> list[str]:
+    """Names of the image tower's transformer blocks (a prompted block counts under its own name), in forward order."""
     names = []
     for name, module in model.named_modules():
+        if not name.startswith(prefix):
+            continue
         if isinstance(module, VPTNSPLayer):
             names.append(name)
         elif isinstance(module, BLOCK_CLASSES) and not name.endswith(".base_layer"):
             names.append(name)
     return names
+
+
+def _route_image_calls(model: nn.Module) -> Callable[..., Any]:
+    """Make calls without ``input_ids`` of an image–text model run its image tower only; returns the new forward.
+
+    `CLIPModel.forward` needs text; VPT-NSP² (heads, statistics, the trainer) calls ``model(pixel_values=...)``.
+    The replacement is an instance attribute, removed again by `unload()`.
+    """
+    image_text_forward = model.forward
+
+    @functools.wraps(image_text_forward)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if _has_text(args, kwargs):
+            return image_text_forward(*args, **kwargs)
+        return model.vision_model(**kwargs)
+
+    model.forward = forward
+    return forward
+
+
+def _has_text(args: tuple, kwargs: Mapping[str, Any]) -> bool:
+    """Whether an image–text model's call carries text (``input_ids``, the first positional argument)."""
+    return bool(args) or kwargs.get("input_ids") is not None
+
+
+def _labels(batch: Any) -> torch.Tensor:
+    if isinstance(batch, Mapping) and "labels" in batch:
+        return torch.as_tensor(batch["labels"])
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        return torch.as_tensor(batch[1])
+    raise ValueError(
+        "Class statistics need labels: yield mappings with a `labels` key or `(pixel_values, labels)` tuples."
+    )
 
 
 def _pixel_values(batch: Any) -> torch.Tensor:

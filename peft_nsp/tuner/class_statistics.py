@@ -1,0 +1,102 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Per-class feature mean and covariance of each task's training data (the input of head refinement)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def class_feature_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class sample count, feature sum and Gram matrix.
+
+    Args:
+        features: ``(N, F)`` pooled features.
+        labels: ``(N,)`` class indices in ``[0, num_classes)``.
+        num_classes: C.
+
+    Returns:
+        ``(C,)`` counts, ``(C, F)`` sums ``Σ x`` and ``(C, F, F)`` Grams ``Σ x xᵀ``, all float64.
+    """
+    x = features.detach().double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    sums = x.new_zeros(num_classes, x.shape[1]).index_add_(0, labels, x)
+    grams = x.new_zeros(num_classes, x.shape[1], x.shape[1])
+    for label in labels.unique().tolist():
+        rows = x[labels == label]
+        grams[label] = rows.T @ rows
+    return counts, sums, grams
+
+
+def mean_and_covariance(
+    counts: torch.Tensor, sums: torch.Tensor, grams: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean and unbiased covariance from :func:`class_feature_sums` (zero covariance for one sample).
+
+    Returns:
+        ``(C, F)`` means and ``(C, F, F)`` covariances ``(Σ x xᵀ − n μ μᵀ) / (n − 1)``.
+    """
+    means = sums / counts[:, None]
+    outer = counts[:, None, None] * means[:, :, None] * means[:, None, :]
+    covariances = (grams - outer) / (counts - 1).clamp_min(1)[:, None, None]
+    return means, covariances
+
+
+class _TaskStatistics(nn.Module):
+    """Buffers of one task: ``counts`` ``(C,)`` float64 (0: not collected), ``means`` ``(C, F)`` float64,
+    ``covariances`` ``(C, F, F)`` float32."""
+
+    def __init__(self, num_classes: int, feature_size: int) -> None:
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("means", torch.zeros(num_classes, feature_size, dtype=torch.float64))
+        self.register_buffer("covariances", torch.zeros(num_classes, feature_size, feature_size))
+
+    def _apply(self, fn, recurse: bool = True):
+        # Device moves apply, casts do not: casting the model must not round the statistics.
+        self._buffers.update({name: b.to(fn(b.reshape(-1)[:0]).device) for name, b in self._buffers.items()})
+        return self
+
+
+class ClassFeatureStatistics(nn.Module):
+    """The class statistics of one adapter, one entry per task (the tasks' classes are disjoint).
+
+    Args:
+        feature_size: F, the size of the pooled feature the image-side head reads.
+    """
+
+    def __init__(self, feature_size: int) -> None:
+        super().__init__()
+        self.feature_size = feature_size
+        self.tasks = nn.ModuleList()
+
+    def add_task(self, num_classes: int, device: torch.device | None = None) -> None:
+        """Append zeroed statistics for a task of ``num_classes`` classes."""
+        self.tasks.append(_TaskStatistics(num_classes, self.feature_size).to(device))
+
+    @torch.no_grad()
+    def store(self, task: int, counts: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> None:
+        """Replace the statistics of task ``task``."""
+        stats = self.tasks[task]
+        stats.counts.copy_(counts)
+        stats.means.copy_(means)
+        stats.covariances.copy_(covariances)
+
+    def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C_seen, F)`` means and ``(C_seen, F, F)`` covariances of all tasks, in logit-column order.
+
+        Raises:
+            ValueError: some task's statistics were never collected.
+        """
+        missing = [task for task, stats in enumerate(self.tasks) if not bool((stats.counts > 0).all())]
+        if missing or not len(self.tasks):
+            raise ValueError(
+                f"No class statistics for task(s) {missing or 'any'}: run `model.update_class_statistics(...)` on "
+                "each task's training data after training it."
+            )
+        return (
+            torch.cat([stats.means for stats in self.tasks]),
+            torch.cat([stats.covariances for stats in self.tasks]),
+        )
