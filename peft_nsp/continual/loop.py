@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -33,9 +34,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from .._io import fsync_tree, write_atomically
 from ..trainer import NSPTrainingArguments, NullSpaceTrainer
 from ..tuner.config import VPTNSPConfig
+from .class_names import readable_class_names
 from .data import ImageTransform, TaskCollator, check_image_dataset, select_classes, split_classes
 from .metrics import ContinualMetrics, count_correct
 from .plots import plot_accuracy_curve, plot_accuracy_matrix
+from .refinement import HeadRefinementArguments, refine_head
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +73,17 @@ def run_class_incremental(
     callbacks: Sequence[TrainerCallback] = (),
     run_info: Mapping[str, Any] | None = None,
     on_stage_saved: Callable[[Path, int], None] | None = None,
+    tokenizer: Any = None,
+    class_names: Sequence[str] | None = None,
+    refinement: HeadRefinementArguments | None = None,
 ) -> ContinualResult:
     """Train a class-incremental task sequence with VPT-NSP² (or a baseline) and measure forgetting.
 
     Classes are shuffled with ``args.seed`` (or taken from ``class_order``) and cut into ``num_tasks`` equal
     tasks. Per task: add its head, train it with [`NullSpaceTrainer`], collect the null-space statistics on its
-    training data (``eval_transform``), evaluate on the test data of every task seen, save the stage. Re-running
-    the same call resumes after the last finished task, or from the last Trainer checkpoint inside a task.
+    training data (``eval_transform``), optionally refine the head ([`refine_head`]), evaluate on the test data of
+    every task seen, save the stage. Re-running the same call resumes after the last finished task, or from the
+    last Trainer checkpoint inside a task.
 
     Args:
         base_model: a fresh supported model (prompts and heads are added here, or restored when resuming).
@@ -95,6 +102,12 @@ def run_class_incremental(
             ``{"benchmark": "cifar100-10", "dataset": "uoft-cs/cifar100"}``; model cards read them).
         on_stage_saved: called on the main process with ``(stage_dir, task)`` once a stage is on disk and the
             progress pointer names it (e.g. to push it to the Hub).
+        tokenizer: ``classifier="text"`` on `CLIPModel`/`SiglipModel`: the text tower's tokenizer, which encodes
+            each task's class names when its head is added.
+        class_names: ``classifier="text"``: the prompt name of every class id. Default: the dataset's
+            `ClassLabel` names through [`readable_class_names`] (ImageNet-R WordNet ids → names, ``_`` → space).
+        refinement: refine the image-side head after each task with these hyperparameters (CLIP-NSP²); turns on
+            `class_statistics` in the adapter. ``None``: no refinement.
     """
     eval_transform = eval_transform or train_transform
     labels = check_image_dataset(train_dataset, image_column, label_column, "train_dataset")
@@ -109,6 +122,11 @@ def run_class_incremental(
     for classes in tasks:
         select_classes(train_dataset, label_column, classes, "train_dataset")
         select_classes(test_dataset, label_column, classes, "test_dataset")
+    names = list(class_names) if class_names is not None else readable_class_names(labels.names)
+    if len(names) != labels.num_classes:
+        raise ValueError(f"Got {len(names)} `class_names` for {labels.num_classes} classes.")
+    if refinement is not None and not peft_config.class_statistics:
+        peft_config = dataclasses.replace(peft_config, class_statistics=True)
 
     output_dir = Path(args.output_dir)
     progress = _read_progress(output_dir)
@@ -129,7 +147,10 @@ def run_class_incremental(
 
     for task in range(start, len(tasks)):
         set_seed(args.seed + task)
-        model.add_task(tasks[task])
+        if model.peft_config[model.active_adapter].classifier == "text":
+            model.add_task(tasks[task], class_names=[names[c] for c in tasks[task]], tokenizer=tokenizer)
+        else:
+            model.add_task(tasks[task])
         task_args = dataclasses.replace(
             args, output_dir=str(output_dir / "training" / f"task-{task}"), remove_unused_columns=False
         )
@@ -144,25 +165,32 @@ def run_class_incremental(
         trainer.train(resume_from_checkpoint=checkpoint)
         accelerator = trainer.accelerator
         show = accelerator.is_main_process and not args.disable_tqdm
+        task_data = select_classes(train_dataset, label_column, tasks[task])
+        shard = task_data.select(range(accelerator.process_index, len(task_data), accelerator.num_processes))
+        loader = DataLoader(
+            shard,
+            batch_size=args.statistics_batch_size,
+            collate_fn=TaskCollator(eval_transform, image_column, label_column),
+            num_workers=args.dataloader_num_workers,
+        )
+        reduce_fn = functools.partial(accelerator.reduce, reduction="sum")
         if args.projection or trainer.ln_loss_weight() > 0:
-            task_data = select_classes(train_dataset, label_column, tasks[task])
-            shard = task_data.select(range(accelerator.process_index, len(task_data), accelerator.num_processes))
-            loader = DataLoader(
-                shard,
-                batch_size=args.statistics_batch_size,
-                collate_fn=TaskCollator(eval_transform, image_column, label_column),
-                num_workers=args.dataloader_num_workers,
-            )
             model.update_null_space(
-                tqdm(loader, desc=f"Statistics of task {task + 1}", disable=not show),
-                reduce_fn=lambda tensor: accelerator.reduce(tensor, "sum"),
+                tqdm(loader, desc=f"Statistics of task {task + 1}", disable=not show), reduce_fn=reduce_fn
             )
+        if refinement is not None:
+            model.update_class_statistics(
+                tqdm(loader, desc=f"Class statistics of task {task + 1}", disable=not show), reduce_fn=reduce_fn
+            )
+            refine_head(model, refinement, seed=args.seed + task)
         correct, total = evaluate_seen_tasks(
             model, test_dataset, tasks[: task + 1], eval_transform, args, accelerator, image_column, label_column
         )
         metrics.record_task(task, correct, total)
         if accelerator.is_main_process:
-            stage = _save_stage(model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info)
+            stage = _save_stage(
+                model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info, refinement
+            )
             print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
             if on_stage_saved is not None:
                 on_stage_saved(stage, task)
@@ -232,6 +260,7 @@ def _save_stage(
     joint: bool,
     class_names: list[str],
     run_info: Mapping[str, Any] | None,
+    refinement: HeadRefinementArguments | None,
 ) -> Path:
     """Write the stage into a temporary folder, rename it into place, then move the progress pointer."""
     final = _stage_dir(output_dir, task)
@@ -248,7 +277,7 @@ def _save_stage(
         "joint": joint,
         "projection": args.projection,
         "class_names": class_names,
-        "hyperparameters": _hyperparameters(args),
+        "hyperparameters": _hyperparameters(args, refinement),
         "run_info": dict(run_info or {}),
         "metrics": metrics.to_dict(),
     }
@@ -260,7 +289,7 @@ def _save_stage(
     return final
 
 
-def _hyperparameters(args: NSPTrainingArguments) -> dict[str, Any]:
+def _hyperparameters(args: NSPTrainingArguments, refinement: HeadRefinementArguments | None) -> dict[str, Any]:
     """The training arguments a reader of the run needs (the adapter's own live in ``adapter_config.json``)."""
     names = (
         "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -271,5 +300,6 @@ def _hyperparameters(args: NSPTrainingArguments) -> dict[str, Any]:
     values["optim"] = str(values["optim"].value if hasattr(values["optim"], "value") else values["optim"])
     values["lr_scheduler_type"] = str(getattr(values["lr_scheduler_type"], "value", values["lr_scheduler_type"]))
     values["world_size"] = args.world_size
+    values["head_refinement"] = None if refinement is None else dataclasses.asdict(refinement)
     return json.loads(json.dumps(values, default=str))
 
