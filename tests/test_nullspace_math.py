@@ -59,7 +59,14 @@ def prompted_layers(model) -> list:
 
 
 def pre_attention_norm(block: torch.nn.Module) -> torch.nn.LayerNorm:
-    return block.norm1 if hasattr(block, "norm1") else block.layernorm_before
+    for name in ("norm1", "layernorm_before", "layer_norm1"):  # DINOv2, ViT/DeiT, CLIP/SigLIP
+        if hasattr(block, name):
+            return getattr(block, name)
+    raise AssertionError(f"no pre-attention LayerNorm on {type(block).__name__}")
+
+
+def self_attention(block: torch.nn.Module) -> torch.nn.Module:
+    return block.self_attn if hasattr(block, "self_attn") else block.attention
 
 
 class BlockInputs:
@@ -93,7 +100,7 @@ def brute_force_sums(layer, block_input: np.ndarray, num_heads: int):
     prompt = layer.vpt_nsp_prompt["default"].detach().double().numpy()
     norm = pre_attention_norm(block)
     gamma, beta, eps = (norm.weight.detach().double().numpy(), norm.bias.detach().double().numpy(), norm.eps)
-    attention = block.attention
+    attention = self_attention(block)
     wq = attention.q_proj.weight.detach().double().numpy()
     bq = attention.q_proj.bias.detach().double().numpy()
     wk = attention.k_proj.weight.detach().double().numpy()
