@@ -152,7 +152,10 @@ def run_class_incremental(
         else:
             model.add_task(tasks[task])
         task_args = dataclasses.replace(
-            args, output_dir=str(output_dir / "training" / f"task-{task}"), remove_unused_columns=False
+            args,
+            output_dir=str(output_dir / "training" / f"task-{task}"),
+            remove_unused_columns=False,
+            push_to_hub=False,  # stages, not Trainer checkpoints, are what gets published (peft_nsp.hub)
         )
         trainer = NullSpaceTrainer(
             model,
