@@ -211,3 +211,40 @@ def test_train_transform_crops_flips_and_augments_reproducibly():
     assert torch.allclose(flat, torch.full_like(flat, 0.2), atol=1e-6)
     with pytest.raises(ValueError, match="must be ≥ `image_size`"):
         PaperTrainTransform(32, [0.5] * 3, [0.5] * 3, resize_to=16)
+
+
+def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """The README's run command on a slice of MNIST-5k with a tiny backbone (the real one is tested in test_offline)."""
+    argv = ["--output_dir", str(tmp_path), "--model_name_or_path", str(tiny_checkpoint), "--train_per_class", "4",
+            "--test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--use_cpu", "true"]
+    run_script("quickstart.py", argv, monkeypatch)
+    printed = capsys.readouterr().out
+    assert "same predictions on 64 test images: True" in printed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for method, folder in (("VPT-NSP²", "nsp"), ("VPT-Seq", "seq")):
+        counts = np.array(summary[method]["accuracy_matrix"]["total"][-1])
+        assert counts.tolist() == [4] * 5  # 2 digits × 2 test images per task, 5 tasks
+        assert (tmp_path / folder / "tasks" / "task-4" / "adapter_model.safetensors").is_file()
+        assert f"| {method} |" in printed
+    assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
+    nsp = json.loads((tmp_path / "nsp" / "tasks" / "task-4" / "sequence.json").read_text())
+    seq = json.loads((tmp_path / "seq" / "tasks" / "task-4" / "sequence.json").read_text())
+    assert nsp["projection"] and not seq["projection"] and seq["hyperparameters"]["ln_loss_weight"] == 0
+    assert nsp["tasks"] == seq["tasks"]
+
+
+def test_push_to_hub_flag_pushes_every_task(tmp_path, tiny_checkpoint, imagefolder, monkeypatch, capsys):
+    """`--push_to_hub` through the recipe; the Hub is the recorded `HfApi` double of test_hub (injected as `HfApi`)."""
+    from test_hub import REPO, RecordingHub
+
+    hub = RecordingHub()
+    monkeypatch.setattr("peft_nsp.hub.push.HfApi", lambda token=None: hub)
+    with pytest.raises(ValueError, match="`--push_to_hub` needs `--hub_model_id"):
+        parse_recipe_arguments("cifar100", ["--push_to_hub"])
+    argv = quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder), "--push_to_hub", "--hub_model_id",
+                      REPO, "--hub_private_repo", "true")
+    run_script("train_cifar100.py", argv, monkeypatch)
+    assert set(hub.branches) == {"main", "task-0", "task-1"} and hub.private is True
+    assert hub.branches["main"] == hub.branches["task-1"]
+    pushed = hub.commits[hub.branches["task-1"]][2]
+    assert pushed["adapter_model.safetensors"] == (tmp_path / "tasks" / "task-1" / "adapter_model.safetensors").read_bytes()

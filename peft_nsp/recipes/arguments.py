@@ -203,6 +203,8 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
     data.num_classes = data.num_classes or spec.num_classes
     if data.dataset is None:
         raise ValueError(f"`{benchmark}` needs `--dataset`: a local folder ({_layouts_help()}) or a Hub dataset id.")
+    if training.push_to_hub and not training.hub_model_id:
+        raise ValueError("`--push_to_hub` needs `--hub_model_id <user-or-org>/<repo>`.")
     if training.lr_decay_epochs is None:  # the paper's 50 and 80 of 100 epochs, for any length
         training.lr_decay_epochs = [0.5 * training.num_train_epochs, 0.8 * training.num_train_epochs]
     if not training.projection and training.ln_loss_weight is None:

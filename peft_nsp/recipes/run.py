@@ -14,6 +14,7 @@ from .._io import write_atomically
 from ..continual.augment import EvalTransform, PaperTrainTransform
 from ..continual.loop import ContinualResult, run_class_incremental
 from ..continual.paper import comparison_table
+from ..hub import push_after_each_task, push_to_hub
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
 
@@ -23,7 +24,9 @@ SUMMARY_FILE = "summary.json"
 def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualResult:
     """Run ``benchmark`` (a key of `BENCHMARKS`) with the command line ``argv`` (default: ``sys.argv[1:]``)."""
     args = parse_recipe_arguments(benchmark, argv)
-    data = load_recipe_data(args.data, args.training.seed)
+    training = args.training
+    push = training.push_to_hub and training.process_index == 0
+    data = load_recipe_data(args.data, training.seed)
     base_model, image_size, mean, std = load_backbone(args.model, args.data.image_size)
     result = run_class_incremental(
         base_model,
@@ -45,9 +48,16 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
             "image_size": image_size,
             "num_tasks": args.num_tasks,
         },
+        on_stage_saved=push_after_each_task(
+            training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
+        )
+        if push
+        else None,
     )
-    if args.training.process_index == 0:
+    if training.process_index == 0:
         print(write_summary(result, args), flush=True)
+    if push:  # whatever a push after some task could not upload; raises (run intact) if it still fails
+        push_to_hub(result.output_dir, training.hub_model_id, private=training.hub_private_repo, token=training.hub_token)
     return result
 
 
