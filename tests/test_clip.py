@@ -364,7 +364,8 @@ def test_refinement_reduces_the_loss_and_trains_only_the_projection_copy():
     before_state = {k: v.clone() for k, v in model.state_dict().items() if "projection" not in k}
     before = held_out_loss(means, covariances, head.class_embeddings, head.logit_scale.detach(),
                            projection.weight.detach())
-    losses = refine_head(model, HeadRefinementArguments(refine_epochs=8, refine_learning_rate=0.05), seed=3)
+    arguments = HeadRefinementArguments(refine_epochs=8, refine_learning_rate=0.2, refine_batch_size=1024)
+    losses = refine_head(model, arguments, seed=3)
     after = held_out_loss(means, covariances, head.class_embeddings, head.logit_scale.detach(),
                           projection.weight.detach())
     assert len(losses) == 8 and losses[-1] < losses[0]

@@ -118,18 +118,14 @@ def attention_access(block: nn.Module) -> AttentionAccess:
     """The q/k projections and head layout of a supported block."""
     if isinstance(block, (CLIPEncoderLayer, SiglipEncoderLayer)):
         attention = block.self_attn
-        return AttentionAccess(
-            q_proj=attention.q_proj,
-            k_proj=attention.k_proj,
-            num_heads=attention.num_heads,
-            head_dim=attention.head_dim,
-            scaling=float(attention.scale),
-        )
-    attention = block.attention
+        num_heads, scaling = attention.num_heads, attention.scale
+    else:
+        attention = block.attention
+        num_heads, scaling = attention.num_attention_heads, attention.scaling
     return AttentionAccess(
         q_proj=attention.q_proj,
         k_proj=attention.k_proj,
-        num_heads=attention.num_attention_heads,
+        num_heads=num_heads,
         head_dim=attention.head_dim,
-        scaling=float(attention.scaling),
+        scaling=float(scaling),
     )

@@ -25,13 +25,16 @@ class VPTNSPConfig(PeftConfig):
     appends `prompt_length` learnable tokens to the input of every prompted transformer block (used as
     keys/values only, dropped after the block), and projects every prompt update with
     `Proj2 · u · Proj1`, built from statistics of earlier tasks. Projector 1 (`D × D`, from `C1`) protects the
-    attention logits, projector 2 (`M × M`, from `C2`) the prompt part of the attention output.
+    attention logits, projector 2 (`M × M`, from `C2`) the prompt part of the attention output. CLIP-NSP²
+    prompts the first blocks of CLIP's image tower (`prompt_layers=[0, 1, 2]`) and classifies with
+    `classifier="text"`.
 
     Args:
         prompt_length (`int`, defaults to `4`):
             Number of prompt tokens M per prompted layer.
         prompt_layers (`list[int]`, *optional*):
-            Indices of the transformer blocks that get prompts. Defaults to all blocks.
+            Indices of the image tower's transformer blocks that get prompts. Defaults to all blocks (the paper's
+            CLIP variant: `[0, 1, 2]`). A text tower is never prompted.
         target_modules (`Union[list[str], str]`, *optional*):
             The transformer blocks to prompt, as in other PEFT methods (a regex matched against the full module
             name, or a list of names/suffixes). Defaults to every block of the supported architecture;
