@@ -44,15 +44,30 @@ def mean_and_covariance(
     return means, covariances
 
 
+def pack_symmetric(matrices: torch.Tensor) -> torch.Tensor:
+    """``(..., F, F)`` symmetric matrices → ``(..., F(F+1)/2)`` lower triangles, row by row."""
+    rows, cols = torch.tril_indices(matrices.shape[-1], matrices.shape[-1], device=matrices.device)
+    return matrices[..., rows, cols]
+
+
+def unpack_symmetric(packed: torch.Tensor, size: int) -> torch.Tensor:
+    """Inverse of :func:`pack_symmetric`: ``(..., F(F+1)/2)`` → ``(..., F, F)``."""
+    rows, cols = torch.tril_indices(size, size, device=packed.device)
+    matrices = packed.new_zeros(*packed.shape[:-1], size, size)
+    matrices[..., rows, cols] = packed
+    matrices[..., cols, rows] = packed
+    return matrices
+
+
 class _TaskStatistics(nn.Module):
     """Buffers of one task: ``counts`` ``(C,)`` float64 (0: not collected), ``means`` ``(C, F)`` float64,
-    ``covariances`` ``(C, F, F)`` float32."""
+    ``covariances`` ``(C, F(F+1)/2)`` float32 (lower triangles, see :func:`pack_symmetric`)."""
 
     def __init__(self, num_classes: int, feature_size: int) -> None:
         super().__init__()
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("means", torch.zeros(num_classes, feature_size, dtype=torch.float64))
-        self.register_buffer("covariances", torch.zeros(num_classes, feature_size, feature_size))
+        self.register_buffer("covariances", torch.zeros(num_classes, feature_size * (feature_size + 1) // 2))
 
     def _apply(self, fn, recurse: bool = True):
         # Device moves apply, casts do not: casting the model must not round the statistics.
@@ -82,7 +97,7 @@ class ClassFeatureStatistics(nn.Module):
         stats = self.tasks[task]
         stats.counts.copy_(counts)
         stats.means.copy_(means)
-        stats.covariances.copy_(covariances)
+        stats.covariances.copy_(pack_symmetric(covariances))
 
     def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(C_seen, F)`` means and ``(C_seen, F, F)`` covariances of all tasks, in logit-column order.
@@ -98,5 +113,5 @@ class ClassFeatureStatistics(nn.Module):
             )
         return (
             torch.cat([stats.means for stats in self.tasks]),
-            torch.cat([stats.covariances for stats in self.tasks]),
+            unpack_symmetric(torch.cat([stats.covariances for stats in self.tasks]), self.feature_size),
         )

@@ -77,8 +77,8 @@ class VPTNSPConfig(PeftConfig):
             `logit_scale` if it has one (`CLIPModel`; `ln 100` for OpenAI's weights), else `ln 100`.
         class_statistics (`bool`, defaults to `False`):
             Keep the per-class mean and covariance of the pooled image features of every task's training data in
-            the adapter (`update_class_statistics`), the input of head refinement. Costs `F × F` float32 per class
-            (F = 768 for ViT-B/16: 2.4 MB per class).
+            the adapter (`update_class_statistics`), the input of head refinement. Costs `F(F+1)/2` float32 per
+            class (F = 768 for ViT-B/16: 1.2 MB per class).
         task_classes (`list[list[int]]`, defaults to `[]`):
             Global class ids of every task's head, in task order. Filled by `add_task`; saved so that
             `PeftModel.from_pretrained` rebuilds the heads. Do not set it by hand.
