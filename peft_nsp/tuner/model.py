@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import re
+import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -703,23 +703,27 @@ def _route_image_calls(model: nn.Module) -> Callable[..., Any]:
     """Make calls without ``input_ids`` of an image–text model run its image tower only; returns the new forward.
 
     `CLIPModel.forward` needs text; VPT-NSP² (heads, statistics, the trainer) calls ``model(pixel_values=...)``.
-    The replacement is an instance attribute, removed again by `unload()`.
+    The replacement is a method bound to the instance (so copies of the model rebind it), removed by `unload()`.
     """
-    image_text_forward = model.forward
+    model.forward = types.MethodType(_image_or_image_text_forward, model)
+    return model.forward
 
-    @functools.wraps(image_text_forward)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        if _has_text(args, kwargs):
-            return image_text_forward(*args, **kwargs)
-        return model.vision_model(**kwargs)
 
-    model.forward = forward
-    return forward
+def _image_or_image_text_forward(
+    self: nn.Module, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None, *args, **kwargs
+) -> Any:
+    """The base model's forward with text; without, its image tower (text-only arguments are dropped)."""
+    if input_ids is not None:
+        return type(self).forward(self, input_ids, pixel_values, *args, **kwargs)
+    for name in ("attention_mask", "position_ids", "return_loss"):
+        kwargs.pop(name, None)
+    return self.vision_model(pixel_values=pixel_values, **kwargs)
 
 
 def _has_text(args: tuple, kwargs: Mapping[str, Any]) -> bool:
-    """Whether an image–text model's call carries text (``input_ids``, the first positional argument)."""
-    return bool(args) or kwargs.get("input_ids") is not None
+    """Whether an image–text model's call carries ``input_ids`` (its first positional argument)."""
+    input_ids = args[0] if args else kwargs.get("input_ids")
+    return input_ids is not None
 
 
 def _labels(batch: Any) -> torch.Tensor:
