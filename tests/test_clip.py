@@ -8,6 +8,7 @@ independently: statistics by brute force (numpy), logits through the base model'
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -191,6 +192,21 @@ def test_disabled_adapter_and_unload_are_bit_identical_to_base(kind):
     assert "forward" not in unloaded.__dict__
     with torch.no_grad():
         assert torch.equal(unloaded(**inputs)[key], reference[key])
+
+
+def test_a_copied_model_routes_image_calls_to_its_own_tower():
+    model = text_clip()
+    model.add_task([0, 1], class_names=["cat", "dog"], tokenizer=tokenizer())
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in prompted_layers(copied):
+            layer.vpt_nsp_prompt["default"].zero_()
+        copied_logits, logits = copied(pixel_values=images()).logits, model(pixel_values=images()).logits
+        zeroed = [layer.vpt_nsp_prompt["default"].clone().zero_() for layer in prompted_layers(model)]
+        for layer, prompt in zip(prompted_layers(model), zeroed):
+            layer.vpt_nsp_prompt["default"].copy_(prompt)
+        assert torch.equal(model(pixel_values=images()).logits, copied_logits)
+    assert not torch.equal(logits, copied_logits)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
