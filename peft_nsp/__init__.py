@@ -7,16 +7,7 @@ Importing this package registers the `vpt_nsp` method with PEFT, so `get_peft_mo
 
 from ._registration import register_with_peft
 from .losses import layernorm_consistency_loss
-from .tuner import (
-    ContinualClassifier,
-    NullSpaceLayerReport,
-    TextEmbeddingClassifier,
-    VPTNSPConfig,
-    VPTNSPLayer,
-    VPTNSPModel,
-    VPTNSPModelOutput,
-    encode_class_names,
-)
+from .tuner import ContinualClassifier, NullSpaceLayerReport, VPTNSPConfig, VPTNSPLayer, VPTNSPModel, VPTNSPModelOutput
 
 register_with_peft(VPTNSPConfig, VPTNSPModel)
 
@@ -25,11 +16,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinualClassifier",
     "NullSpaceLayerReport",
-    "TextEmbeddingClassifier",
     "VPTNSPConfig",
     "VPTNSPLayer",
     "VPTNSPModel",
     "VPTNSPModelOutput",
-    "encode_class_names",
     "layernorm_consistency_loss",
 ]
