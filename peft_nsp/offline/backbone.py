@@ -86,7 +86,8 @@ def read_onnx_backbone(onnx_path: str | os.PathLike) -> dict[str, torch.Tensor]:
                   if i.startswith(_ONNX_PREFIX) and i.endswith(".bias")]
         if len(biases) == 1:
             weights[biases[0][len(_ONNX_PREFIX): -len("bias")] + "weight"] = arrays[matrix].T
-    unnamed = [v for k, v in arrays.items() if not k.startswith(_ONNX_PREFIX) and v.ndim == 3 and v.shape[-1] == HIDDEN_SIZE]
+    unnamed = [v for k, v in arrays.items()
+               if not k.startswith(_ONNX_PREFIX) and v.ndim == 3 and v.shape[-1] == HIDDEN_SIZE]
     cls_position = [v for v in unnamed if v.shape[1] == 1]
     patch_position = [v for v in unnamed if v.shape[1] > 1 and round(v.shape[1] ** 0.5) ** 2 == v.shape[1]]
     if len(cls_position) != 1 or len(patch_position) != 1:

