@@ -248,3 +248,26 @@ def test_push_to_hub_flag_pushes_every_task(tmp_path, tiny_checkpoint, imagefold
     assert hub.branches["main"] == hub.branches["task-1"]
     pushed = hub.commits[hub.branches["task-1"]][2]
     assert pushed["adapter_model.safetensors"] == (tmp_path / "tasks" / "task-1" / "adapter_model.safetensors").read_bytes()
+
+
+def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imagefolder, monkeypatch, capsys):
+    from test_clip import tiny_clip, tokenizer
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    checkpoint = tmp_path / "clip"
+    tiny_clip("clip", seed=2).save_pretrained(checkpoint)
+    tokenizer().save_pretrained(checkpoint)
+    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE).save_pretrained(checkpoint)
+    paper = parse_recipe_arguments("cifar100", ["--classifier", "text"])
+    assert paper.method == "CLIP-NSP²" and paper.model.head_refinement and paper.model.prompt_layers == [0, 1, 2]
+    assert (paper.training.learning_rate, paper.training.num_train_epochs, paper.model.eta) == (0.001, 20, 0.98)
+    assert paper.training.per_device_train_batch_size == 220 and paper.training.lr_decay_epochs == [10, 16]
+    argv = quick_args(tmp_path / "run", checkpoint, "--dataset", str(imagefolder), "--classifier", "text",
+                      "--refine_epochs", "2", "--refine_samples_per_class", "8")
+    run_script("train_cifar100.py", argv, monkeypatch)
+    assert "CLIP-NSP² (this run)" in capsys.readouterr().out
+    stage = tmp_path / "run" / "tasks" / "task-1"
+    sequence = json.loads((stage / "sequence.json").read_text())
+    assert sequence["hyperparameters"]["head_refinement"]["refine_epochs"] == 2
+    model = PeftModel.from_pretrained(CLIPModel.from_pretrained(checkpoint), stage)
+    assert model.peft_config["default"].classifier == "text" and len(model.class_order()) == CLASSES

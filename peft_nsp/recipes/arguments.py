@@ -15,11 +15,15 @@ from typing import Any, Optional
 import torch
 from transformers import HfArgumentParser
 
+from ..continual.class_names import benchmark_text_templates
+from ..continual.refinement import HeadRefinementArguments
 from ..trainer import NSPTrainingArguments
 from ..tuner.config import VPTNSPConfig
 
 DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet")
+CLASSIFIERS = ("linear", "text")
 PAPER_BATCH_SIZE = 256
+CLIP_BATCH_SIZE = 220
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class Benchmark:
     dataset: Optional[str] = None
     num_classes: Optional[int] = None
     """Keep only the most frequent classes (DomainNet: 200 of 345)."""
+
+    @property
+    def family(self) -> str:
+        """The dataset family (``cifar100``, ``imagenet-r``, ``domainnet``)."""
+        return self.name.rsplit("-", 1)[0]
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -61,6 +70,16 @@ PAPER_TRAINING_DEFAULTS: dict[str, Any] = {
     "save_strategy": "epoch",
     "save_total_limit": 2,
     "dataloader_num_workers": 4,
+}
+
+#: CLIP-NSP² (``--classifier text``): what differs from the ViT recipe (prompts in the first 3 image blocks, the
+#: authors' temperature 1 for cosine logits; lr decay at 50 % / 80 % = epochs 10 and 16).
+CLIP_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 0.001,
+    "num_train_epochs": 20,
+    "temperature": 1.0,
+    "eta": 0.98,
+    "prompt_layers": [0, 1, 2],
 }
 
 
@@ -125,8 +144,27 @@ class ModelArguments:
     prompt_layers: Optional[list[int]] = field(default=None, metadata={"help": "Prompted blocks (default: all)."})
     threshold_mode: str = field(default="adaptive", metadata={"help": "`adaptive` or `times` null-space threshold."})
     eta: float = field(default=0.97, metadata={"help": "η of both projectors (paper: 0.94 … 0.98)."})
+    classifier: str = field(
+        default="linear",
+        metadata={
+            "help": "`linear` heads, or `text`: CLIP-NSP²'s cosine similarity to the class names' text embeddings "
+            "(CLIP/SigLIP models; switches to the paper's CLIP hyperparameters).",
+            "choices": list(CLASSIFIERS),
+        },
+    )
+    head_refinement: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Refine the head on class-Gaussian features after each task (default: on for `text`)."},
+    )
 
-    def peft_config(self, ln_loss_weight: float) -> VPTNSPConfig:
+    def __post_init__(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"`--classifier` must be one of {list(CLASSIFIERS)}, got {self.classifier!r}.")
+        if self.head_refinement is None:
+            self.head_refinement = self.classifier == "text"
+
+    def peft_config(self, ln_loss_weight: float, benchmark: Benchmark) -> VPTNSPConfig:
+        text = {"text_templates": benchmark_text_templates(benchmark.family.replace("-", "_"))}
         return VPTNSPConfig(
             prompt_length=self.prompt_length,
             prompt_layers=self.prompt_layers,
@@ -134,6 +172,9 @@ class ModelArguments:
             eta1=self.eta,
             eta2=self.eta,
             ln_loss_weight=ln_loss_weight,
+            classifier=self.classifier,
+            class_statistics=bool(self.head_refinement),
+            **(text if self.classifier == "text" else {}),
         )
 
 
@@ -145,6 +186,7 @@ class RecipeArguments:
     data: DataArguments
     model: ModelArguments
     training: NSPTrainingArguments
+    refinement: HeadRefinementArguments
 
     @property
     def num_tasks(self) -> int:
@@ -154,6 +196,8 @@ class RecipeArguments:
     def method(self) -> str:
         if self.model.joint:
             return "Upper bound (joint)"
+        if self.model.classifier == "text":
+            return "CLIP-NSP²" if self.training.projection else "CLIP-Seq"
         return "VPT-NSP²" if self.training.projection else "VPT-Seq"
 
 
@@ -169,9 +213,7 @@ def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
     if not family:
         families = sorted({spec.name.rsplit("-", 1)[0] for spec in BENCHMARKS.values()})
         raise ValueError(f"Unknown benchmark {name!r}; known: {sorted(BENCHMARKS)} or the families {families}.")
-    pre_parser = argparse.ArgumentParser(add_help=False)
-    pre_parser.add_argument("--num_tasks", type=int)
-    num_tasks = pre_parser.parse_known_args(list(argv))[0].num_tasks
+    num_tasks = _pre_parse(argv, "--num_tasks", int)
     if num_tasks is None:
         return family[0]
     named = f"{name}-{num_tasks}"
@@ -189,16 +231,18 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
     """
     argv = _switches_as_booleans(list(sys.argv[1:] if argv is None else argv))
     spec = resolve_benchmark(benchmark, argv)
-    parser = HfArgumentParser((DataArguments, ModelArguments, NSPTrainingArguments))
+    parser = HfArgumentParser((DataArguments, ModelArguments, NSPTrainingArguments, HeadRefinementArguments))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    parser.set_defaults(
+    clip = _pre_parse(argv, "--classifier", str) == "text"
+    defaults = {
         **PAPER_TRAINING_DEFAULTS,
-        temperature=spec.temperature,
-        per_device_train_batch_size=max(1, PAPER_BATCH_SIZE // world_size),
-        fp16=torch.cuda.is_available() and not any(token.startswith("--bf16") for token in argv),
-        output_dir=None,
-    )
-    data, model, training = parser.parse_args_into_dataclasses(args=argv)
+        "temperature": spec.temperature,
+        "per_device_train_batch_size": max(1, (CLIP_BATCH_SIZE if clip else PAPER_BATCH_SIZE) // world_size),
+        "fp16": torch.cuda.is_available() and not any(token.startswith("--bf16") for token in argv),
+        "output_dir": None,
+    }
+    parser.set_defaults(**{**defaults, **(CLIP_DEFAULTS if clip else {})})
+    data, model, training, refinement = parser.parse_args_into_dataclasses(args=argv)
     data.dataset = data.dataset or spec.dataset
     data.num_classes = data.num_classes or spec.num_classes
     if data.dataset is None:
@@ -212,7 +256,14 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
     if training.output_dir is None or training.output_dir == "trainer_output":
         method = "joint" if model.joint else ("nsp" if training.projection else "seq")
         training.output_dir = os.path.join("runs", f"{spec.name}-{method}-seed{training.seed}")
-    return RecipeArguments(benchmark=spec, data=data, model=model, training=training)
+    return RecipeArguments(benchmark=spec, data=data, model=model, training=training, refinement=refinement)
+
+
+def _pre_parse(argv: Sequence[str], flag: str, kind: type) -> Any:
+    """The value of one flag before the full parse (defaults depend on it)."""
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument(flag, type=kind)
+    return getattr(pre_parser.parse_known_args(list(argv))[0], flag.lstrip("-"))
 
 
 def _switches_as_booleans(argv: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from .._io import write_atomically
 from ..continual.augment import EvalTransform, PaperTrainTransform
@@ -30,7 +30,7 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     base_model, image_size, mean, std = load_backbone(args.model, args.data.image_size)
     result = run_class_incremental(
         base_model,
-        args.model.peft_config(ln_loss_weight=1.0),
+        args.model.peft_config(ln_loss_weight=1.0, benchmark=args.benchmark),
         args.training,
         data.train,
         data.test,
@@ -48,6 +48,8 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
             "image_size": image_size,
             "num_tasks": args.num_tasks,
         },
+        tokenizer=AutoTokenizer.from_pretrained(args.model.model_name_or_path) if args.model.classifier == "text" else None,
+        refinement=args.refinement if args.model.head_refinement else None,
         on_stage_saved=push_after_each_task(
             training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
         )
@@ -72,7 +74,7 @@ def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTra
             "`ViTImageProcessor(size={'height': 224, 'width': 224}).save_pretrained(path)`."
         ) from error
     backbone = AutoModel.from_pretrained(model.model_name_or_path, attn_implementation=model.attn_implementation)
-    native = backbone.config.image_size
+    native = getattr(backbone.config, "vision_config", backbone.config).image_size
     size = image_size or processor.size.get("height") or processor.size.get("shortest_edge") or native
     if size != native and backbone.config.model_type in ("vit", "deit"):
         raise ValueError(
