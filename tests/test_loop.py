@@ -66,6 +66,8 @@ def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_pa
         assert saved["hyperparameters"]["learning_rate"] == 0.05 and saved["hyperparameters"]["seed"] == 5
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["metrics"] == result.metrics.to_dict()
+    card = (tmp_path / "tasks" / "task-2" / "README.md").read_text()
+    assert "library_name: peft" in card and "after task 2" in card  # our card, not PEFT's generic one
     for name in ("accuracy_matrix.png", "accuracy_curve.png", "metrics.json", "adapter_model.safetensors"):
         assert (tmp_path / "tasks" / "task-2" / name).stat().st_size > 0
 

@@ -285,6 +285,10 @@ def _save_stage(
         "metrics": metrics.to_dict(),
     }
     (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
+    from ..hub.card import TEMPLATE_PATH, write_model_card  # the hub package imports this module
+
+    if TEMPLATE_PATH.is_file():  # a source checkout: the stage carries our model card, pushed or not
+        write_model_card(partial)
     fsync_tree(partial)  # the pointer below must never name a stage whose files are not on disk
     shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
     os.replace(partial, final)
