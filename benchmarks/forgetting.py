@@ -297,14 +297,14 @@ def collect(
             and (seeds is None or r["seed"] in seeds)]
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The forgetting section of RESULTS.md from the JSON results."""
+def markdown(results: dict[str, Any], source: str = "") -> str:
+    """The forgetting section of RESULTS.md from the JSON results (``source``: the file name, for the title)."""
     runs, s = results["runs"], results["settings"]
     datasets = sorted({r["dataset"] for r in runs}, key=lambda d: DATASETS.index(d) if d in DATASETS else 9)
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     seeds = sorted({r["seed"] for r in runs})
     out = [
-        "## Forgetting: class-incremental, real data, pretrained ViT (offline)",
+        "## Forgetting: class-incremental, real data, pretrained ViT (offline)" + (f" — `{source}`" if source else ""),
         "",
         facts_line(results["facts"]),
         "",
@@ -328,7 +328,7 @@ def markdown(results: dict[str, Any]) -> str:
                   "validation: forgetting", "seeds"]
         out += [f"### {dataset}", "", markdown_table(header, rows), ""]
     out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _eta_sweep(runs, datasets)]
-    return "\n".join(out)
+    return "\n".join(out).rstrip()
 
 
 def _decomposition(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
@@ -394,6 +394,8 @@ def _eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
             accuracy = collect(runs, dataset, method, "validation", "final_accuracy", seeds)
             forgetting = collect(runs, dataset, method, "validation", "forgetting", seeds)
             rows.append([dataset, label, mean_std(accuracy, 100), mean_std(forgetting, 100), len(accuracy)])
+    if not rows:
+        return ""
     return "\n".join([
         "### η sweep (NSP², λ = 1; validation split, %; the sweep's seeds only)", "",
         markdown_table(["dataset", "η1 = η2", "final accuracy", "forgetting", "seeds"], rows),

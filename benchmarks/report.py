@@ -33,7 +33,7 @@ def render(results_dir: Path) -> str:
         "",
     ]
     for path in sorted(results_dir.glob("forgetting*.json")):
-        sections += [forgetting.markdown(read_results(path)), ""]
+        sections += [forgetting.markdown(read_results(path), f"results/{path.name}"), ""]
     speed_runs = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]]
     if speed_runs:
         sections += [speed.markdown({"runs": speed_runs}), ""]
