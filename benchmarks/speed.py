@@ -104,6 +104,10 @@ def timed(fn: Callable[[], Any], device: str, repeats: int) -> list[float]:
     return times
 
 
+def prompted_layers(model) -> list[peft_nsp.VPTNSPLayer]:
+    return [m for m in model.modules() if isinstance(m, peft_nsp.VPTNSPLayer)]
+
+
 def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -151,7 +155,7 @@ class NaiveKeyCovariance:
     """``C1 = Σ rᵀ r`` over the materialised rows ``r = q_{n,h} · W_k,h`` (``B·H·N × D``), as a forward hook."""
 
     def __init__(self, model, num_prompts: int) -> None:
-        self.accesses = [attention_access(layer.base_layer) for layer in model.base_model._prompted_layers()]
+        self.accesses = [attention_access(layer.base_layer) for layer in prompted_layers(model)]
         self.num_prompts = num_prompts
         self.covariances: list[torch.Tensor | None] = [None] * len(self.accesses)
 
@@ -181,7 +185,7 @@ class NaiveKeyCovariance:
 
 def statistics_pass(kind: str, model, images: torch.Tensor, dtype: torch.dtype | None) -> None:
     """One forward of ``kind``: ``eval`` (plain), ``library`` (the collector) or ``naive`` (materialised rows)."""
-    layers = model.base_model._prompted_layers()
+    layers = prompted_layers(model)
     if kind == "library":
         context = StatisticsCollector([attention_access(layer.base_layer) for layer in layers], [4] * len(layers))
     elif kind == "naive":
@@ -245,7 +249,7 @@ def measure_statistics(args, images) -> dict[str, Any]:
     dtype = DTYPES[args.dtype]
     with NaiveKeyCovariance(model, 4) as naive, torch.no_grad():
         model(pixel_values=images)
-    layer = model.base_model._prompted_layers()[0]
+    layer = prompted_layers(model)[0]
     with StatisticsCollector([attention_access(layer.base_layer)], [4]) as collector, torch.no_grad():
         model(pixel_values=images)
     library = collector.sums[0].key_covariance(layer.base_layer.attention.k_proj.weight)
