@@ -23,7 +23,7 @@ GPU_COMMANDS = (
 
 
 def render(results_dir: Path) -> str:
-    """RESULTS.md: every forgetting*.json and speed*.json in ``results_dir``, in name order."""
+    """RESULTS.md: every forgetting*.json (the main ``forgetting.json`` first) and speed*.json in ``results_dir``."""
     sections = [
         "# Benchmarks",
         "",
@@ -32,7 +32,7 @@ def render(results_dir: Path) -> str:
         "Percentages are of test samples unless a table says validation.",
         "",
     ]
-    for path in sorted(results_dir.glob("forgetting*.json")):
+    for path in sorted(results_dir.glob("forgetting*.json"), key=lambda p: (p.name != "forgetting.json", p.name)):
         sections += [forgetting.markdown(read_results(path), f"results/{path.name}"), ""]
     speed_runs = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]]
     if speed_runs:
