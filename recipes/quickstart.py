@@ -35,24 +35,22 @@ from peft_nsp.trainer import NSPTrainingArguments
 
 @dataclass
 class QuickstartArguments:
+    """Defaults chosen with ``--evaluate_on validation`` (never the test split): temperature 1 beat the paper's 28
+    (final accuracy 37.3 % vs 25.0 % for VPT-NSP² at 60 images × 4 epochs), and 150 images × 5 epochs beat 60 × 4
+    (46.5 % vs 37.3 %)."""
+
     output_dir: str = field(default="runs/quickstart", metadata={"help": "Where both runs and the summary go."})
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A ViT-family checkpoint (default: the offline DINOv2-S/14 at --image_size)."}
     )
     image_size: int = field(default=56, metadata={"help": "Input side for the offline backbone (multiple of 14)."})
     num_tasks: int = field(default=5, metadata={"help": "Tasks the 10 digits are split into."})
-    train_per_class: int = field(default=60, metadata={"help": "Training images per digit (of 400)."})
+    train_per_class: int = field(default=150, metadata={"help": "Training images per digit (of 400)."})
     test_per_class: int = field(default=40, metadata={"help": "Test images per digit (of 100)."})
-    epochs: float = field(default=4, metadata={"help": "Epochs per task."})
+    epochs: float = field(default=5, metadata={"help": "Epochs per task."})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate of prompts and heads."})
     batch_size: int = field(default=20, metadata={"help": "Training batch size."})
-    temperature: float = field(
-        default=28.0,
-        metadata={
-            "help": "Logits are divided by it in the loss (the paper's 28; on held-out MNIST-5k images it beat 1.0: "
-            "92.5 % vs 82.5 % after task 1, 59.4 % vs 51.3 % after task 2, VPT-NSP²)."
-        },
-    )
+    temperature: float = field(default=1.0, metadata={"help": "Logits are divided by it in the loss."})
     eta: float = field(default=0.97, metadata={"help": "η of both projectors."})
     seed: int = field(default=2024, metadata={"help": "Seeds the class order, subsampling and training."})
     evaluate_on: str = field(
