@@ -75,7 +75,8 @@ def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTra
         ) from error
     backbone = AutoModel.from_pretrained(model.model_name_or_path, attn_implementation=model.attn_implementation)
     native = getattr(backbone.config, "vision_config", backbone.config).image_size
-    size = image_size or processor.size.get("height") or processor.size.get("shortest_edge") or native
+    processed = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+    size = image_size or processed.get("height") or processed.get("shortest_edge") or native
     if size != native and backbone.config.model_type in ("vit", "deit"):
         raise ValueError(
             f"`--image_size {size}` but `{model.model_name_or_path}` has position embeddings for {native} px: "
