@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate import PartialState
 from datasets import DatasetDict
 from peft import PeftModel
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 import peft_nsp
+from peft_nsp._io import write_atomically
 from peft_nsp.continual import ContinualMetrics, plot_accuracy_curve, run_class_incremental
 from peft_nsp.continual.augment import EvalTransform
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
@@ -101,7 +103,8 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
             run_info={"benchmark": f"mnist5k-{args.num_tasks}", "method": method, "base_model": model_path},
         )
         results[method] = result
-    check_reload(results["VPT-NSP²"], model_path, data["test"], transform)
+    if PartialState().is_main_process:
+        check_reload(results["VPT-NSP²"], model_path, data["test"], transform)
     return {method: result.metrics for method, result in results.items()}
 
 
@@ -152,7 +155,7 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
     verdict = "less" if nsp.forgetting < seq.forgetting else "MORE"
     lines.append(f"\nVPT-NSP² forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than VPT-Seq.")
     summary = {method: {**run.summary(), "accuracy_matrix": run.to_dict()} for method, run in metrics.items()}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
     plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label="VPT-NSP²", others={"VPT-Seq": seq})
     return "\n".join(lines)
 
@@ -160,8 +163,9 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> dict[str, ContinualMetrics]:
     (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(args=argv)
     metrics = train_both(args)
-    print(summarise(metrics, Path(args.output_dir)))
-    print(f"\nAdapters, projector state, metrics and plots: {args.output_dir}/{{nsp,seq}}/tasks/task-*/")
+    if PartialState().is_main_process:
+        print(summarise(metrics, Path(args.output_dir)))
+        print(f"\nAdapters, projector state, metrics and plots: {args.output_dir}/{{nsp,seq}}/tasks/task-*/")
     return metrics
 
 

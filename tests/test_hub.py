@@ -374,3 +374,10 @@ def test_cli_pushes_and_reports_failures(pushed_run, tmp_path, monkeypatch, caps
     main(["materialize", str(output_dir / "tasks" / "task-2"), str(tmp_path / "continued")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "continued" / "tasks" / "task-2")
 
+
+
+def test_a_missing_card_template_is_a_clear_error(tmp_path):
+    from peft_nsp.hub.card import build_model_card
+
+    with pytest.raises(FileNotFoundError, match="install peft-nsp from a source checkout"):
+        build_model_card(tmp_path, template_path=tmp_path / "missing.md")

@@ -167,3 +167,13 @@ def test_processor_transform_uses_the_image_processor():
     assert pixels.shape == (2, 3, 8, 8)
     expected = torch.tensor(list(images[0].resize((8, 8), resample=2).getdata()), dtype=torch.float32)
     torch.testing.assert_close(pixels[0].permute(1, 2, 0).reshape(-1, 3), expected / 127.5 - 1, atol=0.02, rtol=0)
+
+
+def test_a_failing_stage_hook_stops_the_run_with_its_error_and_keeps_the_stage(tmp_path):
+    def on_stage_saved(stage, task):
+        raise ValueError(f"push refused after task {task}")
+
+    with pytest.raises(ValueError, match="push refused after task 0"):
+        run(tmp_path, on_stage_saved=on_stage_saved)
+    assert json.loads((tmp_path / "progress.json").read_text())["finished_tasks"] == 1
+    assert (tmp_path / "tasks" / "task-0" / "adapter_model.safetensors").is_file()

@@ -105,7 +105,9 @@ def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmar
     for task in range(2):
         stage = tmp_path / "tasks" / f"task-{task}"
         sequence = json.loads((stage / "sequence.json").read_text())
-        assert sequence["run_info"]["benchmark"] == expected_benchmark and sequence["hyperparameters"]["temperature"] > 1
+        hyperparameters = sequence["hyperparameters"]
+        assert sequence["run_info"]["benchmark"] == expected_benchmark and hyperparameters["temperature"] > 1
+        assert hyperparameters["lr_scheduler_type"] == "multistep" and hyperparameters["lr_decay_epochs"] == [1.0, 1.6]
         assert (stage / "accuracy_matrix.png").stat().st_size > 0
     model = PeftModel.from_pretrained(ViTModel.from_pretrained(tiny_checkpoint), tmp_path / "tasks" / "task-1")
     assert len(model.class_order()) == CLASSES
@@ -142,6 +144,8 @@ def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monke
         load_recipe_data(DataArguments(dataset=str(imagefolder), data_layout="domainnet"), seed=0)
     with pytest.raises(ValueError, match=r"Split `validation` not found .*\(splits: \['train', 'test'\]"):
         load_recipe_data(DataArguments(dataset=str(imagefolder), test_split="validation"), seed=0)
+    with pytest.raises(ValueError, match="`--test_split` and `--train_split` are both `train`"):
+        DataArguments(dataset=str(imagefolder), test_split="train")
     with pytest.raises(ValueError, match="`--test_fraction` must be in"):
         DataArguments(dataset=str(imagefolder), test_fraction=1.5)
     with pytest.raises(ValueError, match="only 4 classes"):
@@ -260,6 +264,7 @@ def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imag
     CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE).save_pretrained(checkpoint)
     paper = parse_recipe_arguments("cifar100", ["--classifier", "text"])
     assert paper.method == "CLIP-NSP²" and paper.model.head_refinement and paper.model.prompt_layers == [0, 1, 2]
+    assert paper.model.model_name_or_path == "openai/clip-vit-base-patch16"
     assert (paper.training.learning_rate, paper.training.num_train_epochs, paper.model.eta) == (0.001, 20, 0.98)
     assert paper.training.per_device_train_batch_size == 220 and paper.training.lr_decay_epochs == [10, 16]
     argv = quick_args(tmp_path / "run", checkpoint, "--dataset", str(imagefolder), "--classifier", "text",

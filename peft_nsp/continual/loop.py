@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from torch.utils.data import DataLoader
@@ -190,13 +191,22 @@ def run_class_incremental(
             model, test_dataset, tasks[: task + 1], eval_transform, args, accelerator, image_column, label_column
         )
         metrics.record_task(task, correct, total)
+        failure = None
         if accelerator.is_main_process:
-            stage = _save_stage(
-                model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info, refinement
-            )
-            print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
-            if on_stage_saved is not None:
-                on_stage_saved(stage, task)
+            try:
+                stage = _save_stage(
+                    model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info, refinement
+                )
+                print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
+                if on_stage_saved is not None:
+                    on_stage_saved(stage, task)
+            except Exception as error:  # re-raised below, after every process has heard of it
+                failure = error
+        # Every process learns whether the main one failed, so none waits forever in the next collective.
+        if broadcast_object_list([failure is not None])[0]:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"The main process failed while saving task {task}; see its error.")
         accelerator.wait_for_everyone()
     return ContinualResult(model=model, metrics=metrics, tasks=tasks, output_dir=output_dir)
 
@@ -301,11 +311,14 @@ def _hyperparameters(args: NSPTrainingArguments, refinement: HeadRefinementArgum
     names = (
         "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
         "gradient_accumulation_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
-        "fp16", "bf16", "temperature", "ln_loss_weight", "projection", "projection_mode", "seed",
+        "lr_decay_epochs", "lr_decay_factor", "fp16", "bf16", "temperature", "ln_loss_weight", "projection",
+        "projection_mode", "seed",
     )
     values = {name: getattr(args, name) for name in names}
     values["optim"] = str(values["optim"].value if hasattr(values["optim"], "value") else values["optim"])
     values["lr_scheduler_type"] = str(getattr(values["lr_scheduler_type"], "value", values["lr_scheduler_type"]))
+    if args.lr_decay_epochs:  # NullSpaceTrainer's step schedule replaces the scheduler type and warm-up
+        values["lr_scheduler_type"], values["warmup_steps"] = "multistep", 0
     values["world_size"] = args.world_size
     values["head_refinement"] = None if refinement is None else dataclasses.asdict(refinement)
     return json.loads(json.dumps(values, default=str))

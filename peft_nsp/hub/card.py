@@ -36,6 +36,11 @@ def build_model_card(
     numbers next to ours), ``dataset`` (a Hub dataset id: `datasets` and `model-index` metadata) and
     ``base_model`` (a Hub model id, else the adapter's ``base_model_name_or_path`` when it is one).
     """
+    if not Path(template_path).is_file():
+        raise FileNotFoundError(
+            f"Model card template `{template_path}` not found: it ships in the repository's `model_cards/` folder, "
+            "so install peft-nsp from a source checkout (`pip install -e .`) or pass `template_path=`."
+        )
     stage_dir = Path(stage_dir)
     sequence = read_sequence(stage_dir)
     adapter = json.loads((stage_dir / "adapter_config.json").read_text())

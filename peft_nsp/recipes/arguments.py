@@ -75,6 +75,7 @@ PAPER_TRAINING_DEFAULTS: dict[str, Any] = {
 #: CLIP-NSP² (``--classifier text``): what differs from the ViT recipe (prompts in the first 3 image blocks, the
 #: authors' temperature 1 for cosine logits; lr decay at 50 % / 80 % = epochs 10 and 16).
 CLIP_DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": "openai/clip-vit-base-patch16",
     "learning_rate": 0.001,
     "num_train_epochs": 20,
     "temperature": 1.0,
@@ -108,6 +109,9 @@ class DataArguments:
         default=0.2,
         metadata={"help": "Per-class fraction held out as test data when the dataset has no test split (ImageNet-R)."},
     )
+    split_seed: int = field(
+        default=0, metadata={"help": "Seeds the held-out test split (fixed, so every training seed scores the same)."}
+    )
     num_classes: Optional[int] = field(
         default=None, metadata={"help": "Keep the N most frequent training classes (DomainNet default: 200)."}
     )
@@ -121,6 +125,8 @@ class DataArguments:
     def __post_init__(self) -> None:
         if self.data_layout not in DATA_LAYOUTS:
             raise ValueError(f"`--data_layout` must be one of {list(DATA_LAYOUTS)}, got {self.data_layout!r}.")
+        if self.test_split == self.train_split:
+            raise ValueError(f"`--test_split` and `--train_split` are both `{self.train_split}`: evaluate on other data.")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"`--test_fraction` must be in (0, 1), got {self.test_fraction}.")
         for name in ("num_classes", "max_train_samples_per_class", "max_test_samples_per_class", "image_size"):

@@ -29,7 +29,8 @@ class RecipeData:
 
 
 def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
-    """Load, split, keep the most frequent classes and subsample, as ``args`` says (``seed`` drives every draw)."""
+    """Load, split, keep the most frequent classes and subsample, as ``args`` says (``seed`` drives the subsampling,
+    ``args.split_seed`` the held-out test split)."""
     layout = resolve_layout(args.dataset, args.data_layout)
     if layout == "hub":
         try:
@@ -56,7 +57,9 @@ def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
     if args.test_split in splits:
         test = splits[args.test_split]
     elif args.test_split == "test":
-        held_out = train.train_test_split(test_size=args.test_fraction, stratify_by_column=label_column, seed=seed)
+        held_out = train.train_test_split(
+            test_size=args.test_fraction, stratify_by_column=label_column, seed=args.split_seed
+        )
         train, test = held_out["train"], held_out["test"]
     else:
         raise ValueError(

@@ -26,7 +26,8 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     args = parse_recipe_arguments(benchmark, argv)
     training = args.training
     push = training.push_to_hub and training.process_index == 0
-    data = load_recipe_data(args.data, training.seed)
+    with training.main_process_first(desc="loading the data"):  # one process builds the datasets cache
+        data = load_recipe_data(args.data, training.seed)
     base_model, image_size, mean, std = load_backbone(args.model, args.data.image_size)
     result = run_class_incremental(
         base_model,
