@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
+from ..continual.data import select_classes
 from .arguments import DATA_LAYOUTS, DataArguments, _layouts_help
 
 #: Label columns tried, in order, when a dataset has several `ClassLabel` columns (CIFAR-100: fine over coarse).
@@ -154,8 +155,7 @@ def keep_classes(dataset: Dataset, label_column: str, classes: Sequence[int]) ->
     """Rows of ``classes`` only, labels renumbered 0 … len(classes)−1 (names kept)."""
     old = dataset.features[label_column]
     new_id = {c: i for i, c in enumerate(classes)}
-    rows = np.flatnonzero(np.isin(np.asarray(dataset[label_column]), np.asarray(classes)))
-    subset = dataset.select(rows)
+    subset = select_classes(dataset, label_column, classes)
     features = subset.features.copy()
     features[label_column] = ClassLabel(names=[old.int2str(c) for c in classes])
     return subset.map(
