@@ -34,7 +34,7 @@ PROMPT_LENGTH = 4
 # ----------------------------------------------------------------------------------------------------------
 # helpers: a model with non-trivial attention, and the brute-force statistics
 # ----------------------------------------------------------------------------------------------------------
-def prompted_model(family: str, attn: str, seed: int = 0, accumulation: str = "sum", **overrides):
+def prompted_model(family: str, attn: str, seed: int = 0, task_weighting: str = "size", **overrides):
     """A PEFT-wrapped tiny model whose q/k projections and LayerNorms are far from their init.
 
     Fresh ViT weights (std 0.02, zero biases) give an almost uniform softmax and zero q/k biases; larger
@@ -42,7 +42,7 @@ def prompted_model(family: str, attn: str, seed: int = 0, accumulation: str = "s
     """
     base = tiny_model(family, seed=seed, attn_implementation=attn, **overrides)
     randomize_layernorms(base, seed=seed + 1)
-    model = get_peft_model(base, peft_nsp.VPTNSPConfig(prompt_length=PROMPT_LENGTH, accumulation=accumulation))
+    model = get_peft_model(base, peft_nsp.VPTNSPConfig(prompt_length=PROMPT_LENGTH, task_weighting=task_weighting))
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for layer in prompted_layers(model):
@@ -274,9 +274,9 @@ def test_statistics_brute_force_many_batches_and_chunks(images):
 # ----------------------------------------------------------------------------------------------------------
 # 2. accumulation over two tasks
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("accumulation", ["sum", "mean"])
-def test_two_task_accumulation(accumulation, images):
-    model = prompted_model("vit", "eager", seed=5, accumulation=accumulation)
+@pytest.mark.parametrize("task_weighting", ["equal", "size"])
+def test_two_task_accumulation(task_weighting, images):
+    model = prompted_model("vit", "eager", seed=5, task_weighting=task_weighting)
     layers = prompted_layers(model)
     second_task = torch.randn(3, *images.shape[1:], generator=torch.Generator().manual_seed(7)) * 2 + 0.5
 
@@ -292,7 +292,7 @@ def test_two_task_accumulation(accumulation, images):
             brute_force_sums(layer, x, 4) for x in recorder.inputs[index]
         )
         assert (rows_a, rows_b) == (6 * 4 * NUM_IMAGE_TOKENS, 3 * 4 * NUM_IMAGE_TOKENS)
-        if accumulation == "sum":
+        if task_weighting == "equal":
             expected_c1 = c1_a / rows_a + c1_b / rows_b
             expected_c2 = c2_a / rows_a + c2_b / rows_b
         else:
@@ -301,9 +301,9 @@ def test_two_task_accumulation(accumulation, images):
         state = layer.vpt_nsp_null_space["default"]
         assert int(state.tasks_seen) == 2
         assert float(state.rows) == rows_a + rows_b
-        assert_close(state.key_covariance.numpy(), expected_c1, 5e-7, f"C1 {accumulation}")
-        assert_close(state.prompt_covariance.numpy(), expected_c2, 2e-6, f"C2 {accumulation}")
-        if accumulation == "mean":
+        assert_close(state.key_covariance.numpy(), expected_c1, 5e-7, f"C1 {task_weighting}")
+        assert_close(state.prompt_covariance.numpy(), expected_c2, 2e-6, f"C2 {task_weighting}")
+        if task_weighting == "size":
             # A sample-weighted mean of softmax-mass Grams stays a Gram of one "average row".
             assert 0 < float(state.prompt_covariance.sum()) <= 1
 

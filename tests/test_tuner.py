@@ -140,15 +140,15 @@ def test_trainable_parameters_are_prompts_and_newest_head_only(images, tmp_path)
     assert trainable == [
         "base_model.model.vit.layers.0.vpt_nsp_prompt.default",
         "base_model.model.vit.layers.1.vpt_nsp_prompt.default",
-        "base_model.vpt_nsp_head.default.heads.1.bias",
-        "base_model.vpt_nsp_head.default.heads.1.weight",
+        "base_model.model.vit.vpt_nsp_head.default.heads.1.bias",
+        "base_model.model.vit.vpt_nsp_head.default.heads.1.weight",
     ]
     model.save_pretrained(tmp_path)
     resumed = PeftModel.from_pretrained(tiny_model("vit", True), tmp_path, is_trainable=True)
     trainable = sorted(n for n, p in resumed.named_parameters() if p.requires_grad)
     assert [n for n in trainable if "head" in n] == [
-        "base_model.vpt_nsp_head.default.heads.1.bias",
-        "base_model.vpt_nsp_head.default.heads.1.weight",
+        "base_model.model.vit.vpt_nsp_head.default.heads.1.bias",
+        "base_model.model.vit.vpt_nsp_head.default.heads.1.weight",
     ]
 
 
@@ -204,11 +204,18 @@ def test_unsupported_model_lists_supported_ones():
         ({"threshold_mode": "energy"}, "`threshold_mode` must be one of"),
         ({"threshold_offset1": 1.5}, "`threshold_offset1` must be a fraction"),
         ({"threshold_offset2": -0.1}, "`threshold_offset2` must be a fraction"),
-        ({"times_factor1": 0.5}, "`times_factor1` must be a number ≥ 1"),
+        ({"times_factor1": 0.5}, "`times_factor1` must be a finite number ≥ 1"),
+        ({"times_factor1": float("inf")}, "`times_factor1` must be a finite number ≥ 1"),
+        ({"threshold_offset1": float("nan")}, "`threshold_offset1` must be a fraction"),
+        ({"eta2": float("nan")}, r"`eta2` must be in \[0, 1\]"),
+        ({"ln_loss_weight": float("nan")}, "`ln_loss_weight` must be a finite number ≥ 0"),
+        ({"task_weighting": "mean"}, r"`task_weighting` must be one of \['size', 'equal'\]"),
+        ({"head_init": "xavier"}, "`head_init` must be one of"),
+        ({"task_classes": [[0, 1]], "class_names": ["a"]}, "`class_names` names 1 classes but `task_classes` holds 2"),
         ({"eta1": 1.2}, r"`eta1` must be in \[0, 1\]"),
         ({"eta2": -0.1}, r"`eta2` must be in \[0, 1\]"),
         ({"accumulation": "max"}, "`accumulation` must be one of"),
-        ({"ln_loss_weight": -1}, "`ln_loss_weight` must be a number ≥ 0"),
+        ({"ln_loss_weight": -1}, "`ln_loss_weight` must be a finite number ≥ 0"),
         ({"prompt_layers": [0], "projected_layers": [1]}, "`projected_layers` \\[1\\] are not in `prompt_layers`"),
         ({"task_classes": [[]]}, "`task_classes` must be a list of non-empty lists"),
         ({"task_type": "SEQ_CLS"}, "`task_type` must be None"),
@@ -232,7 +239,7 @@ def test_adapter_on_a_model_with_another_hidden_size_is_a_clear_error(images, tm
     trained_two_task_model("vit", False, images).save_pretrained(tmp_path)
     torch.manual_seed(0)
     wider = ViTModel(tiny_config("vit", hidden_size=48, num_attention_heads=4))
-    with pytest.raises(ValueError, match="does not fit this model.*hidden size"):
+    with pytest.raises(ValueError, match="made on a `ViTModel` with 2 blocks.*hidden_size 32 \\(adapter\\) vs 48 \\(this model\\)"):
         PeftModel.from_pretrained(wider, tmp_path)
 
 
@@ -306,7 +313,7 @@ def test_from_pretrained_needs_the_import_documented(tmp_path, images):
 
 
 def test_failed_null_space_update_leaves_every_layer_unchanged(images, monkeypatch):
-    from peft_nsp.tuner import model as tuner_model
+    from peft_nsp.tuner import null_space_update as tuner_model
 
     model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3))
     model.add_task(2)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._torch_utils import DeviceOnlyBuffers
 from .projector import NullSpaceProjector
 
+TASK_WEIGHTINGS = ("size", "equal")
 
-class NullSpaceState(nn.Module):
+
+class NullSpaceState(DeviceOnlyBuffers):
     """Accumulated statistics, projectors and the previous prompt of one prompted layer.
 
     Buffers (all persistent, so they are part of the adapter checkpoint):
@@ -39,13 +42,6 @@ class NullSpaceState(nn.Module):
         # Host-side copy of `tasks_seen`: the optimizer hooks ask every step and must not sync with the GPU.
         self._tasks_seen_on_host = 0
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: D401 - torch hook
-        # Only the device of `fn`'s result is used: a round trip through a lower precision would lose digits.
-        for name, buffer in self._buffers.items():
-            if buffer is not None:
-                self._buffers[name] = buffer.to(fn(buffer.reshape(-1)[:0]).device)
-        return self
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._tasks_seen_on_host = int(self.tasks_seen)
@@ -57,7 +53,7 @@ class NullSpaceState(nn.Module):
 
     @torch.no_grad()
     def accumulated(
-        self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, accumulation: str
+        self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, task_weighting: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistics after folding in one task's raw sums (nothing is modified; see :meth:`commit`).
 
@@ -65,8 +61,9 @@ class NullSpaceState(nn.Module):
             key_sum: ``(D, D)`` ``Σ rᵀ r`` over the task's rows.
             prompt_sum: ``(M, M)`` ``Σ aᵀ a`` over the same rows.
             rows: number of rows summed.
-            accumulation: ``"sum"``: add the task's per-row mean (every task weighs the same);
-                ``"mean"``: sample-weighted mean over all rows of all tasks.
+            task_weighting: ``"size"``: the mean over all rows of all tasks, so tasks weigh by their size (the
+                authors' per-batch-normalised sums, up to scale); ``"equal"``: add each task's per-row mean, so every
+                task weighs the same.
 
         Returns:
             The new ``(D, D)`` key and ``(M, M)`` prompt covariances, float64.
@@ -75,15 +72,15 @@ class NullSpaceState(nn.Module):
             raise ValueError("Cannot fold in statistics of an empty task: no image-token rows were collected.")
         key_sum = key_sum.double().to(self.key_covariance.device)
         prompt_sum = prompt_sum.double().to(self.prompt_covariance.device)
-        if accumulation == "sum":
+        if task_weighting == "equal":
             return self.key_covariance + key_sum / rows, self.prompt_covariance + prompt_sum / rows
-        if accumulation == "mean":
+        if task_weighting == "size":
             total = self.rows + rows
             return (
                 (self.key_covariance * self.rows + key_sum) / total,
                 (self.prompt_covariance * self.rows + prompt_sum) / total,
             )
-        raise ValueError(f"`accumulation` must be 'sum' or 'mean', got {accumulation!r}.")
+        raise ValueError(f"`task_weighting` must be one of {list(TASK_WEIGHTINGS)}, got {task_weighting!r}.")
 
     @torch.no_grad()
     def commit(

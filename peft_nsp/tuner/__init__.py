@@ -1,14 +1,18 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 from .class_statistics import ClassFeatureStatistics
 from .config import VPTNSPConfig
-from .head import ContinualClassifier, TaskHeads
+from .heads import ContinualClassifier, TaskHeads
 from .layer import VPTNSPLayer
-from .model import NullSpaceLayerReport, VPTNSPModel, VPTNSPModelOutput
+from .model import VPTNSPModel
+from .null_space_update import NonFiniteError, NullSpaceLayerReport
+from .router import HeadRouter, VPTNSPModelOutput
 from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
 __all__ = [
     "ClassFeatureStatistics",
     "ContinualClassifier",
+    "HeadRouter",
+    "NonFiniteError",
     "NullSpaceLayerReport",
     "TaskHeads",
     "TextEmbeddingClassifier",

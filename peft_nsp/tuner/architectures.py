@@ -34,6 +34,9 @@ class Architecture:
 
     vision_prefix: str = ""
     """Module-name prefix of the image tower; blocks outside it (CLIP's text tower) are never prompted."""
+    backbone: str = ""
+    """Submodule holding the backbone a classification model wraps (``"vit"``); ``""``: the model itself. The
+    adapter's heads live in it, so an adapter's keys are the same on ``ViTModel`` and ``ViTForImageClassification``."""
     classifier: str | None = None
     """Name of the classifier replaced by the continual head (``*ForImageClassification``), ``None`` for a backbone."""
     pooling: str = "cls"
@@ -51,11 +54,11 @@ class Architecture:
 #: Supported model classes and their layout.
 SUPPORTED_MODELS: dict[type[nn.Module], Architecture] = {
     ViTModel: Architecture(),
-    ViTForImageClassification: Architecture(classifier="classifier"),
+    ViTForImageClassification: Architecture(classifier="classifier", backbone="vit"),
     DeiTModel: Architecture(),
-    DeiTForImageClassification: Architecture(classifier="classifier"),
+    DeiTForImageClassification: Architecture(classifier="classifier", backbone="deit"),
     Dinov2Model: Architecture(),
-    Dinov2ForImageClassification: Architecture(classifier="classifier"),
+    Dinov2ForImageClassification: Architecture(classifier="classifier", backbone="dinov2"),
     CLIPVisionModel: Architecture(pooling="pooler"),
     CLIPModel: Architecture(
         vision_prefix="vision_model.", pooling="pooler", projection="visual_projection", text_tower=True
@@ -98,6 +101,23 @@ def architecture(model: nn.Module) -> Architecture:
 def vision_config(model: nn.Module):
     """The configuration of the image tower (the model's own one for an image-only model)."""
     return getattr(model.config, "vision_config", None) or model.config
+
+
+def backbone_module(model: nn.Module, spec: Architecture) -> nn.Module:
+    """The module that holds the adapter's heads: the wrapped backbone of a classification model, else the model."""
+    return getattr(model, spec.backbone) if spec.backbone else model
+
+
+def describe_model(model: nn.Module) -> dict[str, object]:
+    """What an adapter records about the model it was created on (checked when it is loaded elsewhere)."""
+    config = vision_config(model)
+    return {
+        "model_class": type(model).__name__,
+        "num_hidden_layers": int(config.num_hidden_layers),
+        "num_attention_heads": int(config.num_attention_heads),
+        "hidden_size": int(config.hidden_size),
+        "head_input_size": pooled_size(model, architecture(model)),
+    }
 
 
 def pooled_size(model: nn.Module, spec: Architecture) -> int:

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import nn
+
+from .._torch_utils import DeviceOnlyBuffers
 
 
 def class_feature_sums(
@@ -28,6 +33,50 @@ def class_feature_sums(
         rows = x[labels == label]
         grams[label] = rows.T @ rows
     return counts, sums, grams
+
+
+@torch.no_grad()
+def collect_class_feature_sums(
+    batches: Iterable[Any],
+    features_of: Callable[[Any], torch.Tensor],
+    labels_of: Callable[[Any], torch.Tensor],
+    classes: list[int],
+    feature_size: int,
+    device: torch.device,
+    reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`class_feature_sums` of one task over ``batches``, summed over processes.
+
+    Args:
+        batches: the task's training data (evaluation transforms).
+        features_of: runs the model on a batch and returns the ``(B, F)`` pooled features the head reads.
+        labels_of: the batch's ``(B,)`` class ids.
+        classes: the task's class ids (``C``), in head order.
+        feature_size: F.
+        device: where empty sums are created (a process with an empty shard still joins the reductions).
+        reduce_fn: sums a tensor over processes.
+
+    Returns:
+        ``(C,)`` counts, ``(C, F)`` sums and ``(C, F, F)`` Grams, float64.
+    """
+    column = {c: i for i, c in enumerate(classes)}
+    total = None
+    for batch in batches:
+        labels = labels_of(batch).tolist()
+        unknown = sorted(set(labels) - set(column))
+        if unknown:
+            raise ValueError(f"Labels {unknown} are not classes of this task ({classes}).")
+        features = features_of(batch)
+        local = torch.tensor([column[label] for label in labels], device=features.device)
+        sums = class_feature_sums(features, local, len(classes))
+        total = sums if total is None else tuple(a + b for a, b in zip(total, sums))
+    if total is None:
+        count = len(classes)
+        shapes = [(count,), (count, feature_size), (count, feature_size, feature_size)]
+        total = tuple(torch.zeros(shape, dtype=torch.float64, device=device) for shape in shapes)
+    if reduce_fn is not None:
+        total = tuple(reduce_fn(t) for t in total)
+    return total
 
 
 def mean_and_covariance(
@@ -59,7 +108,7 @@ def unpack_symmetric(packed: torch.Tensor, size: int) -> torch.Tensor:
     return matrices
 
 
-class _TaskStatistics(nn.Module):
+class _TaskStatistics(DeviceOnlyBuffers):
     """Buffers of one task: ``counts`` ``(C,)`` float64 (0: not collected), ``means`` ``(C, F)`` float64,
     ``covariances`` ``(C, F(F+1)/2)`` float32 (lower triangles, see :func:`pack_symmetric`)."""
 
@@ -68,11 +117,6 @@ class _TaskStatistics(nn.Module):
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("means", torch.zeros(num_classes, feature_size, dtype=torch.float64))
         self.register_buffer("covariances", torch.zeros(num_classes, feature_size * (feature_size + 1) // 2))
-
-    def _apply(self, fn, recurse: bool = True):
-        # Device moves apply, casts do not: casting the model must not round the statistics.
-        self._buffers.update({name: b.to(fn(b.reshape(-1)[:0]).device) for name, b in self._buffers.items()})
-        return self
 
 
 class ClassFeatureStatistics(nn.Module):

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
 from .._registration import PEFT_TYPE
+from ..nullspace.state import TASK_WEIGHTINGS
+from .heads import HEAD_INITS
 
 PROMPT_INITS = ("uniform", "zeros")
 THRESHOLD_MODES = ("adaptive", "times")
-ACCUMULATIONS = ("sum", "mean")
 CLASSIFIERS = ("linear", "text")
+#: The deprecated `accumulation` values and the `task_weighting` each meant.
+_ACCUMULATION_TO_TASK_WEIGHTING = {"sum": "equal", "mean": "size"}
 
 
 @dataclass
@@ -57,14 +62,23 @@ class VPTNSPConfig(PeftConfig):
             η of projector 1: `Proj1 = η·B + (1 − η)·I`, in [0, 1]. 1 is the pure null space.
         eta2 (`float`, defaults to `0.97`):
             η of projector 2.
-        accumulation (`str`, defaults to `"sum"`):
-            How statistics of successive tasks combine: `"sum"` adds each task's per-row mean (tasks weigh the
-            same) or `"mean"` (sample-weighted mean over all rows).
+        task_weighting (`str`, defaults to `"size"`):
+            How the statistics of successive tasks combine: `"size"` (the mean over every row of every task, so a
+            task weighs by its size: the authors' accumulation, whose per-batch-normalised sums differ from it only by
+            a scale and the weight of each task's last partial batch) or `"equal"` (each task's per-row mean is
+            added, so every task weighs the same).
+        accumulation (`str`, *optional*):
+            Deprecated: `"sum"` is `task_weighting="equal"`, `"mean"` is `task_weighting="size"`.
         ln_loss_weight (`float`, defaults to `1.0`):
             λ, weight of the LayerNorm consistency loss (tasks after the first).
         projected_layers (`list[int]`, *optional*):
             Block indices (a subset of `prompt_layers`) whose prompt updates are projected. Defaults to all
             prompted blocks; the others train freely (an ablation knob).
+        head_init (`str`, defaults to `"trunc_normal"`):
+            Initialisation of each new linear head: `"trunc_normal"` (weights N(0, 0.02²) truncated, zero bias: the
+            authors' first head), `"pytorch"` (`nn.Linear`'s own) or `"authors"` (exactly what the authors' code
+            does: the first head `"trunc_normal"`, the second a copy of the trained first head when both tasks have
+            as many classes, later heads `"pytorch"`).
         classifier (`str`, defaults to `"linear"`):
             The continual classifier: `"linear"` (one linear head per task) or `"text"` (CLIP-NSP²: scaled cosine
             similarity to class-name embeddings of the frozen text tower, with a trainable logit scale; the
@@ -80,8 +94,14 @@ class VPTNSPConfig(PeftConfig):
             the adapter (`update_class_statistics`), the input of head refinement. Costs `F(F+1)/2` float32 per
             class (F = 768 for ViT-B/16: 1.2 MB per class).
         task_classes (`list[list[int]]`, defaults to `[]`):
-            Global class ids of every task's head, in task order. Filled by `add_task`; saved so that
+            Class ids of every task's head, in task order. Filled by `add_task`; saved so that
             `PeftModel.from_pretrained` rebuilds the heads. Do not set it by hand.
+        class_names (`list[str]`, defaults to `[]`):
+            The name of every logit column (the classes of all tasks, in task order), unique. Filled by `add_task`;
+            the model config's `id2label` follows it, so `pipeline("image-classification")` names the classes.
+        base_model_architecture (`dict`, *optional*):
+            What the adapter was created on (model class, depth, attention heads, hidden size); set on creation and
+            checked when the adapter is loaded onto another model.
     """
 
     prompt_length: int = field(default=4, metadata={"help": "Number of prompt tokens M per prompted layer."})
@@ -113,13 +133,19 @@ class VPTNSPConfig(PeftConfig):
     times_factor2: float = field(default=10.0, metadata={"help": "`times`, projector 2: the factor c ≥ 1."})
     eta1: float = field(default=0.97, metadata={"help": "η of projector 1, in [0, 1]."})
     eta2: float = field(default=0.97, metadata={"help": "η of projector 2, in [0, 1]."})
-    accumulation: str = field(
-        default="sum",
-        metadata={"help": "How statistics of successive tasks combine.", "choices": list(ACCUMULATIONS)},
+    task_weighting: str = field(
+        default="size",
+        metadata={"help": "How the statistics of successive tasks combine.", "choices": list(TASK_WEIGHTINGS)},
+    )
+    accumulation: Optional[str] = field(
+        default=None, metadata={"help": "Deprecated: `sum` is `task_weighting='equal'`, `mean` is `'size'`."}
     )
     ln_loss_weight: float = field(default=1.0, metadata={"help": "λ, weight of the LayerNorm consistency loss."})
     projected_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
+    )
+    head_init: str = field(
+        default="trunc_normal", metadata={"help": "Initialisation of each new linear head.", "choices": list(HEAD_INITS)}
     )
     classifier: str = field(
         default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
@@ -137,7 +163,13 @@ class VPTNSPConfig(PeftConfig):
         metadata={"help": "Keep per-class feature means and covariances in the adapter (for head refinement)."},
     )
     task_classes: list[list[int]] = field(
-        default_factory=list, metadata={"help": "Global class ids of every task's head; filled by `add_task`."}
+        default_factory=list, metadata={"help": "Class ids of every task's head; filled by `add_task`."}
+    )
+    class_names: list[str] = field(
+        default_factory=list, metadata={"help": "The name of every logit column; filled by `add_task`."}
+    )
+    base_model_architecture: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "What the adapter was created on; set on creation."}
     )
 
     def __post_init__(self) -> None:
@@ -163,7 +195,17 @@ class VPTNSPConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         _check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
         _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
-        _check_choice("accumulation", self.accumulation, ACCUMULATIONS)
+        if self.accumulation is not None:
+            _check_choice("accumulation", self.accumulation, tuple(_ACCUMULATION_TO_TASK_WEIGHTING))
+            warnings.warn(
+                f"`accumulation={self.accumulation!r}` is deprecated: use `task_weighting="
+                f"{_ACCUMULATION_TO_TASK_WEIGHTING[self.accumulation]!r}` (same behaviour).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            self.task_weighting, self.accumulation = _ACCUMULATION_TO_TASK_WEIGHTING[self.accumulation], None
+        _check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)
+        _check_choice("head_init", self.head_init, HEAD_INITS)
         _check_choice("classifier", self.classifier, CLASSIFIERS)
         if (
             not isinstance(self.text_templates, (list, tuple))
@@ -177,26 +219,50 @@ class VPTNSPConfig(PeftConfig):
         self.text_templates = list(self.text_templates)
         for name in ("threshold_offset1", "threshold_offset2"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or (value >= 1 and value != int(value)):
-                raise ValueError(
-                    f"`{name}` must be a fraction in [0, 1) or a whole count ≥ 1, got {value!r}."
-                )
+            if not _finite(value) or value < 0 or (value >= 1 and value != int(value)):
+                raise ValueError(f"`{name}` must be a fraction in [0, 1) or a whole count ≥ 1, got {value!r}.")
         for name in ("times_factor1", "times_factor2"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a number ≥ 1, got {getattr(self, name)!r}.")
+            if not _finite(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a finite number ≥ 1, got {getattr(self, name)!r}.")
         for name in ("eta1", "eta2"):
-            if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) <= 1.0:
+            if not _finite(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
-        if not isinstance(self.ln_loss_weight, (int, float)) or self.ln_loss_weight < 0:
-            raise ValueError(f"`ln_loss_weight` must be a number ≥ 0, got {self.ln_loss_weight!r}.")
+        if not _finite(self.ln_loss_weight) or self.ln_loss_weight < 0:
+            raise ValueError(f"`ln_loss_weight` must be a finite number ≥ 0, got {self.ln_loss_weight!r}.")
+        if self.logit_scale is not None and not _finite(self.logit_scale):
+            raise ValueError(f"`logit_scale` must be a finite number, got {self.logit_scale!r}.")
         if not isinstance(self.task_classes, list) or not all(
             isinstance(classes, list) and classes for classes in self.task_classes
         ):
             raise ValueError("`task_classes` must be a list of non-empty lists of class ids (it is set by `add_task`).")
+        seen = [c for classes in self.task_classes for c in classes]
+        if self.class_names and len(self.class_names) != len(seen):
+            raise ValueError(
+                f"`class_names` names {len(self.class_names)} classes but `task_classes` holds {len(seen)}: both are "
+                "set by `add_task`; this adapter config was edited by hand or is damaged."
+            )
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"`class_names` must be unique, got {self.class_names}.")
         if self.logit_scale is not None and self.classifier != "text":
             warnings.warn("`logit_scale` only applies to `classifier='text'`; it is ignored.")
         if self.threshold_mode == "times" and (self.threshold_offset1 or self.threshold_offset2):
             warnings.warn("`threshold_offset1/2` only apply to `threshold_mode='adaptive'`; they are ignored.")
+
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """PEFT's loader, refusing a `revision` for a local folder (it would be ignored, loading another stage)."""
+        if kwargs.get("revision") is not None and os.path.isdir(pretrained_model_name_or_path):
+            raise ValueError(
+                f"`revision={kwargs['revision']!r}` selects a revision of a Hub repository, but "
+                f"`{pretrained_model_name_or_path}` is a local folder, which has none: load the stage's own folder "
+                f"(e.g. `<output_dir>/tasks/{kwargs['revision']}`) without `revision`."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

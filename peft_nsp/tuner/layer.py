@@ -10,7 +10,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
+from .._torch_utils import module_device
 from ..nullspace.state import NullSpaceState
+from .config import VPTNSPConfig
 
 
 class VPTNSPLayer(nn.Module, BaseTunerLayer):
@@ -40,17 +42,18 @@ class VPTNSPLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, prompt_length: int, prompt_init: str, inference_mode: bool) -> None:
-        """Create the prompt and the null-space state of ``adapter_name``."""
-        reference = next(self.base_layer.parameters())
-        prompt = torch.empty(prompt_length, self.hidden_size, device=reference.device)
-        if prompt_init == "uniform":
+    def update_layer(self, adapter_name: str, config: VPTNSPConfig) -> None:
+        """Create the prompt (``(M, D)``, initialised by ``config.prompt_init``) and the null-space state of
+        ``adapter_name``."""
+        device = module_device(self.base_layer)
+        prompt = torch.empty(config.prompt_length, self.hidden_size, device=device)
+        if config.prompt_init == "uniform":
             nn.init.uniform_(prompt, -1.0, 1.0)
         else:
             nn.init.zeros_(prompt)
         self.vpt_nsp_prompt[adapter_name] = nn.Parameter(prompt)
-        self.vpt_nsp_null_space[adapter_name] = NullSpaceState(self.hidden_size, prompt_length).to(reference.device)
-        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+        self.vpt_nsp_null_space[adapter_name] = NullSpaceState(self.hidden_size, config.prompt_length).to(device)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def active_prompt_adapter(self) -> str | None:
         """The active adapter with a prompt here, ``None`` if disabled or none."""

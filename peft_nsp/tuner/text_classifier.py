@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .head import TaskHeads
+from .heads import TaskHeads
 
 
 def average_template_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
@@ -100,11 +100,15 @@ class TextEmbeddingClassifier(TaskHeads):
         self.register_buffer("class_embeddings", torch.zeros(0, embedding_dim))
         self._task_sizes: list[int] = []
 
-    def add_task(self, class_embeddings: torch.Tensor) -> int:
-        """Append a task's ``(C_t, E)`` class embeddings (normalised here). Returns the task index."""
-        if class_embeddings.ndim != 2 or class_embeddings.shape[1] != self.embedding_dim:
+    def add_task(self, num_classes: int, class_embeddings: torch.Tensor | None = None) -> int:
+        """Append a task's ``(num_classes, E)`` class embeddings (normalised here; zeros until a checkpoint fills
+        them when ``None``). Returns the task index."""
+        if class_embeddings is None:
+            class_embeddings = torch.zeros(num_classes, self.embedding_dim)
+        if class_embeddings.ndim != 2 or class_embeddings.shape != (num_classes, self.embedding_dim):
             raise ValueError(
-                f"Class embeddings must have shape (num_classes, {self.embedding_dim}) to match the image embedding, "
+                f"Class embeddings must have shape ({num_classes}, {self.embedding_dim}) for {num_classes} classes and "
+                "the image embedding, "
                 f"got {tuple(class_embeddings.shape)}."
             )
         new = F.normalize(class_embeddings.detach().float(), dim=-1).to(self.class_embeddings)
