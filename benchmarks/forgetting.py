@@ -49,7 +49,7 @@ from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table,
 from common import tiny_vit, write_results
 from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
 from peft_nsp.nullspace.update import project
-from peft_nsp.trainer import NSPTrainingArguments
+from peft_nsp.trainer import NSPConfig
 
 NUM_TASKS = 5
 DATASETS = ("fashion-mnist", "mnist-5k")
@@ -208,8 +208,8 @@ class TaskMonitor(TrainerCallback):
 # ---------------------------------------------------------------------------------------------- runs
 def training_arguments(
     settings: Settings, output_dir: str, seed: int, device: str, **kwargs: Any
-) -> NSPTrainingArguments:
-    return NSPTrainingArguments(
+) -> NSPConfig:
+    return NSPConfig(
         output_dir=output_dir, seed=seed, learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=64, optim="adamw_torch",
         weight_decay=0.0, lr_scheduler_type="constant", temperature=settings.temperature, save_strategy="no",

@@ -31,8 +31,8 @@ from peft_nsp._io import write_atomically
 from peft_nsp.continual import ContinualMetrics, plot_accuracy_curve, run_class_incremental
 from peft_nsp.continual.augment import EvalTransform
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
-from peft_nsp.recipes.data import per_class_subset
-from peft_nsp.trainer import NSPTrainingArguments
+from peft_nsp.scripts.data import per_class_subset
+from peft_nsp.trainer import NSPConfig
 
 
 @dataclass
@@ -74,7 +74,7 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
     data = load_data(args)
     results = {}
     for method, projection in (("VPT-NSP²", True), ("VPT-Seq", False)):
-        training = NSPTrainingArguments(
+        training = NSPConfig(
             output_dir=str(Path(args.output_dir) / ("nsp" if projection else "seq")),
             projection=projection,
             ln_loss_weight=None if projection else 0.0,

@@ -4,7 +4,7 @@
     accelerate launch recipes/train_cifar100.py [--num_tasks 20] [--dataset uoft-cs/cifar100] [--projection off]
 """
 
-from peft_nsp.recipes import run_recipe
+from peft_nsp.scripts import run_recipe
 
 if __name__ == "__main__":
     run_recipe("cifar100")

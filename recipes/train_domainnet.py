@@ -4,7 +4,7 @@
     accelerate launch recipes/train_domainnet.py --dataset /path/to/data [--projection off] [--help]
 """
 
-from peft_nsp.recipes import run_recipe
+from peft_nsp.scripts import run_recipe
 
 if __name__ == "__main__":
     run_recipe("domainnet")

@@ -491,13 +491,15 @@ def test_two_task_clip_run_end_to_end(tmp_path):
     assert result.metrics.num_tasks == 2
     stage = tmp_path / "tasks" / "task-1"
     sequence = json.loads((stage / "sequence.json").read_text())
-    assert sequence["hyperparameters"]["head_refinement"]["refine_epochs"] == 2
+    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["refine_epochs"] == 2
+    assert sequence["method"] == "CLIP-NSP²"
     loaded = PeftModel.from_pretrained(tiny_clip("clip"), stage)
-    assert loaded.class_order() == [c for task in result.tasks for c in task]
+    order = [c for task in result.tasks for c in task]
+    assert loaded.class_names() == [f"class_{c}" for c in order]  # the ClassLabel names name the columns
     assert loaded.peft_config["default"].class_statistics  # turned on by the refinement
     assert loaded.tasks_seen() == 2
     # The class embeddings are the text tower's encoding of the readable ClassLabel names ("class_3" → "class 3").
-    names = [f"class {c}" for c in loaded.class_order()]
+    names = [f"class {c}" for c in order]
     with torch.no_grad():
         expected = direct_text_embeddings(loaded.base_model.model, names)
     torch.testing.assert_close(loaded.base_model.vpt_nsp_head["default"].class_embeddings, expected, rtol=1e-5,

@@ -28,6 +28,7 @@ from synthetic import to_tensor
 from test_loop import TEST, final_state, run
 
 from peft_nsp.continual import ContinualMetrics
+from peft_nsp.continual.card import render_model_card
 from peft_nsp.hub import (
     HubPushError,
     build_model_card,
@@ -95,7 +96,8 @@ class RecordingHub:
         tree = dict(self.tree(revision))
         for operation in operations:
             if isinstance(operation, CommitOperationAdd):
-                tree[operation.path_in_repo] = Path(operation.path_or_fileobj).read_bytes()
+                source = operation.path_or_fileobj
+                tree[operation.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
             else:
                 assert isinstance(operation, CommitOperationDelete)
                 del tree[operation.path_in_repo]
@@ -207,10 +209,17 @@ def test_each_task_commit_holds_exactly_its_stage_and_the_branch_names_it(pushed
         assert stage_revision(task) == f"task-{task}" == stage.name
         assert title.startswith(f"Add task-{task}: the model after task {task} (stage sha256 ")
         assert set(tree) == STAGE_FILES | {".gitattributes"}
-        assert {name: tree[name] for name in STAGE_FILES} == snapshot(stage)
+        local = snapshot(stage)
+        assert {name: tree[name] for name in STAGE_FILES - {"README.md"}} == {
+            name: local[name] for name in STAGE_FILES - {"README.md"}
+        }
+        assert tree["README.md"] == render_model_card(stage, REPO)  # rendered for the repository, in memory
         assert parent == (hub.branches[f"task-{task - 1}"] if task else initial)
-    card = (output_dir / "tasks" / "task-2" / "README.md").read_text()
+    card = hub.tree("task-2")["README.md"].decode()
     assert 'PeftModel.from_pretrained(base, "someone/vpt-nsp-toy", revision="task-2")' in card
+    assert 'pipeline("image-classification", model="someone/vpt-nsp-toy", revision="task-2")' in card
+    local_card = (output_dir / "tasks" / "task-2" / "README.md").read_text()
+    assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-2")' in local_card  # the local card is untouched
 
 
 def test_files_on_main_that_are_not_in_the_stage_are_deleted_by_its_commit(pushed_run, tmp_path):
@@ -226,8 +235,8 @@ def test_files_on_main_that_are_not_in_the_stage_are_deleted_by_its_commit(pushe
 
 
 def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
-    result, output_dir, _, _ = pushed_run
-    card = ModelCard((output_dir / "tasks" / "task-2" / "README.md").read_text())
+    result, output_dir, hub, _ = pushed_run
+    card = ModelCard(hub.tree("task-2")["README.md"].decode())
     data = card.data.to_dict()
     assert data["library_name"] == "peft" and data["base_model"] == RUN_INFO["base_model"]
     assert data["datasets"] == ["uoft-cs/cifar100"] and data["pipeline_tag"] == "image-classification"
@@ -246,8 +255,9 @@ def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
     assert "| VPT-NSP² (paper) | 91.74 | 3.28 |" in text and "https://huggingface.co/papers/2406.05658" in text
     assert "![Accuracy matrix](accuracy_matrix.png)" in text
     assert "![Accuracy after each task](accuracy_curve.png)" in text
-    assert f"class_order={[c for task in result.tasks for c in task]}" in text
-    assert "materialize_stage(\"someone/vpt-nsp-toy\", \"my-run\", revision=\"task-2\")" in text
+    names = [name for task in result.record.tasks for name in task]
+    assert f"| `task-1` | task 1 | {names[2]} (2), {names[3]} (3) |" in text
+    assert 'continue_from="someone/vpt-nsp-toy@task-2"' in text and "trainer = NSPTrainer(model" in text
     assert "| `learning_rate` | `0.05` |" in text and "| `prompt_length` | `2` |" in text
     assert "## Limitations" in text and "`task-0` is the model after the first task" in text
 
@@ -275,7 +285,9 @@ def test_every_revision_loads_from_its_stage_folder_and_from_the_hub_cache(pushe
         hub.snapshot_download(REPO, revision=revision, cache_dir=tmp_path)
         local = PeftModel.from_pretrained(tiny_model("vit", seed=2), output_dir / "tasks" / revision).eval()
         remote = PeftModel.from_pretrained(tiny_model("vit", seed=2), REPO, revision=revision, cache_dir=tmp_path)
-        assert local.class_order() == remote.class_order() == [c for t in result.tasks[: task + 1] for c in t]
+        names = [name for t in result.record.tasks[: task + 1] for name in t]
+        assert local.class_names() == remote.class_names() == names
+        assert remote.config.id2label == dict(enumerate(names))
         with torch.no_grad():
             torch.testing.assert_close(local(pixel_values=pixel_values).logits,
                                        remote.eval()(pixel_values=pixel_values).logits, rtol=0, atol=0)
@@ -365,6 +377,7 @@ def test_cli_pushes_and_reports_failures(pushed_run, tmp_path, monkeypatch, caps
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
     hub = RecordingHub(fail=[("create_branch", "task-0", "before")])
     monkeypatch.setattr("peft_nsp.hub.push.HfApi", lambda token=None: hub)
+    monkeypatch.setattr("peft_nsp.hub.__main__.set_client_factory", lambda factory: None)
     with pytest.raises(SystemExit, match="Pushing `task-0` to `someone/vpt-nsp-toy` failed"):
         main(["push", str(output_dir), "--hub_model_id", REPO, "--private"])
     main(["push", str(output_dir), "--hub_model_id", REPO])
@@ -375,9 +388,21 @@ def test_cli_pushes_and_reports_failures(pushed_run, tmp_path, monkeypatch, caps
     assert capsys.readouterr().out.strip() == str(tmp_path / "continued" / "tasks" / "task-2")
 
 
+def test_a_missing_card_template_is_a_clear_error(pushed_run, tmp_path):
+    with pytest.raises(OSError):
+        build_model_card(pushed_run[1] / "tasks" / "task-0", template_path=tmp_path / "missing.md")
 
-def test_a_missing_card_template_is_a_clear_error(tmp_path):
-    from peft_nsp.hub.card import build_model_card
 
-    with pytest.raises(FileNotFoundError, match="install peft-nsp from a source checkout"):
-        build_model_card(tmp_path, template_path=tmp_path / "missing.md")
+def test_the_wheel_ships_the_card_template(tmp_path):
+    """An installed (non-editable) package renders our card: the template is a file inside the wheel."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("peft_nsp-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("peft_nsp/continual/model_card_template.md")
+    assert shipped == (root / "model_cards" / "vpt_nsp.md").read_bytes()

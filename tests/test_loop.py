@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from peft_nsp import VPTNSPConfig, VPTNSPLayer
 from peft_nsp.continual.data import split_classes
 from peft_nsp.continual.loop import run_class_incremental
-from peft_nsp.trainer import NSPTrainingArguments
+from peft_nsp.trainer import NSPConfig
 
 TRAIN = blob_images(6, 6)
 TEST = blob_images(6, 3, seed=1)
@@ -30,9 +30,10 @@ def run(output_dir, callbacks=(), **kwargs):
     )
     arguments.update(kwargs)
     joint = arguments.pop("joint", False)
+    test = arguments.pop("test", TEST)
     hooks = {key: arguments.pop(key) for key in ("run_info", "on_stage_saved") if key in arguments}
     return run_class_incremental(
-        tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2), NSPTrainingArguments(**arguments), TRAIN, TEST,
+        tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2), NSPConfig(**arguments), TRAIN, test,
         num_tasks=3, train_transform=to_tensor, joint=joint, callbacks=callbacks, **hooks,
     )
 
@@ -49,10 +50,12 @@ def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_pa
     assert saved_stages == [(stages[t], t, t + 1, True) for t in range(3)]
     matrix = result.metrics.accuracy_matrix
     assert result.tasks == split_classes(6, 3, seed=5)
+    names = TRAIN.features["label"].names
     for stage in range(3):
         model = PeftModel.from_pretrained(tiny_model("vit", seed=2), tmp_path / "tasks" / f"task-{stage}").eval()
-        order = [c for task in result.tasks[: stage + 1] for c in task]
-        assert model.class_order() == order
+        order = [c for task in result.tasks[: stage + 1] for c in task]  # the dataset's class ids, column by column
+        assert model.class_names() == [names[c] for c in order]
+        assert model.config.id2label == {i: names[c] for i, c in enumerate(order)}
         for task in range(stage + 1):
             rows = [r for r in TEST if r["label"] in result.tasks[task]]
             with torch.no_grad():
@@ -61,9 +64,10 @@ def test_accuracy_matrix_matches_an_independent_evaluation_of_every_stage(tmp_pa
             accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
             assert matrix[stage, task] == pytest.approx(accuracy)
         saved = json.loads((tmp_path / "tasks" / f"task-{stage}" / "sequence.json").read_text())
-        assert saved["finished_tasks"] == stage + 1 and saved["tasks"] == result.tasks
-        assert saved["run_info"] == {"benchmark": "toy"} and saved["class_names"] == TRAIN.features["label"].names
-        assert saved["hyperparameters"]["learning_rate"] == 0.05 and saved["hyperparameters"]["seed"] == 5
+        assert saved["finished_tasks"] == stage + 1
+        assert saved["tasks"] == [[names[c] for c in task] for task in result.tasks]
+        assert saved["run_info"] == {"benchmark": "toy"} and saved["method"] == "VPT-NSP²"
+        assert saved["settings"]["learning_rate"] == 0.05 and saved["settings"]["seed"] == 5
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["metrics"] == result.metrics.to_dict()
     card = (tmp_path / "tasks" / "task-2" / "README.md").read_text()
@@ -116,42 +120,59 @@ def test_resuming_with_another_split_is_refused(tmp_path):
 
 def test_vpt_seq_and_joint_baselines_share_the_code_path(tmp_path):
     seq = run(tmp_path / "seq", projection=False, ln_loss_weight=0.0, num_train_epochs=1)
-    assert seq.metrics.num_tasks == 3
-    assert all(int(m.vpt_nsp_null_space["default"].tasks_seen) == 0
-               for m in seq.model.modules() if isinstance(m, VPTNSPLayer))
+    assert seq.metrics.num_tasks == 3 and seq.record.method == "VPT-Seq"
+    # The statistics are still folded in (so the adapter can be continued with the projection); none was used.
+    assert seq.model.base_model.tasks_seen() == 3 and seq.record.settings["projection"] is False
     joint = run(tmp_path / "joint", joint=True, num_train_epochs=1)
     assert joint.tasks == [[c for task in split_classes(6, 3, seed=5) for c in task]]
     assert joint.metrics.num_tasks == 1 and 0.0 <= joint.metrics.final_accuracy <= 1.0
+    assert joint.record.method == "Upper bound (joint)"
 
 
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        (TRAIN.remove_columns("label"), "no label column `label`"),
-        (TRAIN.cast_column("label", Value("int64")), "must be a `ClassLabel` column"),
+        (TRAIN.remove_columns("label"), r"has 0 ClassLabel columns \(\[\]\).*cast one to a `ClassLabel` column"),
+        (TRAIN.cast_column("label", Value("int64")), "has 0 ClassLabel columns"),
         (Dataset.from_dict({"image": [[0.0]] * 4, "label": [0, 1, 2, 3]},
                            features=Features({"image": [Value("float32")], "label": ClassLabel(num_classes=6)})),
-         "must be a `datasets.Image` column"),
+         "has 0 Image columns.*cast one to a `datasets.Image` column"),
         (DatasetDict({"train": TRAIN}), "must be a `datasets.Dataset`"),
     ],
 )
 def test_bad_datasets_are_clear_errors(tmp_path, train, message):
     with pytest.raises(ValueError, match=message):
         run_class_incremental(
-            tiny_model("vit"), VPTNSPConfig(), NSPTrainingArguments(output_dir=str(tmp_path), report_to="none"),
+            tiny_model("vit"), VPTNSPConfig(), NSPConfig(output_dir=str(tmp_path), report_to="none"),
             train, TEST, num_tasks=3, train_transform=to_tensor,
         )
 
 
+def test_named_columns_that_do_not_fit_are_clear_errors(tmp_path):
+    args = NSPConfig(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(ValueError, match="no label column `target`"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=3,
+                              train_transform=to_tensor, label_column="target")
+    with pytest.raises(ValueError, match="must be a `ClassLabel` column"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN.cast_column("label", Value("int64")),
+                              TEST, num_tasks=3, train_transform=to_tensor, label_column="label")
+
+
 def test_indivisible_classes_and_empty_tasks_are_clear_errors(tmp_path):
-    args = NSPTrainingArguments(output_dir=str(tmp_path), report_to="none")
-    with pytest.raises(ValueError, match="6 classes cannot be cut into 4 equal tasks.*divisors of 6"):
+    args = NSPConfig(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(ValueError, match=r"6 classes cannot be cut into 4 equal tasks of at least two.*among \[1, 2, 3\]"):
         run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=4,
                               train_transform=to_tensor)
-    without_class_5 = TRAIN.select([i for i, label in enumerate(TRAIN["label"]) if label != 5])
-    with pytest.raises(ValueError, match="`train_dataset` has no samples of classes"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, without_class_5, TEST, num_tasks=6,
+    with pytest.raises(ValueError, match="6 classes cannot be cut into 6 equal tasks.*one-class task trains nothing"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=6,
                               train_transform=to_tensor)
+    without_classes = TRAIN.select([i for i, label in enumerate(TRAIN["label"]) if label not in (1, 4)])
+    with pytest.raises(ValueError, match=r"`train_dataset` has no samples of classes \['class_1', 'class_4'\]"):
+        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, without_classes, TEST, num_tasks=3,
+                              train_transform=to_tensor)
+    test_without_class_4 = TEST.select([i for i, label in enumerate(TEST["label"]) if label != 4])
+    with pytest.warns(UserWarning, match=r"`test_dataset` has no samples of classes \[4\]"):
+        run(tmp_path / "warned", num_train_epochs=1, test=test_without_class_4)
     with pytest.raises(ValueError, match="must be a permutation of range"):
         split_classes(6, 3, seed=0, class_order=[0, 1, 2, 3, 4, 4])
 

@@ -19,8 +19,8 @@ from synthetic import blob_images
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp.continual.augment import EvalTransform, PaperTrainTransform
-from peft_nsp.recipes.arguments import DataArguments, parse_recipe_arguments
-from peft_nsp.recipes.data import keep_classes, load_recipe_data, most_frequent_classes, per_class_subset
+from peft_nsp.scripts.arguments import DataArguments, parse_recipe_arguments
+from peft_nsp.scripts.data import keep_classes, load_recipe_data, most_frequent_classes, per_class_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4

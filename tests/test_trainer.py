@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""NullSpaceTrainer: projection per optimizer step, fp16 skips, gradient accumulation, optimizers."""
+"""NSPTrainer: projection per optimizer step, fp16 skips, gradient accumulation, optimizers, the loss."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from synthetic import blob_images, to_tensor
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig, VPTNSPLayer
-from peft_nsp.continual.data import TaskCollator
-from peft_nsp.trainer import NSPTrainingArguments, NullSpaceTrainer
+from peft_nsp.continual.data import ImageCollator, TaskCollator, with_class_ids
+from peft_nsp.trainer import NSPConfig, NSPTrainer, NSPTrainingArguments, NullSpaceTrainer
 
 
 def second_task_model():
-    """A model whose first task is folded in, with the head of task 2 (classes 2, 3) added."""
+    """A model whose first task (classes `class_0`, `class_1`) is folded in."""
     model = get_peft_model(tiny_model("vit", seed=4), VPTNSPConfig(prompt_length=2))
-    model.add_task([0, 1])
+    model.add_task(["class_0", "class_1"])
     model.update_null_space([to_tensor(blob_images(2, 4)["image"])])
-    model.add_task([2, 3])
     return model
 
 
@@ -30,19 +29,18 @@ def task_two_data(per_class: int = 4):
     return data.select([i for i, label in enumerate(data["label"]) if label >= 2])
 
 
-def make_trainer(tmp_path, model=None, callbacks=(), **kwargs) -> NullSpaceTrainer:
+def config(tmp_path, **kwargs) -> NSPConfig:
     defaults = dict(
         output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
         learning_rate=0.05, per_device_train_batch_size=2, logging_steps=1,
     )
-    defaults.update(kwargs)
-    return NullSpaceTrainer(
-        model or second_task_model(),
-        NSPTrainingArguments(**defaults),
-        train_dataset=task_two_data(),
-        data_collator=TaskCollator(to_tensor, task_classes=[2, 3]),
-        callbacks=list(callbacks),
-    )
+    return NSPConfig(**{**defaults, **kwargs})
+
+
+def make_trainer(tmp_path, model=None, callbacks=(), **kwargs) -> NSPTrainer:
+    """An NSPTrainer for task 2 (classes `class_2`, `class_3`) of `second_task_model()`."""
+    return NSPTrainer(model or second_task_model(), config(tmp_path, **kwargs), train_dataset=task_two_data(),
+                      train_transform=to_tensor, callbacks=list(callbacks))
 
 
 class CountSteps(TrainerCallback):
@@ -131,11 +129,13 @@ def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path)
         for param in model.parameters():
             if param.requires_grad:
                 param.add_(0.2)
-    batch = TaskCollator(to_tensor, task_classes=[2, 3])(list(task_two_data()))
+    assert model.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2", 3: "class_3"}  # the head was added
+    batch = ImageCollator(to_tensor)(list(trainer.train_dataset))
+    assert batch["labels"].tolist() == [2] * 4 + [3] * 4  # class ids, named by the dataset's ClassLabel
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
         logits = model(pixel_values=batch["pixel_values"]).logits[:, 2:4]
-        ce = torch.nn.functional.cross_entropy(logits / 4.0, batch["labels"])
+        ce = torch.nn.functional.cross_entropy(logits / 4.0, batch["labels"] - 2)
         ln = 0.0
         for layer in (m for m in model.modules() if isinstance(m, VPTNSPLayer)):
             p, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
@@ -144,21 +144,57 @@ def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path)
 
 
 def test_trainer_input_errors(tmp_path):
-    with pytest.raises(ValueError, match="must be `NSPTrainingArguments`"):
-        from transformers import TrainingArguments
-
-        NullSpaceTrainer(second_task_model(), TrainingArguments(output_dir=str(tmp_path), report_to="none"))
-    with pytest.raises(ValueError, match="PeftModel with a `vpt_nsp` adapter"):
-        NullSpaceTrainer(tiny_model("vit"), NSPTrainingArguments(output_dir=str(tmp_path), report_to="none"))
-    with pytest.raises(ValueError, match="no task head"):
-        NullSpaceTrainer(get_peft_model(tiny_model("vit"), VPTNSPConfig()),
-                         NSPTrainingArguments(output_dir=str(tmp_path), report_to="none"))
-    with pytest.raises(ValueError, match="`temperature` must be > 0"):
-        NSPTrainingArguments(output_dir=str(tmp_path), temperature=0)
+    with pytest.raises(ValueError, match="Pass `peft_config=peft_nsp.VPTNSPConfig"):
+        NSPTrainer(tiny_model("vit"), config(tmp_path))
+    with pytest.raises(ValueError, match="already a PeftModel: pass `peft_config` only with a base model"):
+        NSPTrainer(second_task_model(), config(tmp_path), peft_config=VPTNSPConfig())
+    with pytest.raises(ValueError, match="one class.*a one-class task trains nothing"):
+        NSPTrainer(second_task_model(), config(tmp_path), train_transform=to_tensor,
+                   train_dataset=task_two_data().filter(lambda row: row["label"] == 2))
+    with pytest.raises(ValueError, match=r"already learned: \['class_0', 'class_1'\]"):
+        NSPTrainer(second_task_model(), config(tmp_path), train_transform=to_tensor, train_dataset=blob_images(2, 2))
+    with pytest.raises(ValueError, match="pass `processing_class="):
+        NSPTrainer(second_task_model(), config(tmp_path), train_dataset=task_two_data())
+    with pytest.raises(ValueError, match="`temperature` must be a finite number > 0"):
+        NSPConfig(output_dir=str(tmp_path), temperature=0)
+    with pytest.raises(ValueError, match="`temperature` must be a finite number > 0"):
+        NSPConfig(output_dir=str(tmp_path), temperature=float("nan"))
+    with pytest.raises(ValueError, match="`ln_loss_weight` must be a finite number"):
+        NSPConfig(output_dir=str(tmp_path), ln_loss_weight=float("nan"))
     with pytest.raises(ValueError, match="`projection_mode` must be one of"):
-        NSPTrainingArguments(output_dir=str(tmp_path), projection_mode="both")
+        NSPConfig(output_dir=str(tmp_path), projection_mode="both")
+    with pytest.raises(ValueError, match="`weight_decay_mode='l2'` builds `torch.optim.Adam`"):
+        NSPConfig(output_dir=str(tmp_path), weight_decay_mode="l2", optim="sgd")
     with pytest.raises(ValueError, match=r"Labels \[0\] are not classes of the task"):
         TaskCollator(to_tensor, task_classes=[2, 3])(list(blob_images(1, 1)))
+
+
+def test_plain_training_arguments_are_converted_as_trl_does(tmp_path):
+    from transformers import TrainingArguments
+
+    trainer = NSPTrainer(second_task_model(), TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                learning_rate=0.123, use_cpu=True),
+                         train_dataset=task_two_data(), train_transform=to_tensor)
+    assert isinstance(trainer.args, NSPConfig) and trainer.args.learning_rate == 0.123
+    assert trainer.args.label_names == ["labels"] and trainer.args.temperature == 1.0
+
+
+def test_deprecated_names_keep_their_behaviour(tmp_path):
+    """`NullSpaceTrainer` trains a head the caller added, on task-local labels, and leaves the fold to the caller."""
+    with pytest.warns(FutureWarning, match="`NSPTrainingArguments` is deprecated"):
+        args = NSPTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no",
+                                    disable_tqdm=True, max_steps=2, per_device_train_batch_size=2)
+    model = second_task_model()
+    model.add_task([2, 3])
+    with pytest.warns(FutureWarning, match="`NullSpaceTrainer` is deprecated"):
+        trainer = NullSpaceTrainer(model, args, train_dataset=task_two_data(),
+                                   data_collator=TaskCollator(to_tensor, task_classes=[2, 3]))
+    trainer.train()
+    assert trainer.projection.steps_projected == 2
+    assert model.base_model.tasks_seen() == 1 and model.base_model.num_tasks == 2  # not folded: the caller's call
+    with pytest.raises(ValueError, match="no task head"):
+        with pytest.warns(FutureWarning):
+            NullSpaceTrainer(get_peft_model(tiny_model("vit"), VPTNSPConfig()), args)
 
 
 class RecordLearningRate(TrainerCallback):
@@ -181,8 +217,10 @@ def test_step_schedule_decays_at_the_given_epochs(tmp_path):
 
 def test_step_schedule_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="set `num_train_epochs` instead of `max_steps`"):
-        NSPTrainingArguments(output_dir=str(tmp_path), max_steps=10, lr_decay_epochs=[1])
+        NSPConfig(output_dir=str(tmp_path), max_steps=10, lr_decay_epochs=[1])
     with pytest.raises(ValueError, match="strictly between 0 and `num_train_epochs`"):
-        NSPTrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, lr_decay_epochs=[3])
+        NSPConfig(output_dir=str(tmp_path), num_train_epochs=3, lr_decay_epochs=[3])
+    with pytest.raises(ValueError, match=r"`lr_decay_factor` must be a finite number > 0"):
+        NSPConfig(output_dir=str(tmp_path), lr_decay_factor=0)
     with pytest.raises(ValueError, match=r"`lr_decay_factor` must be in \(0, 1\]"):
-        NSPTrainingArguments(output_dir=str(tmp_path), lr_decay_factor=0)
+        NSPConfig(output_dir=str(tmp_path), lr_decay_factor=2)

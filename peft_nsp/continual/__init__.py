@@ -1,31 +1,54 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Class-incremental learning: task splits, the training loop, head refinement, the accuracy matrix and its
-metrics, plots, the benchmarks' class names."""
+"""Class-incremental learning: datasets and task splits, the run on disk (stages), the loop, classifier alignment,
+the accuracy matrix and its metrics (also as an `evaluate` module), plots, the benchmarks' class names.
 
-from .class_names import benchmark_class_names, benchmark_text_templates, readable_class_names
-from .data import TaskCollator, check_image_dataset, processor_transform, select_classes, split_classes
-from .loop import ContinualResult, evaluate_seen_tasks, run_class_incremental
-from .metrics import ContinualMetrics, count_correct
-from .plots import plot_accuracy_curve, plot_accuracy_matrix
-from .refinement import HeadRefinementArguments, refine_head, sample_class_features
+Names are imported on first use (as PEFT does for optional backends), so importing a light module of this package,
+e.g. `peft_nsp.continual.stages`, does not load the `Trainer` or matplotlib.
+"""
 
-__all__ = [
-    "ContinualMetrics",
-    "ContinualResult",
-    "HeadRefinementArguments",
-    "TaskCollator",
-    "benchmark_class_names",
-    "benchmark_text_templates",
-    "check_image_dataset",
-    "count_correct",
-    "evaluate_seen_tasks",
-    "plot_accuracy_curve",
-    "plot_accuracy_matrix",
-    "processor_transform",
-    "readable_class_names",
-    "refine_head",
-    "run_class_incremental",
-    "sample_class_features",
-    "select_classes",
-    "split_classes",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name → the module that defines it.
+_EXPORTS = {
+    "benchmark_class_names": "class_names",
+    "benchmark_text_templates": "class_names",
+    "readable_class_names": "class_names",
+    "load_continual_metric": "continual_learning_metric",
+    "ClassIdLabels": "data",
+    "ImageCollator": "data",
+    "TaskCollator": "data",
+    "check_image_dataset": "data",
+    "find_columns": "data",
+    "present_class_names": "data",
+    "processor_transform": "data",
+    "select_classes": "data",
+    "split_classes": "data",
+    "with_class_ids": "data",
+    "ContinualResult": "loop",
+    "evaluate_seen_tasks": "loop",
+    "run_class_incremental": "loop",
+    "ContinualMetrics": "metrics",
+    "count_correct": "metrics",
+    "plot_accuracy_curve": "plots",
+    "plot_accuracy_matrix": "plots",
+    "HeadRefinementArguments": "refinement",
+    "refine_head": "refinement",
+    "sample_class_features": "refinement",
+    "RunRecord": "stages",
+    "method_name": "stages",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -68,6 +68,9 @@ Args:
         hold test samples of every task j <= t and of no later task.
     tasks (`list` of `list` of `int`): the class ids of each task, in task order (passed to `compute`).
         Evaluations may cover only the first T tasks (a run in progress).
+    previous (`dict`, *optional*): `{"correct": ..., "total": ...}` counts of evaluations 0 ... P-1 done
+        earlier (e.g. the `correct`/`total` this metric returned before a resumed run); the predictions then
+        hold evaluations P ... T-1 (passed to `compute`).
 Returns:
     accuracy_matrix (`list` of `list` of `float`): (T, T) A[t][j]; `None` above the diagonal (j > t).
     correct (`list` of `list` of `int`): ragged correct[t][j], j <= t.
@@ -125,6 +128,7 @@ class ContinualLearningMetric(evaluate.Metric):
         references: Any,
         after_task: Any,
         tasks: Sequence[Sequence[int]] | None = None,
+        previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
@@ -137,10 +141,10 @@ class ContinualLearningMetric(evaluate.Metric):
         if predictions.size == 0:
             raise ValueError("No predictions to evaluate.")
         task_of_class = _task_of_class(tasks)
-        num_evaluations = _check_evaluations(after_task, num_tasks=len(tasks))
+        metrics = ContinualMetrics.from_dict(previous) if previous else ContinualMetrics()
+        num_evaluations = _check_evaluations(after_task, num_tasks=len(tasks), first=metrics.num_tasks)
 
-        metrics = ContinualMetrics()
-        for t in range(num_evaluations):
+        for t in range(metrics.num_tasks, num_evaluations):
             rows = after_task == t
             correct, total = count_correct(predictions[rows], references[rows], task_of_class, num_tasks_seen=t + 1)
             metrics.record_task(t, correct, total)
@@ -210,18 +214,22 @@ def _task_of_class(tasks: Sequence[Sequence[int]] | None) -> dict[int, int]:
     return task_of_class
 
 
-def _check_evaluations(after_task: np.ndarray, num_tasks: int) -> int:
-    """Number of evaluations ``T``; checks ``after_task`` holds exactly ``0 … T−1`` and ``T ≤ num_tasks``."""
+def _check_evaluations(after_task: np.ndarray, num_tasks: int, first: int = 0) -> int:
+    """Number of evaluations ``T``; checks ``after_task`` holds exactly ``first … T−1`` and ``T ≤ num_tasks``
+    (``first``: evaluations counted in `previous`)."""
     present = np.unique(after_task)
-    if present[0] < 0:
-        raise ValueError(f"`after_task` must be ≥ 0 (task indices from 0), got {present[present < 0].tolist()}.")
+    if present[0] < first:
+        raise ValueError(
+            f"`after_task` must be ≥ {first} (task indices from 0; {first} earlier evaluations are in `previous`), "
+            f"got {present[present < first].tolist()}."
+        )
     num_evaluations = int(present[-1]) + 1
     if num_evaluations > num_tasks:
         raise ValueError(
             f"`after_task` goes up to {num_evaluations - 1}, but `tasks` has only {num_tasks} tasks "
             f"(0 … {num_tasks - 1})."
         )
-    missing = sorted(set(range(num_evaluations)) - set(present.tolist()))
+    missing = sorted(set(range(first, num_evaluations)) - set(present.tolist()))
     if missing:
         raise ValueError(
             f"Evaluations must be contiguous from 0: no predictions with `after_task` in {missing} "

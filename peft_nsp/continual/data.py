@@ -1,9 +1,16 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Class-incremental task splits of a `datasets.Dataset`, and the collator feeding images to the model."""
+"""Image-classification datasets for continual learning: columns, class names, task splits, collators.
+
+One label vocabulary everywhere: a model's *class ids* (logit column ``i`` is class id ``i``, named
+``model.config.id2label[i]``). A dataset's `ClassLabel` ids are its own; [`ClassIdLabels`] maps them to the
+model's class ids by *name*, so datasets with different `ClassLabel` features (tasks arriving months apart) share
+one model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +19,44 @@ from datasets import ClassLabel, Dataset, Image
 
 #: Turns a list of images (PIL images or arrays) into ``pixel_values`` ``(B, C, H, W)``.
 ImageTransform = Callable[[list[Any]], torch.Tensor]
+
+#: Label columns tried, in order, when a dataset has several `ClassLabel` columns (CIFAR-100: fine over coarse).
+PREFERRED_LABEL_COLUMNS = ("label", "labels", "fine_label")
+
+
+def find_columns(
+    dataset: Dataset, image_column: str | None = None, label_column: str | None = None, name: str = "dataset"
+) -> tuple[str, str]:
+    """The image and label columns of ``dataset``, found by their features when not given.
+
+    The image column is the one `datasets.Image` feature; the label column the one `ClassLabel` (among several:
+    the first of :data:`PREFERRED_LABEL_COLUMNS`). Both are validated.
+
+    Raises:
+        ValueError: not a `Dataset`, a column missing or of the wrong feature, or the choice is ambiguous.
+    """
+    if not isinstance(dataset, Dataset):
+        raise ValueError(
+            f"`{name}` must be a `datasets.Dataset` (pick a split of a `DatasetDict`), got `{type(dataset).__name__}`."
+        )
+    image_column = image_column or _feature_column(dataset, Image, (), "image", name)
+    label_column = label_column or _feature_column(dataset, ClassLabel, PREFERRED_LABEL_COLUMNS, "label", name)
+    check_image_dataset(dataset, image_column, label_column, name)
+    return image_column, label_column
+
+
+def _feature_column(dataset: Dataset, kind: type, preferred: Sequence[str], what: str, name: str) -> str:
+    columns = [column for column, feature in dataset.features.items() if isinstance(feature, kind)]
+    for column in preferred:
+        if column in columns:
+            return column
+    if len(columns) != 1:
+        hint = "a `datasets.Image` column" if kind is Image else "a `ClassLabel` column"
+        raise ValueError(
+            f"`{name}` has {len(columns)} {kind.__name__} columns ({columns}): it needs exactly one, or name the "
+            f"{what} column (`{what}_column=`). Columns: {dataset.column_names}; cast one to {hint}."
+        )
+    return columns[0]
 
 
 def check_image_dataset(dataset: Dataset, image_column: str, label_column: str, name: str = "dataset") -> ClassLabel:
@@ -39,27 +84,35 @@ def check_image_dataset(dataset: Dataset, image_column: str, label_column: str, 
     return label_feature
 
 
+def present_class_names(dataset: Dataset, label_column: str) -> list[str]:
+    """Names of the `ClassLabel` classes that have samples in ``dataset``, in label-id order."""
+    feature = dataset.features[label_column]
+    return [feature.int2str(int(label)) for label in np.unique(np.asarray(dataset[label_column]))]
+
+
 def split_classes(
     num_classes: int, num_tasks: int, seed: int, class_order: Sequence[int] | None = None
 ) -> list[list[int]]:
-    """Cut a class order into ``num_tasks`` equal tasks.
+    """Cut a class order into ``num_tasks`` equal tasks of at least two classes.
 
     Args:
         num_classes: number of classes in the dataset.
-        num_tasks: T; must divide ``num_classes``.
-        seed: seeds the shuffle of ``range(num_classes)`` (NumPy ``default_rng``) when no order is given.
+        num_tasks: T; must divide ``num_classes`` into tasks of two or more classes.
+        seed: seeds the shuffle of ``range(num_classes)`` (NumPy ``default_rng``, as the authors' code) when no
+            order is given.
         class_order: a user-given permutation of ``range(num_classes)``.
 
     Returns:
-        ``T`` lists of global class ids.
+        ``T`` lists of class ids.
     """
     if num_tasks < 1:
         raise ValueError(f"`num_tasks` must be ≥ 1, got {num_tasks}.")
-    if num_classes % num_tasks:
+    valid = [d for d in range(1, num_classes // 2 + 1) if num_classes % d == 0]
+    if num_classes % num_tasks or num_classes // num_tasks < 2:
         raise ValueError(
-            f"{num_classes} classes cannot be cut into {num_tasks} equal tasks: choose `num_tasks` among the "
-            f"divisors of {num_classes} ({[d for d in range(1, num_classes + 1) if num_classes % d == 0]}), or give "
-            "a `class_order` of a class subset whose size it divides."
+            f"{num_classes} classes cannot be cut into {num_tasks} equal tasks of at least two classes (a one-class "
+            f"task trains nothing: its cross-entropy over one logit is 0): choose `num_tasks` among {valid}, or "
+            "give a `class_order` of a class subset whose size it divides."
         )
     if class_order is None:
         order = np.random.default_rng(seed).permutation(num_classes).tolist()
@@ -72,22 +125,88 @@ def split_classes(
 
 
 def select_classes(dataset: Dataset, label_column: str, classes: Sequence[int], name: str = "dataset") -> Dataset:
-    """The rows of ``dataset`` whose label is in ``classes``; raise if there are none."""
+    """The rows of ``dataset`` whose label is in ``classes``; raise if there are none, warn for absent classes."""
     labels = np.asarray(dataset[label_column])
     indices = np.flatnonzero(np.isin(labels, np.asarray(classes)))
     if indices.size == 0:
         raise ValueError(f"`{name}` has no samples of classes {list(classes)}: this task would be empty.")
+    absent = sorted(set(int(c) for c in classes) - set(np.unique(labels[indices]).tolist()))
+    if absent:
+        warnings.warn(f"`{name}` has no samples of classes {absent}; the task keeps them but cannot learn or test them.")
     return dataset.select(indices)
 
 
+class ClassIdLabels:
+    """A `Dataset.with_transform` function adding ``labels``: the model's class id of each row's `ClassLabel`.
+
+    Args:
+        feature: the dataset's `ClassLabel` feature.
+        class_ids: model class id of every class name the model knows.
+        image_column / label_column: the dataset's columns.
+
+    Raises:
+        ValueError (when called): a row's class is unknown to the model.
+    """
+
+    def __init__(self, feature: ClassLabel, class_ids: Mapping[str, int], image_column: str, label_column: str) -> None:
+        self.names = list(feature.names)
+        self.class_ids = dict(class_ids)
+        self.image_column, self.label_column = image_column, label_column
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        names = [self.names[int(label)] for label in batch[self.label_column]]
+        unknown = sorted(set(names) - set(self.class_ids))
+        if unknown:
+            raise ValueError(f"Classes {unknown} have no head in the model; train a task with them first.")
+        return {self.image_column: batch[self.image_column], "labels": [self.class_ids[name] for name in names]}
+
+
+def with_class_ids(
+    dataset: Dataset, class_ids: Mapping[str, int], image_column: str, label_column: str, name: str = "dataset"
+) -> Dataset:
+    """``dataset`` yielding ``{image_column, "labels"}`` rows, ``labels`` the model's class ids (a lazy transform,
+    nothing is copied).
+
+    Raises:
+        ValueError: some class with samples in ``dataset`` is unknown to the model (named).
+    """
+    unknown = sorted(set(present_class_names(dataset, label_column)) - set(class_ids))
+    if unknown:
+        raise ValueError(
+            f"`{name}` holds classes the model has no head for: {unknown[:10]}{' …' if len(unknown) > 10 else ''}. "
+            "Evaluate on classes of tasks already trained (or train a task with them first)."
+        )
+    feature = dataset.features[label_column]
+    return dataset.with_transform(
+        ClassIdLabels(feature, class_ids, image_column, label_column), columns=[image_column, label_column]
+    )
+
+
+class ImageCollator:
+    """Collates rows ``{image_column, "labels"}`` into ``{"pixel_values", "labels"}``.
+
+    Args:
+        transform: images → ``(B, C, H, W)`` pixel values.
+        image_column: the images' column.
+    """
+
+    def __init__(self, transform: ImageTransform, image_column: str = "image") -> None:
+        self.transform = transform
+        self.image_column = image_column
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pixel_values = self.transform([row[self.image_column] for row in rows])
+        return {"pixel_values": pixel_values, "labels": torch.tensor([int(row["labels"]) for row in rows])}
+
+
 class TaskCollator:
-    """Collates rows into ``{"pixel_values", "labels"}``.
+    """Collates raw rows into ``{"pixel_values", "labels"}`` (the interface of peft-nsp 0.1).
 
     Args:
         transform: images → ``(B, C, H, W)`` pixel values.
         image_column / label_column: the dataset's columns.
-        task_classes: the newest task's global class ids: labels become task-local indices (what
-            [`NullSpaceTrainer`] trains on). ``None`` keeps global class ids (evaluation).
+        task_classes: the newest task's class ids: labels become task-local indices (what the deprecated
+            [`NullSpaceTrainer`] trains on). ``None`` keeps the dataset's label ids.
     """
 
     def __init__(
@@ -115,9 +234,15 @@ class TaskCollator:
 
 def processor_transform(image_processor: Any) -> ImageTransform:
     """An `ImageTransform` from a transformers image processor (e.g. `AutoImageProcessor`); RGB-converts PIL."""
+    return _ProcessorTransform(image_processor)
 
-    def transform(images: list[Any]) -> torch.Tensor:
+
+class _ProcessorTransform:
+    """Picklable (DataLoader workers) wrapper of an image processor."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: list[Any]) -> torch.Tensor:
         images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
-        return image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-    return transform
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]

@@ -1,20 +1,13 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The class-incremental loop: one `NullSpaceTrainer` per task, statistics, evaluation, resumable stages.
+"""The class-incremental loop: one [`NSPTrainer`] per task, evaluation with the `evaluate` metric, resumable stages.
 
-Output layout (only the main process writes):
-
-    output_dir/
-      progress.json              # pointer to the last finished task, replaced atomically
-      tasks/task-<t>/            # the model after task t: adapter (+ projector state), metrics, plots
-      training/task-<t>/         # Trainer checkpoints while task t trains (resume_from_checkpoint)
+The run's layout on disk and its record are [`peft_nsp.continual.stages`]'. Only the main process writes.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import json
 import logging
 import os
 import shutil
@@ -23,27 +16,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
-from peft import PeftModel, get_peft_model
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from filelock import FileLock, Timeout
+from peft import PeftModel
 from transformers import PreTrainedModel, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from .._io import fsync_tree, write_atomically
-from ..trainer import NSPTrainingArguments, NullSpaceTrainer
+from ..trainer import NSPConfig, NSPTrainer
 from ..tuner.config import VPTNSPConfig
+from .card import TEMPLATE_PATH, write_model_card
 from .class_names import readable_class_names
-from .data import ImageTransform, TaskCollator, check_image_dataset, select_classes, split_classes
-from .metrics import ContinualMetrics, count_correct
+from .continual_learning_metric import load_continual_metric
+from .data import ImageTransform, find_columns, present_class_names, select_classes, split_classes
+from .metrics import ContinualMetrics
 from .plots import plot_accuracy_curve, plot_accuracy_matrix
-from .refinement import HeadRefinementArguments, refine_head
+from .refinement import HeadRefinementArguments
+from .stages import (
+    CURVE_PLOT,
+    LOCK_FILE,
+    MATRIX_PLOT,
+    METRICS_FILE,
+    RunRecord,
+    last_complete_checkpoint,
+    method_name,
+    read_progress,
+    read_record,
+    stage_dir,
+    task_class_ids,
+    training_dir,
+    write_stage,
+)
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
+#: Adapter settings a resumed run must share with the run on disk.
+_ADAPTER_SETTINGS = (
+    "prompt_length", "prompt_layers", "prompt_init", "threshold_mode", "threshold_offset1", "threshold_offset2",
+    "times_factor1", "times_factor2", "eta1", "eta2", "task_weighting", "ln_loss_weight", "projected_layers",
+    "head_init", "classifier", "text_templates", "class_statistics",
+)
 
 
 @dataclass
@@ -53,22 +67,24 @@ class ContinualResult:
     model: PeftModel
     metrics: ContinualMetrics
     tasks: list[list[int]]
-    """Global class ids of every task, in training order (the class order cut into tasks)."""
+    """The dataset's class ids of every task, in training order (the class order cut into tasks)."""
     output_dir: Path
+    record: RunRecord
+    """The run record (class names per task, settings, metrics), as in every stage's ``sequence.json``."""
 
 
 def run_class_incremental(
     base_model: PreTrainedModel,
     peft_config: VPTNSPConfig,
-    args: NSPTrainingArguments,
+    args: NSPConfig,
     train_dataset: Dataset,
     test_dataset: Dataset,
     *,
     num_tasks: int,
     train_transform: ImageTransform,
     eval_transform: ImageTransform | None = None,
-    image_column: str = "image",
-    label_column: str = "label",
+    image_column: str | None = None,
+    label_column: str | None = None,
     class_order: Sequence[int] | None = None,
     joint: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
@@ -77,249 +93,290 @@ def run_class_incremental(
     tokenizer: Any = None,
     class_names: Sequence[str] | None = None,
     refinement: HeadRefinementArguments | None = None,
+    processing_class: Any = None,
+    continue_from: str | os.PathLike | None = None,
 ) -> ContinualResult:
     """Train a class-incremental task sequence with VPT-NSP² (or a baseline) and measure forgetting.
 
-    Classes are shuffled with ``args.seed`` (or taken from ``class_order``) and cut into ``num_tasks`` equal
-    tasks. Per task: add its head, train it with [`NullSpaceTrainer`], collect the null-space statistics on its
-    training data (``eval_transform``), optionally refine the head ([`refine_head`]), evaluate on the test data of
-    every task seen, save the stage. Re-running the same call resumes after the last finished task, or from the
-    last Trainer checkpoint inside a task.
+    Classes are shuffled with ``args.seed`` (or taken from ``class_order``) and cut into ``num_tasks`` equal tasks.
+    Each task is one [`NSPTrainer`] (head, training with the projection, null-space statistics, classifier
+    alignment when ``args.classifier_alignment``), then an evaluation on the test data of every task seen (the
+    `evaluate` metric of `load_continual_metric`) and a stage on disk. Re-running the same call resumes after the
+    last finished stage, or from the last complete Trainer checkpoint inside a task, and ends as an uninterrupted
+    run would; a resume with other settings is refused unless ``args.resume_with_changed_settings``.
 
     Args:
         base_model: a fresh supported model (prompts and heads are added here, or restored when resuming).
-        peft_config: the adapter configuration.
+        peft_config: the adapter configuration (ignored when resuming or continuing).
         args: training arguments; ``output_dir`` holds the whole run. ``projection=False`` with
             ``ln_loss_weight=0`` is VPT-Seq.
-        train_dataset / test_dataset: datasets with an `Image` column and a `ClassLabel` column.
-        num_tasks: T.
+        train_dataset / test_dataset: datasets with an `Image` column and a `ClassLabel` column (same names).
+        num_tasks: T, the tasks of this run (after those of ``continue_from``).
         train_transform: images → pixel values for training (augmentation goes here).
         eval_transform: images → pixel values for statistics and evaluation (default: ``train_transform``).
-        image_column / label_column: column names.
-        class_order: a permutation of the class ids to use instead of the seeded shuffle.
+        image_column / label_column: column names (default: found by their features).
+        class_order: a permutation of the dataset's class ids (of the new classes, when continuing) to use instead
+            of the seeded shuffle.
         joint: train one task on all classes (the upper bound); the same metrics, one row.
         callbacks: extra Trainer callbacks for every task.
-        run_info: JSON-serialisable facts about the run stored in every stage's ``sequence.json`` (e.g.
+        run_info: JSON-serialisable facts about the run stored in every stage's record (e.g.
             ``{"benchmark": "cifar100-10", "dataset": "uoft-cs/cifar100"}``; model cards read them).
         on_stage_saved: called on the main process with ``(stage_dir, task)`` once a stage is on disk and the
             progress pointer names it (e.g. to push it to the Hub).
-        tokenizer: ``classifier="text"`` on `CLIPModel`/`SiglipModel`: the text tower's tokenizer, which encodes
-            each task's class names when its head is added.
-        class_names: ``classifier="text"``: the prompt name of every class id. Default: the dataset's
+        tokenizer: ``classifier="text"`` on `CLIPModel`/`SiglipModel`: the text tower's tokenizer.
+        class_names: ``classifier="text"``: the prompt name of every class id of the dataset. Default: the
             `ClassLabel` names through [`readable_class_names`] (ImageNet-R WordNet ids → names, ``_`` → space).
-        refinement: refine the image-side head after each task with these hyperparameters (CLIP-NSP²); turns on
-            `class_statistics` in the adapter. ``None``: no refinement.
+        refinement: deprecated: set ``args.classifier_alignment=True`` (and ``args.refine_*``) instead.
+        processing_class: the image processor, saved in every stage (so `pipeline` finds it).
+        continue_from: a finished adapter to continue with the dataset's *other* classes: a stage folder, or a Hub
+            repository as ``"user/repo@task-3"``. Its tasks and accuracy rows come first; ``test_dataset`` must
+            hold its classes too (the accuracy matrix covers every task).
     """
     eval_transform = eval_transform or train_transform
-    labels = check_image_dataset(train_dataset, image_column, label_column, "train_dataset")
-    test_labels = check_image_dataset(test_dataset, image_column, label_column, "test_dataset")
-    if labels.num_classes != test_labels.num_classes:
+    if refinement is not None:
+        args = dataclasses.replace(args, classifier_alignment=True, **dataclasses.asdict(refinement))
+    image_column, label_column = find_columns(train_dataset, image_column or args.image_column,
+                                              label_column or args.label_column, "train_dataset")
+    find_columns(test_dataset, image_column, label_column, "test_dataset")
+    names = list(train_dataset.features[label_column].names)
+    test_names = list(test_dataset.features[label_column].names)
+    if test_names != names:
         raise ValueError(
-            f"`train_dataset` has {labels.num_classes} classes but `test_dataset` {test_labels.num_classes}."
+            f"`train_dataset` and `test_dataset` must share their `ClassLabel` ({len(names)} vs {len(test_names)} "
+            "names, or another order)."
         )
-    tasks = split_classes(labels.num_classes, num_tasks, args.seed, class_order)
-    if joint:
-        tasks = [[c for task in tasks for c in task]]
-    for classes in tasks:
-        select_classes(train_dataset, label_column, classes, "train_dataset")
-        select_classes(test_dataset, label_column, classes, "test_dataset")
-    names = list(class_names) if class_names is not None else readable_class_names(labels.names)
-    if len(names) != labels.num_classes:
-        raise ValueError(f"Got {len(names)} `class_names` for {labels.num_classes} classes.")
-    if refinement is not None and not peft_config.class_statistics:
-        peft_config = dataclasses.replace(peft_config, class_statistics=True)
+    text_names = dict(zip(names, class_names if class_names is not None else readable_class_names(names)))
+    if len(text_names) != len(names):
+        raise ValueError(f"Got {len(class_names)} `class_names` for {len(names)} classes.")
 
-    output_dir = Path(args.output_dir)
-    progress = _read_progress(output_dir)
-    if progress is None:
-        set_seed(args.seed)
-        model = get_peft_model(base_model, copy.deepcopy(peft_config))
-        metrics, start = ContinualMetrics(), 0
+    source_record, source_model = None, None
+    if continue_from is not None:
+        source_model, source_record = _load_source(base_model, continue_from)
+    inherited = source_record.tasks if source_record else []
+    known = {name for task in inherited for name in task}
+    missing = sorted(known - set(names))
+    if missing:
+        raise ValueError(
+            f"The datasets lack classes of the continued adapter: {missing[:10]}. A continued run measures every task, "
+            "so `train_dataset`/`test_dataset` need the earlier classes (their test data) too."
+        )
+    new_ids = [i for i, name in enumerate(names) if name not in known]
+    if class_order is not None:
+        order = [int(c) for c in class_order]
+        if sorted(order) != sorted(new_ids):
+            raise ValueError(f"`class_order` must be a permutation of the dataset's new class ids {new_ids}.")
+        dataset_tasks = split_classes(len(order), num_tasks, args.seed, list(range(len(order))))
+        dataset_tasks = [[order[i] for i in task] for task in dataset_tasks]
     else:
-        if progress["tasks"] != tasks:
-            raise ValueError(
-                f"`{output_dir}` holds a run with another task split ({progress['tasks']}); use a new `output_dir` "
-                "or the same seed/class order/num_tasks to resume it."
-            )
-        start = progress["finished_tasks"]
-        model = PeftModel.from_pretrained(base_model, _stage_dir(output_dir, start - 1), is_trainable=True)
-        metrics = ContinualMetrics.from_dict(progress["metrics"])
-        logger.info("Resuming after task %d of %d from %s", start, len(tasks), output_dir)
+        dataset_tasks = [[new_ids[i] for i in task] for task in split_classes(len(new_ids), num_tasks, args.seed)]
+    if joint:
+        dataset_tasks = [[c for task in dataset_tasks for c in task]]
+    planned = [*inherited, *[[names[c] for c in task] for task in dataset_tasks]]
+    ids_of = {name: i for i, name in enumerate(names)}
+    untrainable = sorted(set(name for task in planned for name in task) - set(present_class_names(train_dataset,
+                                                                                                   label_column)))
+    if untrainable:
+        raise ValueError(
+            f"`train_dataset` has no samples of classes {untrainable[:10]}, which the task split includes: add their "
+            "images, or drop them from the `ClassLabel` (e.g. select the other classes and `cast_column` to a "
+            "`ClassLabel` without them)."
+        )
+    for task in planned:  # warns for classes without test data
+        select_classes(test_dataset, label_column, [ids_of[n] for n in task], "test_dataset")
 
-    for task in range(start, len(tasks)):
-        set_seed(args.seed + task)
-        if model.peft_config[model.active_adapter].classifier == "text":
-            model.add_task(tasks[task], class_names=[names[c] for c in tasks[task]], tokenizer=tokenizer)
+    state = PartialState()
+    output_dir = Path(args.output_dir)
+    lock = _lock_run(output_dir, state)
+    try:
+        record = read_progress(output_dir) if state.is_main_process else None
+        record = broadcast_object_list([record])[0]
+        settings = _settings(args, source_model.peft_config["default"] if source_model else peft_config)
+        method = method_name(args.projection, joint, settings.get("classifier", "linear"), args.classifier_alignment)
+        if record is None:
+            if source_model is not None:
+                model, start = source_model, len(inherited)
+                metrics = ContinualMetrics.from_dict(source_record.metrics)
+            else:
+                set_seed(args.seed)
+                model, start, metrics = None, 0, ContinualMetrics()
+            record = RunRecord(
+                tasks=planned, seed=args.seed, method=method, joint=joint, finished_tasks=start, settings=settings,
+                run_info=dict(run_info or {}), metrics=metrics.to_dict(),
+                continued_from=None if continue_from is None else str(continue_from),
+            )
         else:
-            model.add_task(tasks[task])
-        task_args = dataclasses.replace(
-            args,
-            output_dir=str(output_dir / "training" / f"task-{task}"),
-            remove_unused_columns=False,
-            push_to_hub=False,  # stages, not Trainer checkpoints, are what gets published (peft_nsp.hub)
-        )
-        trainer = NullSpaceTrainer(
-            model,
-            task_args,
-            train_dataset=select_classes(train_dataset, label_column, tasks[task]),
-            data_collator=TaskCollator(train_transform, image_column, label_column, task_classes=tasks[task]),
-            callbacks=list(callbacks),
-        )
-        checkpoint = get_last_checkpoint(task_args.output_dir) if os.path.isdir(task_args.output_dir) else None
-        trainer.train(resume_from_checkpoint=checkpoint)
-        accelerator = trainer.accelerator
-        show = accelerator.is_main_process and not args.disable_tqdm
-        task_data = select_classes(train_dataset, label_column, tasks[task])
-        shard = task_data.select(range(accelerator.process_index, len(task_data), accelerator.num_processes))
-        loader = DataLoader(
-            shard,
-            batch_size=args.statistics_batch_size,
-            collate_fn=TaskCollator(eval_transform, image_column, label_column),
-            num_workers=args.dataloader_num_workers,
-        )
-        reduce_fn = functools.partial(accelerator.reduce, reduction="sum")
-        if args.projection or trainer.ln_loss_weight() > 0:
-            model.update_null_space(
-                tqdm(loader, desc=f"Statistics of task {task + 1}", disable=not show), reduce_fn=reduce_fn
-            )
-        if refinement is not None:
-            model.update_class_statistics(
-                tqdm(loader, desc=f"Class statistics of task {task + 1}", disable=not show), reduce_fn=reduce_fn
-            )
-            refine_head(model, refinement, seed=args.seed + task)
-        correct, total = evaluate_seen_tasks(
-            model, test_dataset, tasks[: task + 1], eval_transform, args, accelerator, image_column, label_column
-        )
-        metrics.record_task(task, correct, total)
-        failure = None
-        if accelerator.is_main_process:
-            try:
-                stage = _save_stage(
-                    model, metrics, tasks, task, output_dir, args, joint, labels.names, run_info, refinement
+            if record.tasks != planned:
+                raise ValueError(
+                    f"`{output_dir}` holds a run with another task split ({record.tasks[:3]}…); use a new `output_dir` "
+                    "or the same seed/class order/num_tasks (and `continue_from`) to resume it."
                 )
-                print(f"\nAfter task {task + 1}/{len(tasks)}:\n{metrics.format_table()}", flush=True)
-                if on_stage_saved is not None:
-                    on_stage_saved(stage, task)
-            except Exception as error:  # re-raised below, after every process has heard of it
-                failure = error
-        # Every process learns whether the main one failed, so none waits forever in the next collective.
-        if broadcast_object_list([failure is not None])[0]:
-            if failure is not None:
-                raise failure
-            raise RuntimeError(f"The main process failed while saving task {task}; see its error.")
-        accelerator.wait_for_everyone()
-    return ContinualResult(model=model, metrics=metrics, tasks=tasks, output_dir=output_dir)
+            record = _check_settings(record, settings, args, output_dir)
+            start = record.finished_tasks
+            model = PeftModel.from_pretrained(base_model, stage_dir(output_dir, start - 1), is_trainable=True)
+            metrics = ContinualMetrics.from_dict(record.metrics)
+            logger.info("Resuming after task %d of %d from %s", start, len(planned), output_dir)
+        metric = load_continual_metric()
+        for task in range(start, len(planned)):
+            set_seed(args.seed + task)
+            task_args = dataclasses.replace(
+                args, output_dir=str(training_dir(output_dir, task)), push_to_hub=False,  # stages are what gets published
+                image_column=image_column, label_column=label_column,
+            )
+            trainer = NSPTrainer(
+                model if model is not None else base_model,
+                task_args,
+                train_dataset=select_classes(train_dataset, label_column, [ids_of[n] for n in planned[task]],
+                                             "train_dataset"),
+                peft_config=None if model is not None else copy.deepcopy(peft_config),
+                processing_class=processing_class,
+                train_transform=train_transform,
+                eval_transform=eval_transform,
+                task_classes=planned[task],
+                tokenizer=tokenizer,
+                text_names=text_names,
+                callbacks=list(callbacks),
+            )
+            checkpoint = last_complete_checkpoint(task_args.output_dir) if state.is_main_process else None
+            checkpoint = broadcast_object_list([checkpoint])[0]
+            trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+            model = trainer.model
+            seen = [ids_of[n] for t in planned[: task + 1] for n in t]
+            output = trainer.predict(select_classes(test_dataset, label_column, seen, "test_dataset"))
+            if state.is_main_process:
+                predicted = np.asarray(model.class_order())[np.asarray(output.predictions).argmax(-1)]
+                result = metric.compute(
+                    predictions=predicted, references=output.label_ids, after_task=np.full(len(predicted), task),
+                    tasks=task_class_ids(planned[: task + 1]),
+                    previous=metrics.to_dict(),
+                )
+                metrics = ContinualMetrics(correct=result["correct"], total=result["total"])
+            metrics = ContinualMetrics.from_dict(broadcast_object_list([metrics.to_dict()])[0])
+            record = dataclasses.replace(record, finished_tasks=task + 1, metrics=metrics.to_dict())
+            _save_stage_everywhere(model, record, task, output_dir, processing_class, on_stage_saved, state)
+        return ContinualResult(
+            model=model, metrics=metrics, tasks=[[ids_of[n] for n in task] for task in planned],
+            output_dir=output_dir, record=record,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _save_stage_everywhere(
+    model: PeftModel,
+    record: RunRecord,
+    task: int,
+    output_dir: Path,
+    processing_class: Any,
+    on_stage_saved: Callable[[Path, int], None] | None,
+    state: PartialState,
+) -> None:
+    """The main process writes the stage; every process learns whether it failed (none waits forever)."""
+    failure = None
+    if state.is_main_process:
+        try:
+            stage = write_stage(output_dir, task, record, lambda folder: _stage_files(folder, model, record,
+                                                                                      processing_class))
+            shutil.rmtree(training_dir(output_dir, task), ignore_errors=True)  # the stage supersedes them
+            metrics = ContinualMetrics.from_dict(record.metrics)
+            print(f"\nAfter task {task + 1}/{len(record.tasks)}:\n{metrics.format_table()}", flush=True)
+            if on_stage_saved is not None:
+                on_stage_saved(stage, task)
+        except Exception as error:  # re-raised below, after every process has heard of it
+            failure = error
+    if broadcast_object_list([failure is not None])[0]:
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"The main process failed while saving task {task}; see its error.")
+    state.wait_for_everyone()
+
+
+def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:
+    """Everything a stage holds besides its record: adapter (checked finite), processor, metrics, plots, card."""
+    model.base_model.check_finite()
+    model.save_pretrained(folder)
+    if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+        processing_class.save_pretrained(folder)
+    metrics = ContinualMetrics.from_dict(record.metrics)
+    metrics.save_json(folder / METRICS_FILE)
+    plot_accuracy_matrix(metrics, folder / MATRIX_PLOT)
+    plot_accuracy_curve(metrics, folder / CURVE_PLOT, label=record.method)
+    if TEMPLATE_PATH.is_file():
+        write_model_card(folder)
+
+
+def _settings(args: NSPConfig, peft_config: VPTNSPConfig) -> dict[str, Any]:
+    values = {**args.recorded_settings(), **{name: getattr(peft_config, name) for name in _ADAPTER_SETTINGS}}
+    return {key: (list(value) if isinstance(value, (list, tuple, set)) else value) for key, value in values.items()}
+
+
+def _check_settings(record: RunRecord, settings: dict[str, Any], args: NSPConfig, output_dir: Path) -> RunRecord:
+    """Refuse a resume whose settings differ from the run's, or record the change when it is allowed."""
+    current = {**record.settings}
+    for change in record.settings_changes:
+        current.update({name: values[1] for name, values in change["changed"].items()})
+    changed = {name: [current.get(name), value] for name, value in settings.items() if current.get(name) != value}
+    if not changed:
+        return record
+    listed = "; ".join(f"`{name}`: {old!r} (run) → {new!r} (now)" for name, (old, new) in changed.items())
+    if not args.resume_with_changed_settings:
+        raise ValueError(
+            f"`{output_dir}` holds a run with other settings: {listed}. Resume it with the same settings, start a new "
+            "`output_dir`, or pass `resume_with_changed_settings=True` to apply the new ones from the next task on "
+            "(recorded per task in the run record and the model card)."
+        )
+    logger.warning("Resuming %s with changed settings (recorded): %s", output_dir, listed)
+    return dataclasses.replace(
+        record, settings_changes=[*record.settings_changes, {"task": record.finished_tasks, "changed": changed}]
+    )
+
+
+def _lock_run(output_dir: Path, state: PartialState) -> FileLock | None:
+    """Hold ``output_dir/.run.lock`` for the run (an OS file lock: a crashed run never leaves it stuck)."""
+    lock, failure = None, None
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(output_dir / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            lock, failure = None, (
+                f"Another run is using `{output_dir}` (it holds `{LOCK_FILE}`). Wait for it to finish or stop it (a "
+                "killed `accelerate launch` can leave its worker processes running: check with `ps`), or use another "
+                "`output_dir`."
+            )
+    failure = broadcast_object_list([failure])[0]
+    if failure is not None:
+        raise RuntimeError(failure)
+    return lock
+
+
+def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tuple[PeftModel, RunRecord]:
+    """The adapter to continue and its run record (a stage folder, or ``repo@revision`` on the Hub)."""
+    path, revision = str(source), None
+    if not os.path.isdir(path) and "@" in path:
+        path, revision = path.rsplit("@", 1)
+    model = PeftModel.from_pretrained(base_model, path, revision=revision, is_trainable=True)
+    if os.path.isdir(path):
+        record = read_record(path)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        record = read_record(hf_hub_download(path, "sequence.json", revision=revision))
+    tuner = model.base_model
+    if record.class_names != tuner.class_names() or record.finished_tasks != tuner.num_tasks:
+        raise ValueError(
+            f"`{source}`: its run record ({record.finished_tasks} tasks) does not describe its adapter "
+            f"({tuner.num_tasks} tasks); continue a complete stage folder or Hub revision."
+        )
+    record = dataclasses.replace(record, tasks=record.tasks[: record.finished_tasks])
+    return model, record
 
 
 @torch.no_grad()
-def evaluate_seen_tasks(
-    model: PeftModel,
-    test_dataset: Dataset,
-    tasks: list[list[int]],
-    transform: ImageTransform,
-    args: NSPTrainingArguments,
-    accelerator: Any,
-    image_column: str = "image",
-    label_column: str = "label",
-) -> tuple[list[int], list[int]]:
-    """Correct and total test counts per seen task; the prediction is the argmax over all seen classes.
-
-    Data is sharded over processes and gathered with ``gather_for_metrics``, which drops the samples repeated to
-    even out the last batch.
-    """
-    seen = [c for classes in tasks for c in classes]
-    subset = select_classes(test_dataset, label_column, seen, "test_dataset")
-    loader = accelerator.prepare(
-        DataLoader(
-            subset,
-            batch_size=args.per_device_eval_batch_size,
-            collate_fn=TaskCollator(transform, image_column, label_column),
-            num_workers=args.dataloader_num_workers,
-        )
+def evaluate_seen_tasks(*args: Any, **kwargs: Any) -> None:
+    """Removed: the loop evaluates with `NSPTrainer.predict` and the `evaluate` metric (`load_continual_metric`)."""
+    raise NotImplementedError(
+        "`evaluate_seen_tasks` is gone: evaluate with `NSPTrainer(...).evaluate(eval_dataset=...)` (class-incremental "
+        "accuracy per task) or `load_continual_metric()`."
     )
-    column_class = torch.tensor(model.class_order(), device=accelerator.device)
-    was_training = model.training
-    model.eval()
-    predictions, targets = [], []
-    show = accelerator.is_main_process and not args.disable_tqdm
-    for batch in tqdm(loader, desc=f"Evaluating {len(tasks)} task(s)", disable=not show):
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        predicted, target = accelerator.gather_for_metrics((column_class[logits.argmax(-1)], batch["labels"]))
-        predictions.append(predicted.cpu())
-        targets.append(target.cpu())
-    model.train(was_training)
-    task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
-    return count_correct(torch.cat(predictions).tolist(), torch.cat(targets).tolist(), task_of_class, len(tasks))
-
-
-def _stage_dir(output_dir: Path, task: int) -> Path:
-    return output_dir / "tasks" / f"task-{task}"
-
-
-def _read_progress(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / PROGRESS_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
-def _save_stage(
-    model: PeftModel,
-    metrics: ContinualMetrics,
-    tasks: list[list[int]],
-    task: int,
-    output_dir: Path,
-    args: NSPTrainingArguments,
-    joint: bool,
-    class_names: list[str],
-    run_info: Mapping[str, Any] | None,
-    refinement: HeadRefinementArguments | None,
-) -> Path:
-    """Write the stage into a temporary folder, rename it into place, then move the progress pointer."""
-    final = _stage_dir(output_dir, task)
-    partial = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    metrics.save_json(partial / "metrics.json")
-    plot_accuracy_matrix(metrics, partial / "accuracy_matrix.png")
-    plot_accuracy_curve(metrics, partial / "accuracy_curve.png", label="VPT-NSP²" if args.projection else "VPT-Seq")
-    sequence = {
-        "finished_tasks": task + 1,
-        "tasks": tasks,
-        "seed": args.seed,
-        "joint": joint,
-        "projection": args.projection,
-        "class_names": class_names,
-        "hyperparameters": _hyperparameters(args, refinement),
-        "run_info": dict(run_info or {}),
-        "metrics": metrics.to_dict(),
-    }
-    (partial / "sequence.json").write_text(json.dumps(sequence, indent=2))
-    from ..hub.card import TEMPLATE_PATH, write_model_card  # the hub package imports this module
-
-    if TEMPLATE_PATH.is_file():  # a source checkout: the stage carries our model card, pushed or not
-        write_model_card(partial)
-    fsync_tree(partial)  # the pointer below must never name a stage whose files are not on disk
-    shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
-    os.replace(partial, final)
-    write_atomically(output_dir / PROGRESS_FILE, json.dumps(sequence, indent=2).encode())
-    return final
-
-
-def _hyperparameters(args: NSPTrainingArguments, refinement: HeadRefinementArguments | None) -> dict[str, Any]:
-    """The training arguments a reader of the run needs (the adapter's own live in ``adapter_config.json``)."""
-    names = (
-        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-        "gradient_accumulation_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
-        "lr_decay_epochs", "lr_decay_factor", "fp16", "bf16", "temperature", "ln_loss_weight", "projection",
-        "projection_mode", "seed",
-    )
-    values = {name: getattr(args, name) for name in names}
-    values["optim"] = str(values["optim"].value if hasattr(values["optim"], "value") else values["optim"])
-    values["lr_scheduler_type"] = str(getattr(values["lr_scheduler_type"], "value", values["lr_scheduler_type"]))
-    if args.lr_decay_epochs:  # NullSpaceTrainer's step schedule replaces the scheduler type and warm-up
-        values["lr_scheduler_type"], values["warmup_steps"] = "multistep", 0
-    values["world_size"] = args.world_size
-    values["head_refinement"] = None if refinement is None else dataclasses.asdict(refinement)
-    return json.loads(json.dumps(values, default=str))
-

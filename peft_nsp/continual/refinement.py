@@ -11,6 +11,7 @@ embeddings and the logit scale stay fixed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +33,10 @@ class HeadRefinementArguments:
             SGD learning rate (constant).
         refine_momentum (`float`, defaults to `0.9`):
             SGD momentum.
+        refine_nesterov (`bool`, defaults to `True`):
+            Nesterov momentum (the authors' timm SGD).
         refine_weight_decay (`float`, defaults to `1e-4`):
-            SGD weight decay.
+            SGD weight decay, on weight matrices only (biases are not decayed, as in the authors' code).
         refine_samples_per_class (`int`, defaults to `256`):
             Features sampled per class and epoch.
         refine_batch_size (`int`, defaults to `256`):
@@ -45,6 +48,7 @@ class HeadRefinementArguments:
     refine_epochs: int = field(default=50, metadata={"help": "Head refinement: epochs over sampled features."})
     refine_learning_rate: float = field(default=1e-3, metadata={"help": "Head refinement: SGD learning rate."})
     refine_momentum: float = field(default=0.9, metadata={"help": "Head refinement: SGD momentum."})
+    refine_nesterov: bool = field(default=True, metadata={"help": "Head refinement: Nesterov momentum."})
     refine_weight_decay: float = field(default=1e-4, metadata={"help": "Head refinement: SGD weight decay."})
     refine_samples_per_class: int = field(
         default=256, metadata={"help": "Head refinement: features sampled per class and epoch."}
@@ -59,8 +63,9 @@ class HeadRefinementArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)}.")
         for name in ("refine_learning_rate", "refine_momentum", "refine_weight_decay", "refine_covariance_ridge"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be ≥ 0, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number ≥ 0, got {value!r}.")
 
 
 def sample_class_features(
@@ -111,8 +116,13 @@ def refine_head(model: nn.Module, args: HeadRefinementArguments | None = None, s
     scale_trils = torch.linalg.cholesky(covariances.to(device, torch.float64) + ridge).float()
     means = means.to(device, torch.float32)
     generator = torch.Generator(device=device).manual_seed(seed)
+    groups = [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.refine_weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.SGD(
-        parameters, lr=args.refine_learning_rate, momentum=args.refine_momentum, weight_decay=args.refine_weight_decay
+        [group for group in groups if group["params"]], lr=args.refine_learning_rate, momentum=args.refine_momentum,
+        nesterov=args.refine_nesterov and args.refine_momentum > 0,
     )
     trainable = [p.requires_grad for p in parameters]
     losses = []

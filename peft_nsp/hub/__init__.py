@@ -3,13 +3,14 @@
 
 ``task-<t>`` (tasks counted from 0) names both the local stage folder ``output_dir/tasks/task-<t>`` and the Hub
 branch holding the model after task ``t``. From the shell: ``python -m peft_nsp.hub push OUTPUT_DIR
---hub_model_id ID`` and ``python -m peft_nsp.hub materialize SOURCE OUTPUT_DIR --revision task-<t>``.
+--hub_model_id ID`` and ``python -m peft_nsp.hub materialize SOURCE OUTPUT_DIR --revision task-<t>``. This package
+does the network work only; the run's layout is `peft_nsp.continual.stages`, the card `peft_nsp.continual.card`.
 """
 
-from .card import build_model_card, write_model_card
-from .push import HubPushError, PushedStage, push_after_each_task, push_to_hub
+from ..continual.card import build_model_card, write_model_card
+from ..continual.stages import finished_stages, stage_revision
+from .push import HubPushError, PushedStage, push_after_each_task, push_to_hub, push_with_deadline
 from .resume import materialize_stage
-from .stages import finished_stages, stage_revision
 
 __all__ = [
     "HubPushError",
@@ -19,6 +20,7 @@ __all__ = [
     "materialize_stage",
     "push_after_each_task",
     "push_to_hub",
+    "push_with_deadline",
     "stage_revision",
     "write_model_card",
 ]

@@ -10,7 +10,11 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from .push import HubPushError, push_to_hub
+import httpx2
+from huggingface_hub import set_client_factory
+from huggingface_hub.utils._http import hf_request_event_hook
+
+from .push import DEFAULT_PUSH_TIMEOUT, HubPushError, push_with_deadline
 from .resume import materialize_stage
 
 
@@ -21,15 +25,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     push.add_argument("output_dir", help="the `output_dir` of a class-incremental run")
     push.add_argument("--hub_model_id", required=True, help="the model repository, created if missing")
     push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--timeout", type=float, default=DEFAULT_PUSH_TIMEOUT,
+                      help="give up (exit 1, nothing lost; re-run to resume) after this many seconds")
     materialize = commands.add_parser("materialize", help="make OUTPUT_DIR a run resuming after a stage")
     materialize.add_argument("source", help="a Hub model id or a local stage folder `.../tasks/task-<t>`")
     materialize.add_argument("output_dir", help="the new run's `output_dir`")
     materialize.add_argument("--revision", help="Hub revision, e.g. `task-3` (the model after task 3, from 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # This process is ours: give every Hub request a timeout (huggingface_hub's default client has none).
+    set_client_factory(lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True,
+                                             timeout=httpx2.Timeout(60.0)))
     if args.command == "push":
         try:
-            pushed = push_to_hub(args.output_dir, args.hub_model_id, private=args.private or None)
+            pushed = push_with_deadline(args.output_dir, args.hub_model_id, timeout=args.timeout,
+                                        private=args.private or None)
         except HubPushError as error:
             raise SystemExit(str(error)) from error
         for stage in pushed:

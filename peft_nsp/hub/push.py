@@ -10,19 +10,31 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from .card import write_model_card
-from .stages import finished_stages, stage_digest, stage_files, stage_revision
+from ..continual.card import render_model_card
+from ..continual.stages import (
+    CARD_FILE,
+    finished_stages,
+    run_dir_of_stage,
+    stage_digest,
+    stage_files,
+    stage_revision,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a push may take before training goes on without it (the push keeps its lock until it ends).
+DEFAULT_PUSH_TIMEOUT = 900.0
+_T = TypeVar("_T")
 
 
 class HubPushError(RuntimeError):
@@ -52,11 +64,11 @@ def push_to_hub(
 ) -> list[PushedStage]:
     """Push every finished stage of a run's ``output_dir`` that is not on the Hub yet, in task order.
 
-    Each stage's model card is rendered into its ``README.md`` before anything is uploaded. Then, per stage
-    ``tasks/task-<t>``: one commit to ``main`` whose files are exactly the stage's (adapter with projector state,
-    ``sequence.json``, ``metrics.json``, plots, card; other files on ``main`` are deleted), and a branch
-    ``task-<t>`` at that commit, so ``PeftModel.from_pretrained(base, repo_id, revision="task-<t>")`` loads the
-    model after task ``t`` (tasks counted from 0, like the stage folders).
+    Per stage ``tasks/task-<t>``: one commit to ``main`` whose files are exactly the stage's (adapter with projector
+    state, image processor, ``sequence.json``, ``metrics.json``, plots, and the model card rendered for ``repo_id``;
+    other files on ``main`` are deleted), and a branch ``task-<t>`` at that commit, so
+    ``PeftModel.from_pretrained(base, repo_id, revision="task-<t>")`` loads the model after task ``t`` (tasks
+    counted from 0, like the stage folders). Nothing local is written: a failed push leaves the run byte-identical.
 
     Args:
         output_dir: the ``output_dir`` of [`run_class_incremental`].
@@ -76,8 +88,6 @@ def push_to_hub(
     validate_repo_id(repo_id)
     output_dir = Path(output_dir)
     stages = finished_stages(output_dir)
-    for _, stage in stages:
-        write_model_card(stage, repo_id)
     api = api or HfApi(token=token)
     with _resumable(f"Reading `{repo_id}`", output_dir):
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -98,7 +108,7 @@ def push_to_hub(
         action = "branched" if commit else "committed"
         with _resumable(f"Pushing `{revision}` to `{repo_id}`", output_dir):
             if commit is None:
-                commit = head = _commit_stage(api, repo_id, task, stage, title, head)
+                commit = head = _commit_stage(api, repo_id, task, stage, title, head, render_model_card(stage, repo_id))
             api.create_branch(repo_id, branch=revision, revision=commit)
         logger.info("%s of %s: %s (commit %s)", revision, repo_id, action, commit)
         pushed.append(PushedStage(task, revision, commit, action))
@@ -111,21 +121,69 @@ def push_after_each_task(
     private: bool | None = None,
     token: str | bool | None = None,
     api: HfApi | None = None,
+    timeout: float = DEFAULT_PUSH_TIMEOUT,
 ) -> Callable[[Path, int], None]:
     """An ``on_stage_saved`` hook for [`run_class_incremental`] that runs [`push_to_hub`] after every task.
 
     A failed push is logged as a warning and training goes on; the next task's push, or a final
-    [`push_to_hub`] of the run (which raises), catches up. A branch conflict (``ValueError``) stops the run.
+    [`push_to_hub`] of the run (which raises), catches up. A push still running after ``timeout`` seconds (a
+    stalled Hub) is left to finish in the background while training goes on; the warning names the stages not on
+    the Hub yet. A branch conflict (``ValueError``) stops the run.
     """
     api = api or HfApi(token=token)
+    worker = _PushWorker()
 
-    def on_stage_saved(stage_dir: Path, task: int) -> None:
+    def on_stage_saved(stage: Path, task: int) -> None:
+        output_dir = run_dir_of_stage(stage)
         try:
-            push_to_hub(Path(stage_dir).parents[1], repo_id, private=private, api=api)
+            worker.run(lambda: push_to_hub(output_dir, repo_id, private=private, api=api), timeout, output_dir)
         except HubPushError as error:
             logger.warning("%s Training goes on; the next push retries.", error)
 
     return on_stage_saved
+
+
+def push_with_deadline(
+    output_dir: str | os.PathLike, repo_id: str, *, timeout: float = DEFAULT_PUSH_TIMEOUT, **kwargs: Any
+) -> list[PushedStage]:
+    """[`push_to_hub`], raising [`HubPushError`] (naming what is not pushed) if it takes longer than ``timeout``."""
+    return _PushWorker().run(lambda: push_to_hub(output_dir, repo_id, **kwargs), timeout, output_dir)
+
+
+class _PushWorker:
+    """Runs pushes one at a time in a daemon thread, waiting at most a deadline for each."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def run(self, push: Callable[[], _T], timeout: float, output_dir: str | os.PathLike) -> _T:
+        if self._thread is not None and self._thread.is_alive():
+            raise HubPushError(f"The previous push is still running (stalled Hub?). {_left_to_push(output_dir)}")
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = push()
+            except BaseException as error:  # handed to the caller's thread
+                outcome["error"] = error
+
+        self._thread = threading.Thread(target=target, name="peft-nsp-push", daemon=True)
+        self._thread.start()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise HubPushError(
+                f"The push did not finish within {timeout:g} s (the Hub stalls or the upload is slow); it goes on in "
+                f"the background. {_left_to_push(output_dir)}"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+
+def _left_to_push(output_dir: str | os.PathLike) -> str:
+    stages = [stage.name for _, stage in finished_stages(output_dir)]
+    return (f"Stages of `{output_dir}` that may not be on the Hub yet: {', '.join(stages)}; run "
+            f"`python -m peft_nsp.hub push {output_dir} --hub_model_id <repo>` to finish (nothing is pushed twice).")
 
 
 def _commit_title(task: int, digest: str) -> str:
@@ -133,11 +191,11 @@ def _commit_title(task: int, digest: str) -> str:
     return f"Add {stage_revision(task)}: the model after task {task} (stage sha256 {digest[:16]})"
 
 
-def _commit_stage(api: HfApi, repo_id: str, task: int, stage: Path, title: str, head: str) -> str:
-    """Commit the stage's files on top of ``head`` of ``main``; returns the new commit's OID."""
+def _commit_stage(api: HfApi, repo_id: str, task: int, stage: Path, title: str, head: str, card: bytes) -> str:
+    """Commit the stage's files (with ``card`` as its README) on top of ``head`` of ``main``; returns the OID."""
     info = api.create_commit(
         repo_id,
-        _operations(stage, api.list_repo_files(repo_id, revision=head)),
+        _operations(stage, api.list_repo_files(repo_id, revision=head), card),
         commit_message=title,
         commit_description=f"The model after task {task} (tasks counted from 0): the run's `tasks/{stage.name}`.",
         revision="main",
@@ -154,12 +212,13 @@ def _check_branch(repo_id: str, stage: Path, branch_commit: str | None, stage_co
         )
 
 
-def _operations(stage: Path, files_on_main: list[str]) -> list[CommitOperationAdd | CommitOperationDelete]:
-    """Add every file of the stage, delete every other file of ``main`` (``.gitattributes`` stays)."""
-    names = stage_files(stage)
-    stale = sorted(set(files_on_main) - set(names) - {".gitattributes"})
+def _operations(stage: Path, files_on_main: list[str], card: bytes) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """Add every file of the stage and the card, delete every other file of ``main`` (``.gitattributes`` stays)."""
+    names = [name for name in stage_files(stage) if name != CARD_FILE]
+    stale = sorted(set(files_on_main) - {*names, CARD_FILE, ".gitattributes"})
     return [
         *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(stage / name)) for name in names),
+        CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card),
         *(CommitOperationDelete(path_in_repo=name) for name in stale),
     ]
 

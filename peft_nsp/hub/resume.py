@@ -10,8 +10,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from .._io import fsync_tree, write_atomically
-from ..continual.loop import PROGRESS_FILE
-from .stages import SEQUENCE_FILE, read_sequence, stage_revision
+from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_dir
 
 
 def materialize_stage(
@@ -48,7 +47,7 @@ def materialize_stage(
         folder = Path(source)
     else:
         folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
-    stage = output_dir / "tasks" / stage_revision(read_sequence(folder)["finished_tasks"] - 1)
+    stage = stage_dir(output_dir, read_record(folder).finished_tasks - 1)
     partial = stage.with_name(f".{stage.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(".*"))  # no .gitattributes or .cache

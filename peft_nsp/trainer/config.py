@@ -1,22 +1,30 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Training arguments of [`NullSpaceTrainer`]."""
+"""[`NSPConfig`]: the training arguments of [`NSPTrainer`]."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+import math
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
 
 from transformers import TrainingArguments
 
+from ..continual.refinement import HeadRefinementArguments
 from ..nullspace.update import PROJECTION_MODES
+
+WEIGHT_DECAY_MODES = ("decoupled", "l2")
+#: Adam-family `optim` values `weight_decay_mode="l2"` replaces by `torch.optim.Adam`.
+_ADAM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
 
 @dataclass
-class NSPTrainingArguments(TrainingArguments):
-    r"""[`transformers.TrainingArguments`] plus the knobs of VPT-NSP² training.
+class NSPConfig(TrainingArguments, HeadRefinementArguments):
+    r"""[`transformers.TrainingArguments`] plus the knobs of VPT-NSP² training (one task per [`NSPTrainer`]).
 
     > [!NOTE]
-    > Changed default: `remove_unused_columns=False` (image columns are transformed by the collator).
+    > Changed defaults: `remove_unused_columns=False` (image columns are transformed by the collator) and
+    > `label_names=["labels"]` (class ids, also for a backbone without a classifier).
 
     > Parameters that control the loss
 
@@ -36,15 +44,48 @@ class NSPTrainingArguments(TrainingArguments):
         `"update"` projects the change the optimizer applies (right for Adam/AdamW and any adaptive optimizer);
         `"gradient"` projects gradients before the step (equivalent for plain SGD only).
     statistics_batch_size (`int`, *optional*, defaults to `32`):
-        Per-device batch size of the statistics pass after each task.
+        Per-device batch size of the passes over the task's training data after training (null-space statistics,
+        class statistics).
 
-    > Parameters that control the learning-rate schedule
+    > Parameters that control the optimizer and the schedule
 
+    weight_decay_mode (`str`, *optional*, defaults to `"decoupled"`):
+        `"decoupled"`: the `optim` you chose, with the `Trainer`'s decay groups. `"l2"`: `torch.optim.Adam` with
+        `weight_decay` added to the gradient before the moments, on every trained tensor (head biases included):
+        the authors' optimizer. Needs an Adam-family `optim`.
     lr_decay_epochs (`list[float]`, *optional*):
-        Epochs at which the learning rate is multiplied by `lr_decay_factor` (the paper's step schedule: `50 80`
-        of 100 epochs). When set, it replaces `lr_scheduler_type` and warm-up; needs `num_train_epochs` (not `max_steps`).
+        Epochs at which the learning rate is multiplied by `lr_decay_factor` (a step schedule). When set, it
+        replaces `lr_scheduler_type` and warm-up; needs `num_train_epochs` (not `max_steps`).
     lr_decay_factor (`float`, *optional*, defaults to `0.1`):
         The factor applied at each of `lr_decay_epochs`.
+    dataset_repeats (`int`, *optional*, defaults to `1`):
+        The training data is repeated this many times per epoch, reshuffled as one list (the authors' "expand
+        times": 10 epochs over data repeated 10 times).
+
+    > Parameters that control classifier alignment
+
+    classifier_alignment (`bool`, *optional*, defaults to `False`):
+        After each task, store the per-class mean and covariance of the task's features in the adapter and retrain
+        every head (and CLIP's image projection) on features sampled from all seen classes' Gaussians
+        ([`refine_head`], the `refine_*` settings). It removes the bias of each head towards its own task; the
+        paper's CLIP-NSP² does it after every task. Turns on `VPTNSPConfig.class_statistics` for a new adapter.
+    refine_epochs, refine_learning_rate, refine_momentum, refine_nesterov, refine_weight_decay,
+    refine_samples_per_class, refine_batch_size, refine_covariance_ridge:
+        Classifier alignment's settings, see [`HeadRefinementArguments`].
+
+    > Parameters that control a whole run ([`run_class_incremental`] and the recipes)
+
+    resume_with_changed_settings (`bool`, *optional*, defaults to `False`):
+        Resuming a run whose recorded settings differ from these is refused; `True` applies the new settings from the
+        next task on and records the change per task.
+
+    > Parameters that control the data
+
+    image_column (`str`, *optional*):
+        The datasets' image column (default: the one `datasets.Image` column).
+    label_column (`str`, *optional*):
+        The datasets' label column (default: the one `ClassLabel` column; among several `label`, `labels`,
+        `fine_label`).
     """
 
     temperature: float = field(default=1.0, metadata={"help": "Logits are divided by it before the cross-entropy."})
@@ -56,23 +97,67 @@ class NSPTrainingArguments(TrainingArguments):
         default="update",
         metadata={"help": "What is projected: the optimizer's update or the gradient.", "choices": list(PROJECTION_MODES)},
     )
-    statistics_batch_size: int = field(default=32, metadata={"help": "Per-device batch size of the statistics pass."})
+    statistics_batch_size: int = field(
+        default=32, metadata={"help": "Per-device batch size of the passes over the task's data after training."}
+    )
+    weight_decay_mode: str = field(
+        default="decoupled",
+        metadata={
+            "help": "`decoupled` (the chosen `optim`) or `l2` (torch Adam, decay added to the gradient, on every "
+            "trained tensor: the authors').",
+            "choices": list(WEIGHT_DECAY_MODES),
+        },
+    )
     lr_decay_epochs: Optional[list[float]] = field(
-        default=None, metadata={"help": "Epochs at which the lr is multiplied by `lr_decay_factor` (paper: 50 80)."}
+        default=None, metadata={"help": "Epochs at which the lr is multiplied by `lr_decay_factor`."}
     )
     lr_decay_factor: float = field(default=0.1, metadata={"help": "Factor applied at each of `lr_decay_epochs`."})
+    dataset_repeats: int = field(
+        default=1, metadata={"help": "Repeat the training data this many times per epoch (the authors' expand times)."}
+    )
+    classifier_alignment: bool = field(
+        default=False,
+        metadata={"help": "After each task, retrain the heads on features sampled from all seen classes."},
+    )
+    resume_with_changed_settings: bool = field(
+        default=False, metadata={"help": "Resume a run whose recorded settings differ (the change is recorded)."}
+    )
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: the Image feature)."})
+    label_column: Optional[str] = field(
+        default=None, metadata={"help": "Label column (default: the ClassLabel feature)."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep image columns for the collator (changed default)."}
+    )
+    label_names: Optional[list[str]] = field(
+        default_factory=lambda: ["labels"], metadata={"help": "The batch key holding the class ids (changed default)."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
-        if self.ln_loss_weight is not None and self.ln_loss_weight < 0:
-            raise ValueError(f"`ln_loss_weight` must be ≥ 0, got {self.ln_loss_weight}.")
+        HeadRefinementArguments.__post_init__(self)
+        for name in ("temperature", "lr_decay_factor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        if not 0 < self.lr_decay_factor <= 1:
+            raise ValueError(f"`lr_decay_factor` must be in (0, 1], got {self.lr_decay_factor}.")
+        if self.ln_loss_weight is not None and not (math.isfinite(self.ln_loss_weight) and self.ln_loss_weight >= 0):
+            raise ValueError(f"`ln_loss_weight` must be a finite number ≥ 0, got {self.ln_loss_weight}.")
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"`learning_rate` must be a finite number ≥ 0, got {self.learning_rate}.")
         if self.projection_mode not in PROJECTION_MODES:
             raise ValueError(f"`projection_mode` must be one of {list(PROJECTION_MODES)}, got {self.projection_mode!r}.")
+        if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"`weight_decay_mode` must be one of {list(WEIGHT_DECAY_MODES)}, got {self.weight_decay_mode!r}."
+            )
+        optim = getattr(self.optim, "value", self.optim)
+        if self.weight_decay_mode == "l2" and optim not in _ADAM_OPTIMIZERS:
+            raise ValueError(
+                f"`weight_decay_mode='l2'` builds `torch.optim.Adam`; it needs an Adam-family `optim` "
+                f"({list(_ADAM_OPTIMIZERS)}), got {optim!r}."
+            )
         if self.lr_decay_epochs:
             if self.max_steps > 0:
                 raise ValueError("`lr_decay_epochs` counts epochs: set `num_train_epochs` instead of `max_steps`.")
@@ -81,7 +166,38 @@ class NSPTrainingArguments(TrainingArguments):
                     f"`lr_decay_epochs` must lie strictly between 0 and `num_train_epochs` ({self.num_train_epochs}), "
                     f"got {self.lr_decay_epochs}."
                 )
-        if not 0 < self.lr_decay_factor <= 1:
-            raise ValueError(f"`lr_decay_factor` must be in (0, 1], got {self.lr_decay_factor}.")
-        if self.statistics_batch_size < 1:
-            raise ValueError(f"`statistics_batch_size` must be ≥ 1, got {self.statistics_batch_size}.")
+        for name in ("statistics_batch_size", "dataset_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)}.")
+
+    #: The settings a run records in its stages (`sequence.json`, the model card) and checks when it resumes.
+    RECORDED_SETTINGS = (
+        "learning_rate", "weight_decay", "weight_decay_mode", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
+        "num_train_epochs", "max_steps", "dataset_repeats", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "lr_scheduler_type", "warmup_steps", "lr_decay_epochs", "lr_decay_factor", "max_grad_norm", "fp16", "bf16",
+        "temperature", "ln_loss_weight", "projection", "projection_mode", "statistics_batch_size",
+        "classifier_alignment", "refine_epochs", "refine_learning_rate", "refine_momentum", "refine_nesterov",
+        "refine_weight_decay", "refine_samples_per_class", "refine_batch_size", "refine_covariance_ridge", "seed",
+    )
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """The values of :attr:`RECORDED_SETTINGS` (from `to_sanitized_dict`), plus the world size."""
+        sanitized = self.to_sanitized_dict()
+        settings = {name: sanitized[name] for name in self.RECORDED_SETTINGS}
+        if self.lr_decay_epochs:  # the step schedule replaces the scheduler type and warm-up
+            settings["lr_scheduler_type"], settings["warmup_steps"] = "multistep", 0
+        settings["world_size"] = self.world_size
+        return settings
+
+    def refinement_arguments(self) -> HeadRefinementArguments:
+        """The classifier-alignment settings as [`HeadRefinementArguments`]."""
+        return HeadRefinementArguments(**{f.name: getattr(self, f.name) for f in fields(HeadRefinementArguments)})
+
+
+@dataclass
+class NSPTrainingArguments(NSPConfig):
+    """Deprecated name of [`NSPConfig`] (peft-nsp 0.1); behaves the same."""
+
+    def __post_init__(self) -> None:
+        warnings.warn("`NSPTrainingArguments` is deprecated: use `NSPConfig`.", FutureWarning, stacklevel=3)
+        super().__post_init__()

@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The recipes' shared command line: data, model and prompt arguments, plus `NSPTrainingArguments`, with the
+"""The recipes' shared command line: data, model and prompt arguments, plus `NSPConfig`, with the
 paper's hyperparameters as per-benchmark defaults."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers import HfArgumentParser
 
 from ..continual.class_names import benchmark_text_templates
 from ..continual.refinement import HeadRefinementArguments
-from ..trainer import NSPTrainingArguments
+from ..trainer import NSPConfig
 from ..tuner.config import VPTNSPConfig
 
 DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet")
@@ -191,7 +191,7 @@ class RecipeArguments:
     benchmark: Benchmark
     data: DataArguments
     model: ModelArguments
-    training: NSPTrainingArguments
+    training: NSPConfig
     refinement: HeadRefinementArguments
 
     @property
@@ -237,7 +237,7 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
     """
     argv = _switches_as_booleans(list(sys.argv[1:] if argv is None else argv))
     spec = resolve_benchmark(benchmark, argv)
-    parser = HfArgumentParser((DataArguments, ModelArguments, NSPTrainingArguments, HeadRefinementArguments))
+    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig, HeadRefinementArguments))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     clip = _pre_parse(argv, "--classifier", str) == "text"
     defaults = {

@@ -1,5 +1,6 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The model card of one stage, rendered from ``model_cards/vpt_nsp.md`` with [`huggingface_hub.ModelCard`]."""
+"""The model card of one stage, rendered from the template in ``model_cards/vpt_nsp.md`` (shipped in the package)
+with [`huggingface_hub.ModelCard`]."""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .._io import write_atomically
-from ..continual.metrics import ContinualMetrics
-from ..continual.paper import PAPER_TITLE, PAPER_URL, comparison_rows
-from .stages import CARD_FILE, read_sequence, stage_revision
+from .metrics import ContinualMetrics
+from .paper import PAPER_TITLE, PAPER_URL, comparison_rows
+from .stages import CARD_FILE, RunRecord, read_record, stage_revision
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "vpt_nsp.md"
+#: The template inside the package (a copy of `model_cards/vpt_nsp.md` in a wheel, a link to it in a checkout).
+TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card_template.md")
 TAGS = ["peft-nsp", "vpt-nsp", "continual-learning", "class-incremental-learning", "visual-prompt-tuning"]
 # adapter_config.json keys that are bookkeeping, not settings of the method
 _ADAPTER_BOOKKEEPING = {
     "auto_mapping", "base_model_name_or_path", "inference_mode", "peft_type", "peft_version", "revision",
-    "target_modules", "task_classes", "task_type",
+    "target_modules", "task_classes", "class_names", "task_type", "base_model_architecture",
 }
 
 
@@ -31,28 +32,21 @@ def build_model_card(
 ) -> ModelCard:
     """The model card of the stage in ``stage_dir``, for the Hub repository ``repo_id`` (or a local folder).
 
-    Reads ``sequence.json`` (tasks, class names, hyperparameters, ``run_info``, metrics) and
-    ``adapter_config.json``. ``run_info`` keys used: ``benchmark`` (a key of [`PAPER_RESULTS`] puts the paper's
-    numbers next to ours), ``dataset`` (a Hub dataset id: `datasets` and `model-index` metadata) and
-    ``base_model`` (a Hub model id, else the adapter's ``base_model_name_or_path`` when it is one).
+    Reads the stage's run record (``sequence.json``) and ``adapter_config.json``. ``run_info`` keys used:
+    ``benchmark`` (a key of [`PAPER_RESULTS`] puts the paper's numbers next to ours), ``dataset`` (a Hub dataset
+    id: `datasets` and `model-index` metadata) and ``base_model`` (a Hub model id, else the adapter's
+    ``base_model_name_or_path`` when it is one).
     """
-    if not Path(template_path).is_file():
-        raise FileNotFoundError(
-            f"Model card template `{template_path}` not found: it ships in the repository's `model_cards/` folder, "
-            "so install peft-nsp from a source checkout (`pip install -e .`) or pass `template_path=`."
-        )
     stage_dir = Path(stage_dir)
-    sequence = read_sequence(stage_dir)
+    record = read_record(stage_dir)
     adapter = json.loads((stage_dir / "adapter_config.json").read_text())
-    metrics = ContinualMetrics.from_dict(sequence["metrics"])
-    run_info, tasks, names = sequence["run_info"], sequence["tasks"], sequence["class_names"]
-    task = sequence["finished_tasks"] - 1
-    method = run_info.get("method") or _method(sequence)
-    base_model_path = run_info.get("base_model") or adapter.get("base_model_name_or_path")
+    metrics = ContinualMetrics.from_dict(record.metrics)
+    task = record.finished_tasks - 1
+    base_model_path = record.run_info.get("base_model") or adapter.get("base_model_name_or_path")
     base_model = _hub_id(base_model_path)
-    dataset = _hub_id(run_info.get("dataset"))
-    benchmark = run_info.get("benchmark")
-    model_name = repo_id.split("/")[-1] if repo_id else f"{method} ({stage_revision(task)})"
+    dataset = _hub_id(record.run_info.get("dataset"))
+    benchmark = record.run_info.get("benchmark")
+    model_name = repo_id.split("/")[-1] if repo_id else f"{record.method} ({stage_revision(task)})"
     eval_results = _eval_results(metrics, dataset, benchmark, task) if dataset else None
     card_data = ModelCardData(
         model_name=model_name if eval_results else None,  # only `model-index` has a model name on the Hub
@@ -64,6 +58,7 @@ def build_model_card(
         eval_results=eval_results,
     )
     summary = metrics.summary()
+    class_ids = record.class_ids
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path),
@@ -71,45 +66,43 @@ def build_model_card(
         repo_id=repo_id,
         revision=stage_revision(task),
         task=task,
-        num_tasks=len(tasks),
-        method=method,
-        base_model_class=adapter.get("auto_mapping", {}).get("base_model_class", "AutoModel"),
+        num_tasks=len(record.tasks),
+        method=record.method,
+        base_model_class=(adapter.get("base_model_architecture") or {}).get("model_class", "AutoModel"),
         base_model_path=base_model_path,
         benchmark=benchmark,
         dataset=dataset,
         paper_url=PAPER_URL,
         paper_title=PAPER_TITLE,
-        seed=sequence["seed"],
-        class_order=[c for classes in tasks for c in classes],
+        seed=record.seed,
+        continued_from=record.continued_from,
         task_rows=[
-            {"task": k, "revision": stage_revision(k), "classes": ", ".join(f"{_cell(names[c])} ({c})" for c in ids)}
-            for k, ids in enumerate(tasks)
+            {"task": k, "revision": stage_revision(k),
+             "classes": ", ".join(f"{_cell(name)} ({c})" for name, c in zip(names, class_ids[k]))}
+            for k, names in enumerate(record.tasks)
         ],
-        hyperparameters=sequence["hyperparameters"],
+        hyperparameters=record.settings,
+        settings_changes=record.settings_changes,
         adapter_settings={key: value for key, value in adapter.items() if key not in _ADAPTER_BOOKKEEPING},
         matrix_rows=_matrix_rows(metrics),
         results=comparison_rows(
             summary["final_accuracy"],
             None if math.isnan(summary["forgetting"]) else summary["forgetting"],
             benchmark,
-            f"{method}, after task {task} ({task + 1} of {len(tasks)} tasks)",
+            f"{record.method}, after task {task} ({task + 1} of {len(record.tasks)} tasks)",
         ),
         average_incremental_accuracy=f"{100 * summary['average_incremental_accuracy']:.2f}",
     )
 
 
-def write_model_card(
-    stage_dir: str | os.PathLike, repo_id: str | None = None, template_path: str | os.PathLike = TEMPLATE_PATH
-) -> Path:
+def render_model_card(stage_dir: str | os.PathLike, repo_id: str | None = None) -> bytes:
+    """[`build_model_card`] as the bytes of a ``README.md``."""
+    return str(build_model_card(stage_dir, repo_id)).encode("utf-8")
+
+
+def write_model_card(stage_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
     """Render [`build_model_card`] into ``stage_dir/README.md`` atomically (replacing PEFT's generic card)."""
-    card = build_model_card(stage_dir, repo_id, template_path)
-    return write_atomically(Path(stage_dir) / CARD_FILE, str(card).encode("utf-8"))
-
-
-def _method(sequence: dict[str, Any]) -> str:
-    if sequence["joint"]:
-        return "VPT-NSP² (joint training)" if sequence["projection"] else "VPT (joint training)"
-    return "VPT-NSP²" if sequence["projection"] else "VPT-Seq"
+    return write_atomically(Path(stage_dir) / CARD_FILE, render_model_card(stage_dir, repo_id))
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -154,3 +147,6 @@ def _matrix_rows(metrics: ContinualMetrics) -> list[list[str]]:
 def _cell(text: str) -> str:
     """``text`` safe inside a Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+__all__ = ["RunRecord", "TEMPLATE_PATH", "build_model_card", "render_model_card", "write_model_card"]

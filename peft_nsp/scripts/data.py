@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
-from ..continual.data import select_classes
+from ..continual.data import PREFERRED_LABEL_COLUMNS, find_columns, select_classes
 from .arguments import DATA_LAYOUTS, DataArguments, _layouts_help
 
 #: Label columns tried, in order, when a dataset has several `ClassLabel` columns (CIFAR-100: fine over coarse).
