@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,9 +19,15 @@ from PIL import Image
 from synthetic import blob_images
 from transformers import ViTImageProcessor, ViTModel
 
-from peft_nsp.continual.augment import EvalTransform, PaperTrainTransform
-from peft_nsp.scripts.arguments import DataArguments, parse_recipe_arguments
-from peft_nsp.scripts.data import keep_classes, load_recipe_data, most_frequent_classes, per_class_subset
+from peft_nsp.continual.augment import AuthorsTrainTransform, EvalTransform, random_resized_crop_box
+from peft_nsp.scripts.arguments import DataArguments, parse_recipe_arguments, resolved_configuration
+from peft_nsp.scripts.data import (
+    authors_split_lines,
+    keep_classes,
+    load_recipe_data,
+    most_frequent_classes,
+    per_class_subset,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -75,7 +82,7 @@ def quick_args(output_dir: Path, checkpoint: Path, *extra: str) -> list[str]:
         "--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
         "--statistics_batch_size", "8", "--learning_rate", "0.05", "--use_cpu", "--report_to", "none",
         "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true", "--prompt_length", "2",
-        "--logging_steps", "100", *extra,
+        "--logging_steps", "100", "--dataset_repeats", "1", *extra,
     ]
 
 
@@ -88,8 +95,8 @@ def run_script(script: str, argv: list[str], monkeypatch) -> None:
     ("script", "data", "extra", "expected_benchmark"),
     [
         ("train_cifar100.py", "imagefolder", (), "cifar100-2"),
-        ("train_imagenet_r.py", "imagefolder", ("--test_split", "test"), "imagenet-r-2"),
-        ("train_domainnet.py", "domainnet", ("--num_classes", "4"), "domainnet-2"),
+        ("train_imagenet_r.py", "imagefolder", ("--data_layout", "imagefolder"), "imagenet-r-2"),
+        ("train_domainnet.py", "domainnet", ("--data_layout", "domainnet", "--num_classes", "4"), "domainnet-2"),
     ],
 )
 def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmark, request, tmp_path, tiny_checkpoint,
@@ -99,34 +106,33 @@ def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmar
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["benchmark"] == expected_benchmark and summary["method"] == "VPT-NSP²"
-    matrix = np.array(summary["accuracy_matrix"])
-    assert matrix.shape == (2, 2) and np.isnan(matrix[0, 1]) and 0 <= summary["metrics"]["final_accuracy"] <= 1
+    matrix = summary["accuracy_matrix"]  # strict JSON: a ragged lower triangle, no NaN
+    assert [len(row) for row in matrix] == [1, 2] and 0 <= summary["metrics"]["final_accuracy"] <= 1
     assert "VPT-NSP² (this run)" in printed and "final accuracy" in printed
     for task in range(2):
         stage = tmp_path / "tasks" / f"task-{task}"
         sequence = json.loads((stage / "sequence.json").read_text())
-        hyperparameters = sequence["hyperparameters"]
-        assert sequence["run_info"]["benchmark"] == expected_benchmark and hyperparameters["temperature"] > 1
-        assert hyperparameters["lr_scheduler_type"] == "multistep" and hyperparameters["lr_decay_epochs"] == [1.0, 1.6]
+        settings = sequence["settings"]
+        assert sequence["run_info"]["benchmark"] == expected_benchmark and settings["temperature"] > 1
+        assert settings["lr_scheduler_type"] == "multistep" and settings["lr_decay_epochs"] == "[0.8, 1.4]"
+        assert settings["weight_decay_mode"] == "l2" and settings["max_grad_norm"] == 0.0
         assert (stage / "accuracy_matrix.png").stat().st_size > 0
+        assert (stage / "preprocessor_config.json").is_file()  # the image processor travels with every stage
     model = PeftModel.from_pretrained(ViTModel.from_pretrained(tiny_checkpoint), tmp_path / "tasks" / "task-1")
-    assert len(model.class_order()) == CLASSES
+    assert sorted(model.class_names()) == [f"class_{c}" for c in range(CLASSES)]
 
 
 def test_projection_off_runs_vpt_seq_and_the_paper_rows_are_printed(tmp_path, tiny_checkpoint, imagefolder,
                                                                      monkeypatch, capsys):
-    argv = quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder), "--projection", "off")
+    argv = quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder), "--projection", "false")
     argv[argv.index("--num_tasks") + 1] = "10"
     with pytest.raises(ValueError, match="4 classes cannot be cut into 10 equal tasks"):
         run_script("train_cifar100.py", argv, monkeypatch)
     argv[argv.index("--num_tasks") + 1] = "2"
     args = parse_recipe_arguments("cifar100", argv)
     assert args.method == "VPT-Seq" and not args.training.projection and args.training.ln_loss_weight == 0
-    paper = parse_recipe_arguments("cifar100", ["--num_tasks", "20"])
-    assert paper.benchmark.name == "cifar100-20" and paper.training.temperature == 25
-    assert paper.training.learning_rate == 0.01 and paper.training.num_train_epochs == 100
-    assert paper.training.lr_decay_epochs == [50, 80] and paper.training.weight_decay == 5e-5
-    assert paper.training.per_device_train_batch_size == 256 and paper.training.seed == 2024
+    with pytest.raises(SystemExit):  # a plain bool now: `off` is not one
+        parse_recipe_arguments("cifar100", ["--projection", "off"])
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert parse_recipe_arguments("domainnet", ["--dataset", "x"]).training.per_device_train_batch_size == 64
 
@@ -142,6 +148,9 @@ def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monke
     assert "--data_layout/--data-layout: invalid choice: 'tfrecords'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="has no DomainNet split lists"):
         load_recipe_data(DataArguments(dataset=str(imagefolder), data_layout="domainnet"), seed=0)
+    with pytest.raises(ValueError, match="does not hold the images of the authors' `imagenet_r` lists"):
+        run_script("train_imagenet_r.py", quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder)),
+                   monkeypatch)
     with pytest.raises(ValueError, match=r"Split `validation` not found .*\(splits: \['train', 'test'\]"):
         load_recipe_data(DataArguments(dataset=str(imagefolder), test_split="validation"), seed=0)
     with pytest.raises(ValueError, match="`--test_split` and `--train_split` are both `train`"):
@@ -154,9 +163,23 @@ def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monke
         parse_recipe_arguments("mnist", [])
     without_processor = tmp_path / "bare"
     tiny_model("vit").save_pretrained(without_processor)
-    with pytest.raises(ValueError, match="has no image processor"):
+    with pytest.raises(ValueError, match="could not be loaded as a model with an image processor"):
         run_script("train_cifar100.py", quick_args(tmp_path, without_processor, "--dataset", str(imagefolder)),
                    monkeypatch)
+
+
+@pytest.mark.parametrize("model", ["timm/vit_base_patch16_224.augreg_in21k", "google/vit-base-patch16-224-in21k"])
+def test_offline_default_model_says_there_is_no_network(tmp_path, imagefolder, monkeypatch, model):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    argv = ["--dataset", str(imagefolder), "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none"]
+    if model.startswith("google"):
+        argv += ["--model_name_or_path", model]
+    with pytest.raises(ValueError, match="the Hugging Face Hub cannot be reached.*--model_name_or_path /path/to/model"):
+        run_script("train_cifar100.py", argv, monkeypatch)
 
 
 def test_missing_test_split_is_held_out_per_class(tmp_path):
@@ -193,28 +216,122 @@ def test_class_selection_helpers_against_counting():
     assert kept["label"] == [0, 0, 1, 1] and kept.features["label"].names == ["class_1", "class_4"]
 
 
-def test_eval_transform_matches_the_vit_image_processor():
-    images = [row["image"] for row in blob_images(3, 1, size=20)]
-    processor = ViTImageProcessor(size={"height": 12, "width": 12}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4])
-    expected = processor(images=images, return_tensors="pt")["pixel_values"]
-    assert torch.allclose(EvalTransform(12, [0.4, 0.5, 0.6], [0.2, 0.3, 0.4])(images), expected, atol=1e-5)
+def test_eval_transforms_match_pil_resizes_and_crops():
+    """Each evaluation pipeline against PIL resize/crop and a hand normalisation (ToTensor: /255)."""
+    images = [row["image"] for row in blob_images(3, 1, size=20)] + [Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (30, 18, 3), dtype=np.uint8))]
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.4])
+
+    def expected(image: Image.Image) -> torch.Tensor:
+        array = (np.asarray(image.convert("RGB"), dtype=np.float64) / 255 - mean) / std
+        return torch.from_numpy(array).permute(2, 0, 1).float()
+
+    cifar = EvalTransform(12, mean, std, interpolation="bicubic")(images)  # resize (12, 12), bicubic, no crop
+    for got, image in zip(cifar, images):
+        torch.testing.assert_close(got, expected(image.resize((12, 12), Image.Resampling.BICUBIC)))
+    large = EvalTransform(12, mean, std, resize_to=16)(images)  # 16 × 16 bilinear, centre crop 12
+    for got, image in zip(large, images):
+        torch.testing.assert_close(got, expected(image.resize((16, 16), Image.Resampling.BILINEAR).crop((2, 2, 14, 14))))
+    clip = EvalTransform(12, mean, std, interpolation="bicubic", shorter_side=True)(images[-1:])  # 30×18 → 20×12
+    resized = images[-1].resize((12, 20), Image.Resampling.BICUBIC)
+    torch.testing.assert_close(clip[0], expected(resized.crop((0, 4, 12, 16))))
+    with pytest.raises(ValueError, match="must be ≥ `image_size`"):
+        EvalTransform(32, mean, std, resize_to=16)
 
 
-def test_train_transform_crops_flips_and_augments_reproducibly():
+def test_random_resized_crop_boxes_follow_the_scale_and_ratio_ranges():
+    generator = torch.Generator().manual_seed(0)
+    for height, width in ((60, 40), (32, 32), (20, 90)):
+        for _ in range(200):
+            top, left, h, w = random_resized_crop_box(height, width, (0.08, 1.0), (3 / 4, 4 / 3), generator)
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width and h > 0 and w > 0
+            if (h, w) != (height, width) and 3 / 4 <= width / height <= 4 / 3:
+                assert 0.08 * 0.8 <= h * w / (height * width) <= 1.0  # rounding of the side lengths
+                assert 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
+    # An impossible scale falls back to the centre crop of the ratio closest to the image's.
+    assert random_resized_crop_box(20, 90, (2.0, 3.0), (3 / 4, 4 / 3), generator) == (0, 31, 20, 27)
+
+
+def test_authors_train_transform_is_reproducible_and_has_no_flip():
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((30, 20), (16, 40))]
-    transform = PaperTrainTransform(12, [0.5] * 3, [0.5] * 3)
+    transform = AuthorsTrainTransform(12, [0.5] * 3, [0.5] * 3, policy="cifar10", interpolation="bicubic")
     torch.manual_seed(1)
     first = transform(images)
     torch.manual_seed(1)
     assert first.shape == (2, 3, 12, 12) and torch.equal(first, transform(images))
     assert first.min() >= -1 and first.max() <= 1
     assert not torch.equal(first, transform(images))  # a new draw
-    grey = Image.fromarray(np.full((9, 9), 51, dtype=np.uint8))  # crops and flips of a flat image stay flat
-    flat = PaperTrainTransform(8, [0.0] * 3, [1.0] * 3, auto_augment=False)([grey])
-    assert torch.allclose(flat, torch.full_like(flat, 0.2), atol=1e-6)
-    with pytest.raises(ValueError, match="must be ≥ `image_size`"):
-        PaperTrainTransform(32, [0.5] * 3, [0.5] * 3, resize_to=16)
+    grey = Image.fromarray(np.full((9, 9), 51, dtype=np.uint8))  # crops of a flat image stay flat
+    flat = AuthorsTrainTransform(8, [0.0] * 3, [1.0] * 3, auto_augment=False)([grey])
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.2), atol=1e-6, rtol=0)
+    # Without AutoAugment, a full-image crop keeps left and right: a left-bright image stays left-bright (no flip).
+    half = np.zeros((8, 8, 3), dtype=np.uint8)
+    half[:, :4] = 255
+    crops = AuthorsTrainTransform(8, [0.0] * 3, [1.0] * 3, auto_augment=False, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    for _ in range(20):
+        out = crops([Image.fromarray(half)])[0, 0]
+        assert out[:, :4].mean() > 0.9 and out[:, 4:].mean() < 0.1
+    with pytest.raises(ValueError, match="`policy` must be one of"):
+        AuthorsTrainTransform(8, [0.0] * 3, [1.0] * 3, policy="svhn2")
+
+
+#: The authors' configuration of every benchmark and variant, from their scripts and code (zugexiaodui/VPTinNSforCL:
+#: train_*.sh, train_eval.py, utils/mod_adam.py, utils/dataset_builder.py, utils/vit_builder.py).
+AUTHORS_PROTOCOL = {
+    ("cifar100", ()): dict(temperature=28.0, eta=(0.97, 0.97), train=("cifar10", "bicubic"), eval=(None, "bicubic"),
+                           splits="uoft-cs/cifar100"),
+    ("cifar100", ("--num_tasks", "20")): dict(temperature=25.0, eta=(0.95, 0.95), train=("cifar10", "bicubic"),
+                                              eval=(None, "bicubic"), splits="uoft-cs/cifar100"),
+    ("imagenet-r", ()): dict(temperature=30.0, eta=(0.94, 0.94), train=("imagenet", "bilinear"),
+                             eval=(256, "bilinear"), splits="authors' lists"),
+    ("domainnet", ()): dict(temperature=30.0, eta=(0.95, 0.95), train=("imagenet", "bilinear"),
+                            eval=(256, "bilinear"), splits="authors' lists"),
+}
+VIT_SHARED = dict(model="timm/vit_base_patch16_224.augreg_in21k", optimizer="Adam, L2 weight decay",
+                  weight_decay=5e-5, betas=(0.9, 0.999), learning_rate=0.01, batch_size=256, passes_over_data=100,
+                  lr_decays_after_pass=[40.0, 70.0], lr_decay_factor=0.1, max_grad_norm=0.0, threshold_mode="adaptive",
+                  prompt_length=4, prompt_layers=None, task_weighting="size", head_init="authors", ln_loss_weight=1.0,
+                  classifier_alignment=False, seed=2024)
+CLIP_SHARED = dict(VIT_SHARED, model="openai/clip-vit-base-patch16", learning_rate=0.001, batch_size=220,
+                   passes_over_data=20, lr_decays_after_pass=[8.0, 14.0], temperature=1.0, eta=(0.98, 0.98),
+                   prompt_layers=[0, 1, 2, 3], head_init="text embeddings", classifier_alignment=True,
+                   eval_transform="clip")
+
+
+@pytest.mark.parametrize("variant", ["vpt-nsp", "clip-nsp"])
+@pytest.mark.parametrize(("benchmark_name", "argv"), list(AUTHORS_PROTOCOL))
+def test_every_recipe_resolves_to_the_authors_configuration(benchmark_name, argv, variant):
+    row = AUTHORS_PROTOCOL[(benchmark_name, argv)]
+    expected = {**VIT_SHARED, "temperature": row["temperature"], "eta": row["eta"],
+                "train_transform": (*row["train"], "no flip"), "eval_transform": row["eval"], "splits": row["splits"]}
+    clip = ("--classifier", "text") if variant == "clip-nsp" else ()
+    if clip:
+        expected.update({**CLIP_SHARED, "train_transform": expected["train_transform"]})
+    args = parse_recipe_arguments(benchmark_name, [*argv, *clip, "--dataset", "somewhere"])
+    assert resolved_configuration(args) == expected
+
+
+def test_authors_split_lists_are_read_with_their_labels(tmp_path):
+    """The shipped lists: every line becomes a row; classes as the authors number them."""
+    for lists, train_count, test_count in (("imagenet_r", 24000, 6000), ("sdomain", 47532, 20450)):
+        root = tmp_path / lists
+        train, test = authors_split_lines(f"{lists}_train"), authors_split_lines(f"{lists}_val")
+        assert (len(train), len(test)) == (train_count, test_count)
+        for line in train[:3] + test[:3]:
+            (root / line.split()[0]).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4)).save(root / line.split()[0], format="PNG")
+        data = load_recipe_data(DataArguments(dataset=str(root)), seed=0,
+                                benchmark=parse_recipe_arguments("imagenet-r" if lists == "imagenet_r" else "domainnet",
+                                                                 ["--dataset", "x"]).benchmark)
+        names = data.train.features["label"].names
+        assert (len(data.train), len(data.test), len(names)) == (train_count, test_count, 200)
+        if lists == "imagenet_r":  # the label is the folder's rank among the sorted class folders
+            assert names == sorted({line.split("/")[0] for line in train})
+            assert [names[y] for y in data.train["label"][:5]] == [line.split("/")[0] for line in train[:5]]
+        else:  # the label column of the list; the class name is the path's folder
+            assert data.train["label"][:5] == [int(line.split()[1]) for line in train[:5]]
+            assert names[0] == "pickup_truck" and names[int(test[0].split()[1])] == test[0].split("/")[1]
 
 
 def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_checkpoint, monkeypatch, capsys):
@@ -233,8 +350,8 @@ def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_c
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
     nsp = json.loads((tmp_path / "nsp" / "tasks" / "task-4" / "sequence.json").read_text())
     seq = json.loads((tmp_path / "seq" / "tasks" / "task-4" / "sequence.json").read_text())
-    assert nsp["projection"] and not seq["projection"] and seq["hyperparameters"]["ln_loss_weight"] == 0
-    assert nsp["tasks"] == seq["tasks"]
+    assert nsp["settings"]["projection"] and not seq["settings"]["projection"]
+    assert seq["settings"]["ln_loss_weight"] == 0 and nsp["tasks"] == seq["tasks"]
 
 
 def test_push_to_hub_flag_pushes_every_task(tmp_path, tiny_checkpoint, imagefolder, monkeypatch, capsys):
@@ -262,17 +379,40 @@ def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imag
     tiny_clip("clip", seed=2).save_pretrained(checkpoint)
     tokenizer().save_pretrained(checkpoint)
     CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE).save_pretrained(checkpoint)
-    paper = parse_recipe_arguments("cifar100", ["--classifier", "text"])
-    assert paper.method == "CLIP-NSP²" and paper.model.head_refinement and paper.model.prompt_layers == [0, 1, 2]
-    assert paper.model.model_name_or_path == "openai/clip-vit-base-patch16"
-    assert (paper.training.learning_rate, paper.training.num_train_epochs, paper.model.eta) == (0.001, 20, 0.98)
-    assert paper.training.per_device_train_batch_size == 220 and paper.training.lr_decay_epochs == [10, 16]
     argv = quick_args(tmp_path / "run", checkpoint, "--dataset", str(imagefolder), "--classifier", "text",
-                      "--refine_epochs", "2", "--refine_samples_per_class", "8")
+                      "--refine_epochs", "2", "--refine_samples_per_class", "8", "--prompt_layers", "0", "1", "2")
     run_script("train_cifar100.py", argv, monkeypatch)
     assert "CLIP-NSP² (this run)" in capsys.readouterr().out
     stage = tmp_path / "run" / "tasks" / "task-1"
     sequence = json.loads((stage / "sequence.json").read_text())
-    assert sequence["hyperparameters"]["head_refinement"]["refine_epochs"] == 2
+    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["refine_epochs"] == 2
     model = PeftModel.from_pretrained(CLIPModel.from_pretrained(checkpoint), stage)
-    assert model.peft_config["default"].classifier == "text" and len(model.class_order()) == CLASSES
+    assert model.peft_config["default"].classifier == "text" and len(model.class_names()) == CLASSES
+    with pytest.warns(FutureWarning):  # the old spelling still switches alignment off
+        old = parse_recipe_arguments("cifar100", ["--classifier", "text", "--head_refinement", "false"])
+    assert not old.training.classifier_alignment
+
+
+def test_recipe_with_a_timm_checkpoint_and_continue_from(tmp_path, imagefolder, monkeypatch, capsys):
+    """A timm-format folder is converted on load; `--continue_from` trains the dataset's other classes next."""
+    from datasets import load_dataset
+    from test_timm_vit import timm_state_dict, write_timm_folder
+
+    checkpoint = write_timm_folder(tmp_path / "timm", timm_state_dict())
+    two_classes = tmp_path / "two-classes"
+    for split in ("train", "test"):
+        for label in (0, 1):
+            shutil.copytree(imagefolder / split / f"class_{label}", two_classes / split / f"class_{label}")
+    first = quick_args(tmp_path / "first", checkpoint, "--dataset", str(two_classes), "--num_tasks", "1")
+    run_script("train_cifar100.py", first, monkeypatch)
+    source = tmp_path / "first" / "tasks" / "task-0"
+    argv = quick_args(tmp_path / "next", checkpoint, "--dataset", str(imagefolder), "--continue_from", str(source))
+    argv[argv.index("--num_tasks") + 1] = "1"
+    run_script("train_cifar100.py", argv, monkeypatch)
+    stage = tmp_path / "next" / "tasks" / "task-1"
+    record = json.loads((stage / "sequence.json").read_text())
+    assert [sorted(task) for task in record["tasks"]] == [["class_0", "class_1"], ["class_2", "class_3"]]
+    assert record["continued_from"] == str(source) and record["finished_tasks"] == 2
+    assert len(record["metrics"]["total"]) == 2 and not (tmp_path / "next" / "tasks" / "task-0").exists()
+    assert json.loads((stage / "adapter_config.json").read_text())["class_names"] == record["tasks"][0] + record["tasks"][1]
+    assert len(load_dataset("imagefolder", data_dir=str(imagefolder))["test"]) == sum(record["metrics"]["total"][-1])

@@ -52,11 +52,11 @@ from .stages import (
 
 logger = logging.getLogger(__name__)
 
-#: Adapter settings a resumed run must share with the run on disk.
+#: Adapter settings a resumed run must share with the run on disk (λ is recorded as the one in effect).
 _ADAPTER_SETTINGS = (
     "prompt_length", "prompt_layers", "prompt_init", "threshold_mode", "threshold_offset1", "threshold_offset2",
-    "times_factor1", "times_factor2", "eta1", "eta2", "task_weighting", "ln_loss_weight", "projected_layers",
-    "head_init", "classifier", "text_templates", "class_statistics",
+    "times_factor1", "times_factor2", "eta1", "eta2", "task_weighting", "projected_layers", "head_init", "classifier",
+    "text_templates", "class_statistics",
 )
 
 
@@ -307,6 +307,8 @@ def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_c
 
 def _settings(args: NSPConfig, peft_config: VPTNSPConfig) -> dict[str, Any]:
     values = {**args.recorded_settings(), **{name: getattr(peft_config, name) for name in _ADAPTER_SETTINGS}}
+    if args.ln_loss_weight is None:
+        values["ln_loss_weight"] = peft_config.ln_loss_weight
     return {key: (list(value) if isinstance(value, (list, tuple, set)) else value) for key, value in values.items()}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,19 +85,29 @@ def plot_accuracy_curve(
     for name, run in others.items():
         _check_recorded(run, f"others[{name!r}]")
     runs = {label: metrics, **others}
+    return plot_curves({name: run.incremental_accuracies for name, run in runs.items()}, path, title)
+
+
+def plot_curves(curves: Mapping[str | None, Sequence[float]], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Accuracy fractions after each task, one line per entry (e.g. mean curves of several methods), in percent.
+
+    Args:
+        curves: legend entry (``None``: no legend) → accuracy after task 1, 2, … (fractions in [0, 1]).
+        path: PNG file to write (parent directories are created).
+        title: optional figure title.
+    """
     figure = Figure(figsize=(6.0, 4.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for name, run in runs.items():
-        tasks = np.arange(1, run.num_tasks + 1)
-        axes.plot(tasks, 100 * np.asarray(run.incremental_accuracies), marker="o", label=name)
-    longest = max(run.num_tasks for run in runs.values())
+    for name, accuracies in curves.items():
+        axes.plot(np.arange(1, len(accuracies) + 1), 100 * np.asarray(accuracies), marker="o", label=name)
+    longest = max(len(accuracies) for accuracies in curves.values())
     axes.set_xticks(np.arange(1, longest + 1))
     axes.set_xlabel("number of tasks learned")
     axes.set_ylabel("accuracy on all seen classes (%)")
     axes.grid(alpha=0.3)
-    if any(name is not None for name in runs):
-        axes.legend()
+    if any(name is not None for name in curves):
+        axes.legend(fontsize=8)
     if title is not None:
         axes.set_title(title)
     return _save_png(figure, path)

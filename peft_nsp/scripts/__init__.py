@@ -1,5 +1,6 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The benchmark recipes' shared code: command line with the paper's defaults, data loading, the run itself."""
+"""The benchmark recipes' shared code (the scripts in `recipes/` are thin wrappers): command line with the authors'
+defaults, data loading (including the authors' split lists), the run itself."""
 
 from .arguments import BENCHMARKS, Benchmark, DataArguments, ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import RecipeData, load_recipe_data

@@ -1,6 +1,17 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The recipes' shared command line: data, model and prompt arguments, plus `NSPConfig`, with the
-paper's hyperparameters as per-benchmark defaults."""
+"""The recipes' shared command line: data, model and prompt arguments, plus [`NSPConfig`], whose defaults are the
+authors' configuration of each benchmark (their public code, ``zugexiaodui/VPTinNSforCL``, is the reference).
+
+Per benchmark (VPT-NSP², ViT-B/16 AugReg ImageNet-21k): temperature 28 / 25 / 30 / 30 and η 0.97 / 0.95 / 0.94 / 0.95
+for 10-split CIFAR-100 / 20-split CIFAR-100 / ImageNet-R / DomainNet; AutoAugment's CIFAR10 policy and bicubic crops for
+CIFAR-100, the ImageNet policy and bilinear crops otherwise; evaluation resizes CIFAR to 224 (bicubic), the others to
+256 × 256 then centre-crops 224. Shared: Adam with L2 weight decay 5e-5 inside the moments, lr 0.01, batch 256, 10
+epochs over the task's data repeated 10 times with lr × 0.1 after epochs 4 and 7 (passes 40 and 70 of 100; timm's
+schedule as the authors step it; 40 % and 70 % of any other `--num_train_epochs`), no gradient clipping, fp16 on CUDA, prompt length 4 in every block, adaptive
+threshold, statistics weighted by task size, the authors' head initialisation, seed 2024. CLIP-NSP²
+(``--classifier text``): prompts in image blocks 0–3, lr 0.001, batch 220, 10 epochs × 2 repeats (decays after 4 and 7),
+η 0.98, temperature 1, classifier alignment after every task, CLIP's preprocessing.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -16,26 +28,38 @@ import torch
 from transformers import HfArgumentParser
 
 from ..continual.class_names import benchmark_text_templates
-from ..continual.refinement import HeadRefinementArguments
+from ..continual.stages import method_name
 from ..trainer import NSPConfig
 from ..tuner.config import VPTNSPConfig
 
-DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet")
+DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet", "authors")
 CLASSIFIERS = ("linear", "text")
-PAPER_BATCH_SIZE = 256
-CLIP_BATCH_SIZE = 220
+#: The authors' backbone (timm format, converted on load by `peft_nsp.timm_vit`).
+AUTHORS_BACKBONE = "timm/vit_base_patch16_224.augreg_in21k"
+CLIP_BACKBONE = "openai/clip-vit-base-patch16"
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark of the paper: its data and the settings that differ between benchmarks."""
+    """A benchmark of the paper: its data and the settings that differ between benchmarks (the authors' scripts)."""
 
     name: str
     num_tasks: int
     temperature: float
+    eta: float
+    autoaugment_policy: str
+    """AutoAugment policy of the training transform (``"cifar10"`` or ``"imagenet"``)."""
+    crop_interpolation: str
+    """Interpolation of RandomResizedCrop (``"bicubic"`` or ``"bilinear"``)."""
+    eval_resize: Optional[int]
+    """Evaluation: resize to this square then centre-crop the model's size; ``None``: resize straight to it."""
+    eval_interpolation: str
     dataset: Optional[str] = None
-    num_classes: Optional[int] = None
-    """Keep only the most frequent classes (DomainNet: 200 of 345)."""
+    """The Hub dataset (CIFAR-100); the others need `--dataset <local folder>`."""
+    authors_lists: Optional[str] = None
+    """The authors' split lists shipped in ``authors_splits/`` (``imagenet_r``, ``sdomain``)."""
+    official_num_classes: Optional[int] = None
+    """With DomainNet's official lists (``--data_layout domainnet``): keep the N most frequent classes."""
 
     @property
     def family(self) -> str:
@@ -43,28 +67,38 @@ class Benchmark:
         return self.name.rsplit("-", 1)[0]
 
 
+_CIFAR = dict(autoaugment_policy="cifar10", crop_interpolation="bicubic", eval_resize=None, eval_interpolation="bicubic",
+              dataset="uoft-cs/cifar100")
+_LARGE_IMAGES = dict(autoaugment_policy="imagenet", crop_interpolation="bilinear", eval_resize=256,
+                     eval_interpolation="bilinear")
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
-        Benchmark("cifar100-10", num_tasks=10, temperature=28.0, dataset="uoft-cs/cifar100"),
-        Benchmark("cifar100-20", num_tasks=20, temperature=25.0, dataset="uoft-cs/cifar100"),
-        Benchmark("imagenet-r-10", num_tasks=10, temperature=30.0),
-        Benchmark("domainnet-10", num_tasks=10, temperature=30.0, num_classes=200),
+        Benchmark("cifar100-10", num_tasks=10, temperature=28.0, eta=0.97, **_CIFAR),
+        Benchmark("cifar100-20", num_tasks=20, temperature=25.0, eta=0.95, **_CIFAR),
+        Benchmark("imagenet-r-10", num_tasks=10, temperature=30.0, eta=0.94, authors_lists="imagenet_r",
+                  **_LARGE_IMAGES),
+        Benchmark("domainnet-10", num_tasks=10, temperature=30.0, eta=0.95, authors_lists="sdomain",
+                  official_num_classes=200, **_LARGE_IMAGES),
     )
 }
 
-#: The paper's training recipe (ALGORITHM.md), shared by all benchmarks. Adam's L2 weight decay is approximated by
-#: AdamW's decoupled decay of the same value (5e-5 · lr per step: negligible either way).
-PAPER_TRAINING_DEFAULTS: dict[str, Any] = {
+#: The authors' training recipe (VPT-NSP², ViT), shared by all benchmarks.
+AUTHORS_TRAINING: dict[str, Any] = {
     "learning_rate": 0.01,
     "weight_decay": 5e-5,
+    "weight_decay_mode": "l2",
     "adam_beta1": 0.9,
     "adam_beta2": 0.999,
-    "optim": "adamw_torch",
-    "num_train_epochs": 100,
-    "lr_decay_factor": 0.1,
-    "per_device_eval_batch_size": PAPER_BATCH_SIZE,
-    "statistics_batch_size": 64,
+    "adam_epsilon": 1e-8,
+    "optim": "adamw_torch",  # replaced by torch Adam with L2 decay (`weight_decay_mode="l2"`)
+    "num_train_epochs": 10,
+    "dataset_repeats": 10,
+    "lr_decay_factor": 0.1,  # after 40 % and 70 % of the epochs: `parse_recipe_arguments`
+    "max_grad_norm": 0.0,
+    "per_device_train_batch_size": 256,
+    "per_device_eval_batch_size": 100,
+    "statistics_batch_size": 100,
     "seed": 2024,
     "logging_steps": 10,
     "save_strategy": "epoch",
@@ -72,15 +106,13 @@ PAPER_TRAINING_DEFAULTS: dict[str, Any] = {
     "dataloader_num_workers": 4,
 }
 
-#: CLIP-NSP² (``--classifier text``): what differs from the ViT recipe (prompts in the first 3 image blocks, the
-#: authors' temperature 1 for cosine logits; lr decay at 50 % / 80 % = epochs 10 and 16).
-CLIP_DEFAULTS: dict[str, Any] = {
-    "model_name_or_path": "openai/clip-vit-base-patch16",
+#: CLIP-NSP² (``--classifier text``): what differs from the ViT recipe.
+AUTHORS_CLIP_TRAINING: dict[str, Any] = {
     "learning_rate": 0.001,
-    "num_train_epochs": 20,
+    "per_device_train_batch_size": 220,
+    "dataset_repeats": 2,
     "temperature": 1.0,
-    "eta": 0.98,
-    "prompt_layers": [0, 1, 2],
+    "classifier_alignment": True,
 }
 
 
@@ -91,36 +123,38 @@ class DataArguments:
     dataset: Optional[str] = field(
         default=None,
         metadata={
-            "help": "A Hub dataset id, an `imagefolder` directory, or a DomainNet root with `*_train.txt` / "
-            "`*_test.txt` split lists. Default: the benchmark's Hub dataset (CIFAR-100)."
+            "help": "A Hub dataset id, or a local folder: the ImageNet-R / DomainNet root (read with the authors' "
+            "split lists), an `imagefolder` tree, or a DomainNet root with the official `*_train.txt` / `*_test.txt`. "
+            "Default: the benchmark's Hub dataset (CIFAR-100)."
         },
     )
     data_layout: str = field(
         default="auto",
-        metadata={"help": "How to read `dataset`; `auto` picks from what is there.", "choices": list(DATA_LAYOUTS)},
-    )
-    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: the Image feature)."})
-    label_column: Optional[str] = field(
-        default=None, metadata={"help": "Label column (default: the ClassLabel feature; CIFAR-100: `fine_label`)."}
+        metadata={
+            "help": "How to read `dataset`: `authors` (the paper's split lists, the default for ImageNet-R and "
+            "DomainNet folders), `imagefolder`, `domainnet` (official lists), `hub`; `auto` picks.",
+            "choices": list(DATA_LAYOUTS),
+        },
     )
     train_split: str = field(default="train", metadata={"help": "Training split name."})
     test_split: str = field(default="test", metadata={"help": "Test split name; made from `train` if missing."})
     test_fraction: float = field(
         default=0.2,
-        metadata={"help": "Per-class fraction held out as test data when the dataset has no test split (ImageNet-R)."},
+        metadata={"help": "Per-class fraction held out as test data when an imagefolder has no test split."},
     )
     split_seed: int = field(
         default=0, metadata={"help": "Seeds the held-out test split (fixed, so every training seed scores the same)."}
     )
     num_classes: Optional[int] = field(
-        default=None, metadata={"help": "Keep the N most frequent training classes (DomainNet default: 200)."}
+        default=None,
+        metadata={"help": "Keep the N most frequent training classes (DomainNet's official lists: 200 by default)."},
     )
     max_train_samples_per_class: Optional[int] = field(
         default=None, metadata={"help": "Subsample each class of the training data (quick runs)."}
     )
     max_test_samples_per_class: Optional[int] = field(default=None, metadata={"help": "Same for the test data."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Input side (default: the model's)."})
-    auto_augment: bool = field(default=True, metadata={"help": "AutoAugment after RandomResizedCrop (paper: on)."})
+    auto_augment: bool = field(default=True, metadata={"help": "AutoAugment before RandomResizedCrop (paper: on)."})
 
     def __post_init__(self) -> None:
         if self.data_layout not in DATA_LAYOUTS:
@@ -139,47 +173,60 @@ class DataArguments:
 class ModelArguments:
     """The pre-trained model and the prompts added to it."""
 
-    model_name_or_path: str = field(
-        default="google/vit-base-patch16-224-in21k",
-        metadata={"help": "A ViT-family checkpoint (Hub id or local directory)."},
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": f"A ViT-family checkpoint: a transformers or timm-format Hub id or folder (default: the authors' "
+            f"`{AUTHORS_BACKBONE}`; `--classifier text`: `{CLIP_BACKBONE}`)."
+        },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: `sdpa` or `eager`."})
     num_tasks: Optional[int] = field(default=None, metadata={"help": "Number of tasks (default: the benchmark's)."})
     joint: bool = field(default=False, metadata={"help": "Train all classes as one task (the upper bound)."})
+    continue_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Continue a finished adapter with the dataset's other classes: a stage folder, or `repo@task-<t>` "
+            "on the Hub (`--num_tasks` new tasks follow its tasks)."
+        },
+    )
     prompt_length: int = field(default=4, metadata={"help": "Prompt tokens per layer (paper: 4)."})
     prompt_layers: Optional[list[int]] = field(default=None, metadata={"help": "Prompted blocks (default: all)."})
     threshold_mode: str = field(default="adaptive", metadata={"help": "`adaptive` or `times` null-space threshold."})
-    eta: float = field(default=0.97, metadata={"help": "η of both projectors (paper: 0.94 … 0.98)."})
+    eta: Optional[float] = field(default=None, metadata={"help": "η of both projectors (default: the benchmark's)."})
+    task_weighting: str = field(default="size", metadata={"help": "How task statistics combine: `size` or `equal`."})
+    head_init: str = field(default="authors", metadata={"help": "Head initialisation (default: the authors')."})
     classifier: str = field(
         default="linear",
         metadata={
             "help": "`linear` heads, or `text`: CLIP-NSP²'s cosine similarity to the class names' text embeddings "
-            "(CLIP/SigLIP models; switches to the paper's CLIP hyperparameters).",
+            "(CLIP/SigLIP models; switches to the authors' CLIP hyperparameters).",
             "choices": list(CLASSIFIERS),
         },
     )
     head_refinement: Optional[bool] = field(
-        default=None,
-        metadata={"help": "Refine the head on class-Gaussian features after each task (default: on for `text`)."},
+        default=None, metadata={"help": "Deprecated: use `--classifier_alignment`."}
     )
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"`--classifier` must be one of {list(CLASSIFIERS)}, got {self.classifier!r}.")
-        if self.head_refinement is None:
-            self.head_refinement = self.classifier == "text"
+        if self.model_name_or_path is None:
+            self.model_name_or_path = CLIP_BACKBONE if self.classifier == "text" else AUTHORS_BACKBONE
 
-    def peft_config(self, ln_loss_weight: float, benchmark: Benchmark) -> VPTNSPConfig:
+    def peft_config(self, benchmark: Benchmark, classifier_alignment: bool) -> VPTNSPConfig:
+        eta = benchmark.eta if self.eta is None else self.eta
         text = {"text_templates": benchmark_text_templates(benchmark.family.replace("-", "_"))}
         return VPTNSPConfig(
             prompt_length=self.prompt_length,
             prompt_layers=self.prompt_layers,
             threshold_mode=self.threshold_mode,
-            eta1=self.eta,
-            eta2=self.eta,
-            ln_loss_weight=ln_loss_weight,
+            eta1=eta,
+            eta2=eta,
+            task_weighting=self.task_weighting,
+            head_init=self.head_init,
             classifier=self.classifier,
-            class_statistics=bool(self.head_refinement),
+            class_statistics=classifier_alignment,
             **(text if self.classifier == "text" else {}),
         )
 
@@ -192,7 +239,6 @@ class RecipeArguments:
     data: DataArguments
     model: ModelArguments
     training: NSPConfig
-    refinement: HeadRefinementArguments
 
     @property
     def num_tasks(self) -> int:
@@ -200,11 +246,12 @@ class RecipeArguments:
 
     @property
     def method(self) -> str:
-        if self.model.joint:
-            return "Upper bound (joint)"
-        if self.model.classifier == "text":
-            return "CLIP-NSP²" if self.training.projection else "CLIP-Seq"
-        return "VPT-NSP²" if self.training.projection else "VPT-Seq"
+        return method_name(self.training.projection, self.model.joint, self.model.classifier,
+                           self.training.classifier_alignment)
+
+    @property
+    def peft_config(self) -> VPTNSPConfig:
+        return self.model.peft_config(self.benchmark, self.training.classifier_alignment)
 
 
 def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
@@ -215,9 +262,9 @@ def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
     """
     if name in BENCHMARKS:
         return BENCHMARKS[name]
-    family = [spec for spec in BENCHMARKS.values() if spec.name.rsplit("-", 1)[0] == name]
+    family = [spec for spec in BENCHMARKS.values() if spec.family == name]
     if not family:
-        families = sorted({spec.name.rsplit("-", 1)[0] for spec in BENCHMARKS.values()})
+        families = sorted({spec.family for spec in BENCHMARKS.values()})
         raise ValueError(f"Unknown benchmark {name!r}; known: {sorted(BENCHMARKS)} or the families {families}.")
     num_tasks = _pre_parse(argv, "--num_tasks", int)
     if num_tasks is None:
@@ -227,42 +274,73 @@ def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
 
 
 def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) -> RecipeArguments:
-    """Parse a recipe's command line with the paper's defaults for ``benchmark`` (see [`resolve_benchmark`]).
+    """Parse a recipe's command line with the authors' defaults for ``benchmark`` (see [`resolve_benchmark`]).
 
-    ``--projection off`` (or ``false``) gives VPT-Seq, which also turns the LayerNorm loss off unless
-    ``--ln_loss_weight`` is given. Without ``--lr_decay_epochs`` the learning rate decays at 50 % and 80 % of the
-    epochs (paper: 50 and 80 of 100). Without ``--per_device_train_batch_size`` the paper's batch of 256 is split over
-    the launched processes (``WORLD_SIZE``). fp16 mixed precision (the paper's) is on by default on CUDA unless
-    ``--bf16`` is given.
+    ``--projection false`` gives VPT-Seq, which also turns the LayerNorm loss off unless ``--ln_loss_weight`` is
+    given (the authors' code does the same). Without ``--per_device_train_batch_size`` the batch (256, CLIP 220) is
+    split over the launched processes (``WORLD_SIZE``). fp16 mixed precision (the authors') is on by default on CUDA
+    unless ``--bf16`` is given.
     """
-    argv = _switches_as_booleans(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     spec = resolve_benchmark(benchmark, argv)
-    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig, HeadRefinementArguments))
+    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     clip = _pre_parse(argv, "--classifier", str) == "text"
-    defaults = {
-        **PAPER_TRAINING_DEFAULTS,
-        "temperature": spec.temperature,
-        "per_device_train_batch_size": max(1, (CLIP_BATCH_SIZE if clip else PAPER_BATCH_SIZE) // world_size),
-        "fp16": torch.cuda.is_available() and not any(token.startswith("--bf16") for token in argv),
-        "output_dir": None,
-    }
-    parser.set_defaults(**{**defaults, **(CLIP_DEFAULTS if clip else {})})
-    data, model, training, refinement = parser.parse_args_into_dataclasses(args=argv)
+    defaults = {**AUTHORS_TRAINING, "temperature": spec.temperature, **(AUTHORS_CLIP_TRAINING if clip else {})}
+    defaults["per_device_train_batch_size"] = max(1, defaults["per_device_train_batch_size"] // world_size)
+    defaults["fp16"] = torch.cuda.is_available() and not any(token.startswith("--bf16") for token in argv)
+    if clip:
+        defaults["prompt_layers"] = [0, 1, 2, 3]
+        defaults["eta"] = 0.98
+    parser.set_defaults(**defaults, output_dir=None)
+    data, model, training = parser.parse_args_into_dataclasses(args=argv)
+    if model.head_refinement is not None:
+        warnings.warn("`--head_refinement` is deprecated: use `--classifier_alignment`.", FutureWarning, stacklevel=2)
+        training.classifier_alignment = model.head_refinement  # the old spelling of the same switch
     data.dataset = data.dataset or spec.dataset
-    data.num_classes = data.num_classes or spec.num_classes
     if data.dataset is None:
         raise ValueError(f"`{benchmark}` needs `--dataset`: a local folder ({_layouts_help()}) or a Hub dataset id.")
     if training.push_to_hub and not training.hub_model_id:
         raise ValueError("`--push_to_hub` needs `--hub_model_id <user-or-org>/<repo>`.")
-    if training.lr_decay_epochs is None:  # the paper's 50 and 80 of 100 epochs, for any length
-        training.lr_decay_epochs = [0.5 * training.num_train_epochs, 0.8 * training.num_train_epochs]
+    if training.lr_decay_epochs is None:  # the authors' decays: after epochs 4 and 7 of 10, for any length
+        training.lr_decay_epochs = [round(0.4 * training.num_train_epochs, 6), round(0.7 * training.num_train_epochs, 6)]
     if not training.projection and training.ln_loss_weight is None:
         training.ln_loss_weight = 0.0
     if training.output_dir is None or training.output_dir == "trainer_output":
         method = "joint" if model.joint else ("nsp" if training.projection else "seq")
         training.output_dir = os.path.join("runs", f"{spec.name}-{method}-seed{training.seed}")
-    return RecipeArguments(benchmark=spec, data=data, model=model, training=training, refinement=refinement)
+    return RecipeArguments(benchmark=spec, data=data, model=model, training=training)
+
+
+def resolved_configuration(args: RecipeArguments) -> dict[str, Any]:
+    """What a recipe will train, flattened: the values a protocol comparison reads (see `tests/test_recipes.py`)."""
+    training, config = args.training, args.peft_config
+    return {
+        "model": args.model.model_name_or_path,
+        "optimizer": "Adam, L2 weight decay" if training.weight_decay_mode == "l2" else str(training.optim),
+        "weight_decay": training.weight_decay,
+        "betas": (training.adam_beta1, training.adam_beta2),
+        "learning_rate": training.learning_rate,
+        "batch_size": training.per_device_train_batch_size * training.world_size,
+        "passes_over_data": training.num_train_epochs * training.dataset_repeats,
+        "lr_decays_after_pass": [epoch * training.dataset_repeats for epoch in training.lr_decay_epochs or []],
+        "lr_decay_factor": training.lr_decay_factor,
+        "max_grad_norm": training.max_grad_norm,
+        "temperature": training.temperature,
+        "eta": (config.eta1, config.eta2),
+        "threshold_mode": config.threshold_mode,
+        "prompt_length": config.prompt_length,
+        "prompt_layers": config.prompt_layers,
+        "task_weighting": config.task_weighting,
+        "head_init": config.head_init if config.classifier == "linear" else "text embeddings",
+        "ln_loss_weight": config.ln_loss_weight if training.ln_loss_weight is None else training.ln_loss_weight,
+        "classifier_alignment": training.classifier_alignment,
+        "train_transform": (args.benchmark.autoaugment_policy, args.benchmark.crop_interpolation, "no flip"),
+        "eval_transform": "clip" if config.classifier == "text" else (
+            args.benchmark.eval_resize, args.benchmark.eval_interpolation),
+        "splits": "authors' lists" if args.benchmark.authors_lists else args.benchmark.dataset,
+        "seed": training.seed,
+    }
 
 
 def _pre_parse(argv: Sequence[str], flag: str, kind: type) -> Any:
@@ -272,19 +350,6 @@ def _pre_parse(argv: Sequence[str], flag: str, kind: type) -> Any:
     return getattr(pre_parser.parse_known_args(list(argv))[0], flag.lstrip("-"))
 
 
-def _switches_as_booleans(argv: list[str]) -> list[str]:
-    """``--projection on|off`` → ``true|false`` (argparse's bool parsing knows no on/off)."""
-    words = {"on": "true", "off": "false"}
-    out: list[str] = []
-    for i, token in enumerate(argv):
-        if token.startswith("--projection="):
-            value = token.split("=", 1)[1]
-            token = "--projection=" + words.get(value.lower(), value)
-        elif i > 0 and argv[i - 1] == "--projection":
-            token = words.get(token.lower(), token)
-        out.append(token)
-    return out
-
-
 def _layouts_help() -> str:
-    return "an `imagefolder` tree `<class>/<image>` (optionally under `train/` and `test/`), or a DomainNet root"
+    return ("the ImageNet-R or DomainNet root (the authors' split lists), an `imagefolder` tree `<class>/<image>` "
+            "(optionally under `train/` and `test/`), or a DomainNet root with the official lists")

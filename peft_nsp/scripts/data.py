@@ -4,19 +4,18 @@ train/test `datasets.Dataset`s with an `Image` and a `ClassLabel` column."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
-from ..continual.data import PREFERRED_LABEL_COLUMNS, find_columns, select_classes
-from .arguments import DATA_LAYOUTS, DataArguments, _layouts_help
-
-#: Label columns tried, in order, when a dataset has several `ClassLabel` columns (CIFAR-100: fine over coarse).
-PREFERRED_LABEL_COLUMNS = ("label", "labels", "fine_label")
+from ..continual.data import find_columns, select_classes
+from .arguments import DATA_LAYOUTS, Benchmark, DataArguments, _layouts_help
 
 
 @dataclass
@@ -29,10 +28,18 @@ class RecipeData:
     label_column: str
 
 
-def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
+def load_recipe_data(
+    args: DataArguments,
+    seed: int,
+    benchmark: Benchmark | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> RecipeData:
     """Load, split, keep the most frequent classes and subsample, as ``args`` says (``seed`` drives the subsampling,
-    ``args.split_seed`` the held-out test split)."""
-    layout = resolve_layout(args.dataset, args.data_layout)
+    ``args.split_seed`` the held-out test split). ``benchmark`` brings the authors' split lists and DomainNet's
+    class count for the official lists; the columns default to the features (`find_columns`)."""
+    lists = benchmark.authors_lists if benchmark is not None else None
+    layout = resolve_layout(args.dataset, args.data_layout, lists)
     if layout == "hub":
         try:
             splits = load_dataset(args.dataset)
@@ -43,6 +50,8 @@ def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
             ) from error
     elif layout == "imagefolder":
         splits = load_dataset("imagefolder", data_dir=args.dataset)
+    elif layout == "authors":
+        splits = read_authors_split(Path(args.dataset), lists)
     else:
         splits = read_domainnet(Path(args.dataset))
     if args.train_split not in splits:
@@ -50,11 +59,7 @@ def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
             f"Split `{args.train_split}` not found in `{args.dataset}` (splits: {list(splits)}); pass `--train_split`."
         )
     train = splits[args.train_split]
-    image_column = args.image_column or _feature_column(train, Image, (), "image", args.dataset)
-    label_column = args.label_column or _feature_column(train, ClassLabel, PREFERRED_LABEL_COLUMNS, "label", args.dataset)
-    for column in (image_column, label_column):
-        if column not in train.column_names:
-            raise ValueError(f"`{args.dataset}` has no column `{column}` (columns: {train.column_names}).")
+    image_column, label_column = find_columns(train, image_column, label_column, args.dataset)
     if args.test_split in splits:
         test = splits[args.test_split]
     elif args.test_split == "test":
@@ -67,8 +72,11 @@ def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
             f"Split `{args.test_split}` not found in `{args.dataset}` (splits: {list(splits)}); pass `--test_split`, "
             "or leave it as `test` to hold out `--test_fraction` of the training data."
         )
-    if args.num_classes is not None:
-        classes = most_frequent_classes(train[label_column], args.num_classes)
+    num_classes = args.num_classes
+    if num_classes is None and layout == "domainnet" and benchmark is not None:
+        num_classes = benchmark.official_num_classes
+    if num_classes is not None:
+        classes = most_frequent_classes(train[label_column], num_classes)
         train = keep_classes(train, label_column, classes)
         test = keep_classes(test, label_column, classes)
     if args.max_train_samples_per_class is not None:
@@ -78,17 +86,21 @@ def load_recipe_data(args: DataArguments, seed: int) -> RecipeData:
     return RecipeData(train=train, test=test, image_column=image_column, label_column=label_column)
 
 
-def resolve_layout(dataset: str, layout: str) -> str:
-    """The concrete layout of ``dataset`` (``auto``: a DomainNet root, an imagefolder tree, or a Hub id)."""
+def resolve_layout(dataset: str, layout: str, authors_lists: str | None = None) -> str:
+    """The concrete layout of ``dataset`` (``auto``: the authors' lists for a benchmark that has them, else a
+    DomainNet root with official lists, an imagefolder tree, or a Hub id)."""
     if layout not in DATA_LAYOUTS:
         raise ValueError(f"Unknown data layout {layout!r}; choose one of {list(DATA_LAYOUTS)}.")
     path = Path(dataset).expanduser()
     if layout == "hub":
         return layout
+    if layout == "authors" and authors_lists is None:
+        raise ValueError("`--data_layout authors` is for ImageNet-R and DomainNet, the benchmarks with the authors' "
+                         "split lists.")
     if path.is_dir():
         has_lists = any(path.glob("*_train.txt"))
         if layout == "auto":
-            return "domainnet" if has_lists else "imagefolder"
+            return "authors" if authors_lists else ("domainnet" if has_lists else "imagefolder")
         if layout == "domainnet" and not has_lists:
             raise ValueError(
                 f"`{dataset}` has no DomainNet split lists (`<domain>_train.txt`, `<domain>_test.txt`) at its top "
@@ -100,6 +112,48 @@ def resolve_layout(dataset: str, layout: str) -> str:
         return "hub"
     raise ValueError(
         f"Data directory `{dataset}` not found. Give {_layouts_help()}, or a Hub dataset id `owner/name`."
+    )
+
+
+def authors_split_lines(name: str) -> list[str]:
+    """The lines of a shipped split list (``imagenet_r_train``, ``sdomain_val``, …; see ``authors_splits/``)."""
+    data = resources.files(__package__).joinpath("authors_splits", f"{name}.txt.gz").read_bytes()
+    return [line for line in gzip.decompress(data).decode("utf-8").splitlines() if line.strip()]
+
+
+def read_authors_split(root: Path, lists: str) -> DatasetDict:
+    """The images the paper trained and tested on, from the authors' lists (``lists``: ``imagenet_r`` or
+    ``sdomain``) under a dataset ``root`` (ImageNet-R: ``<wnid>/<file>``, the class is the folder, classes in sorted
+    order; DomainNet: ``<domain>/<class>/<file> <label>``, the class of each label from its paths).
+
+    Returns:
+        ``{"train", "test"}`` with an ``image`` (file path) and a ``label`` `ClassLabel` column (the paper's ``val``
+        list is its test set).
+    """
+    splits = {}
+    names: dict[int, str] = {}
+    for split, suffix in (("train", "train"), ("test", "val")):
+        rows = [line.split() for line in authors_split_lines(f"{lists}_{suffix}")]
+        if lists == "imagenet_r":
+            wnids = sorted({Path(row[0]).parts[0] for row in rows})
+            names = dict(enumerate(wnids)) if not names else names
+            index = {wnid: i for i, wnid in names.items()}
+            labels = [index[Path(row[0]).parts[0]] for row in rows]
+        else:
+            labels = [int(row[1]) for row in rows]
+            for row, label in zip(rows, labels):
+                names.setdefault(label, Path(row[0]).parts[1])
+        splits[split] = ([str(root / row[0]) for row in rows], labels)
+    missing = [path for path in splits["train"][0][:3] + splits["test"][0][:3] if not os.path.exists(path)]
+    if missing:
+        raise ValueError(
+            f"`{root}` does not hold the images of the authors' `{lists}` lists (missing e.g. `{missing[0]}`): point "
+            "`--dataset` at the dataset root (ImageNet-R: the folder of `n01443537/`, …; DomainNet: the folder of "
+            "`clipart/`, `real/`, …), or choose `--data_layout imagefolder`/`domainnet` for your own split."
+        )
+    features = Features({"image": Image(), "label": ClassLabel(names=[names[i] for i in range(len(names))])})
+    return DatasetDict(
+        {split: Dataset.from_dict({"image": p, "label": y}, features=features) for split, (p, y) in splits.items()}
     )
 
 
@@ -172,16 +226,3 @@ def per_class_subset(labels: Sequence[int], per_class: int, seed: int) -> list[i
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return sorted(np.concatenate(keep).tolist())
-
-
-def _feature_column(dataset: Dataset, kind: type, preferred: Sequence[str], what: str, name: str) -> str:
-    columns = [column for column, feature in dataset.features.items() if isinstance(feature, kind)]
-    for column in preferred:
-        if column in columns:
-            return column
-    if len(columns) != 1:
-        raise ValueError(
-            f"`{name}` has {len(columns)} {kind.__name__} columns ({columns}); name the {what} column with "
-            f"`--{what}_column`."
-        )
-    return columns[0]

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import huggingface_hub
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from .._io import write_atomically
-from ..continual.augment import EvalTransform, PaperTrainTransform
+from ..continual.augment import AuthorsTrainTransform, EvalTransform
 from ..continual.loop import ContinualResult, run_class_incremental
 from ..continual.paper import comparison_table
 from ..hub import push_after_each_task, push_to_hub
+from ..timm_vit import is_timm_checkpoint, load_timm_vit
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
 
@@ -27,30 +32,35 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     training = args.training
     push = training.push_to_hub and training.process_index == 0
     with training.main_process_first(desc="loading the data"):  # one process builds the datasets cache
-        data = load_recipe_data(args.data, training.seed)
-    base_model, image_size, mean, std = load_backbone(args.model, args.data.image_size)
+        data = load_recipe_data(args.data, training.seed, args.benchmark, training.image_column, training.label_column)
+    base_model, processor, size, mean, std = load_backbone(args.model, args.data.image_size)
+    clip = args.model.classifier == "text"
+    spec = args.benchmark
     result = run_class_incremental(
         base_model,
-        args.model.peft_config(ln_loss_weight=1.0, benchmark=args.benchmark),
-        args.training,
+        args.peft_config,
+        training,
         data.train,
         data.test,
         num_tasks=args.num_tasks,
-        train_transform=PaperTrainTransform(image_size, mean, std, auto_augment=args.data.auto_augment),
-        eval_transform=EvalTransform(image_size, mean, std),
+        train_transform=AuthorsTrainTransform(size, mean, std, policy=spec.autoaugment_policy,
+                                              interpolation=spec.crop_interpolation,
+                                              auto_augment=args.data.auto_augment),
+        eval_transform=EvalTransform(size, mean, std, interpolation="bicubic", shorter_side=True) if clip else
+        EvalTransform(size, mean, std, resize_to=spec.eval_resize, interpolation=spec.eval_interpolation),
         image_column=data.image_column,
         label_column=data.label_column,
         joint=args.model.joint,
         run_info={
-            "benchmark": args.benchmark.name,
-            "method": args.method,
+            "benchmark": spec.name,
             "dataset": args.data.dataset,
             "base_model": args.model.model_name_or_path,
-            "image_size": image_size,
+            "image_size": size,
             "num_tasks": args.num_tasks,
         },
-        tokenizer=AutoTokenizer.from_pretrained(args.model.model_name_or_path) if args.model.classifier == "text" else None,
-        refinement=args.refinement if args.model.head_refinement else None,
+        tokenizer=AutoTokenizer.from_pretrained(args.model.model_name_or_path) if clip else None,
+        processing_class=processor,
+        continue_from=args.model.continue_from,
         on_stage_saved=push_after_each_task(
             training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
         )
@@ -64,39 +74,72 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     return result
 
 
-def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTrainedModel, int, list, list]:
-    """The pre-trained model, the input side, and the normalisation of its image processor."""
+def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTrainedModel, Any, int, list, list]:
+    """The pre-trained model (a timm-format checkpoint is converted), its image processor, the input side and the
+    normalisation."""
+    name = model.model_name_or_path
     try:
-        processor = AutoImageProcessor.from_pretrained(model.model_name_or_path)
+        if is_timm_checkpoint(name):
+            backbone, processor = load_timm_vit(name, attn_implementation=model.attn_implementation)
+        else:
+            processor = AutoImageProcessor.from_pretrained(name)
+            backbone = AutoModel.from_pretrained(name, attn_implementation=model.attn_implementation)
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError) as error:
+        raise ValueError(_offline_message(name, error)) from error
     except OSError as error:
+        if _hub_unreachable(name):
+            raise ValueError(_offline_message(name, error)) from error
         raise ValueError(
-            f"`{model.model_name_or_path}` has no image processor (preprocessor_config.json), which gives the "
-            "input size and normalisation: save one next to the weights, e.g. "
+            f"`{name}` could not be loaded as a model with an image processor (preprocessor_config.json gives the "
+            f"input size and normalisation): {error}. Save one next to the weights, e.g. "
             "`ViTImageProcessor(size={'height': 224, 'width': 224}).save_pretrained(path)`."
         ) from error
-    backbone = AutoModel.from_pretrained(model.model_name_or_path, attn_implementation=model.attn_implementation)
     native = getattr(backbone.config, "vision_config", backbone.config).image_size
     processed = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
     size = image_size or processed.get("height") or processed.get("shortest_edge") or native
     if size != native and backbone.config.model_type in ("vit", "deit"):
         raise ValueError(
-            f"`--image_size {size}` but `{model.model_name_or_path}` has position embeddings for {native} px: "
-            "drop `--image_size`, or use a checkpoint converted to that size."
+            f"`--image_size {size}` but `{name}` has position embeddings for {native} px: drop `--image_size`, or use a "
+            "checkpoint converted to that size."
         )
-    return backbone, size, list(processor.image_mean), list(processor.image_std)
+    return backbone, processor, size, list(processor.image_mean), list(processor.image_std)
+
+
+def _hub_unreachable(name: str) -> bool:
+    """Whether ``name`` is a Hub id that cannot be fetched because there is no network (or offline mode is on)."""
+    if os.path.isdir(name):
+        return False
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        huggingface_hub.HfApi().model_info(name, timeout=10)
+    except Exception as error:  # a missing repository answers; no answer at all means no network
+        return isinstance(error, OSError) and not isinstance(error, huggingface_hub.errors.HfHubHTTPError) or any(
+            word in type(error).__name__ for word in ("Connect", "Timeout", "Network"))
+    return False
+
+
+def _offline_message(name: str, error: Exception) -> str:
+    return (
+        f"`{name}` is not on this machine and the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is "
+        f"set): {type(error).__name__}. Download it where there is a network (`hf download {name}`), or pass a local "
+        "checkpoint folder with `--model_name_or_path /path/to/model`."
+    )
 
 
 def write_summary(result: ContinualResult, args: RecipeArguments) -> str:
-    """Write ``summary.json`` (metrics + the paper's comparison) next to the run; return the printed summary."""
+    """Write ``summary.json`` (metrics + the paper's comparison; strict JSON) next to the run; return the printout."""
     metrics = result.metrics
     forgetting = metrics.forgetting if metrics.num_tasks > 1 else None
     table = comparison_table(metrics.final_accuracy, forgetting, args.benchmark.name, args.method)
+    matrix = metrics.accuracy_matrix
     summary = {
         "benchmark": args.benchmark.name,
         "method": args.method,
         "metrics": {name: None if math.isnan(value) else value for name, value in metrics.summary().items()},
-        "accuracy_matrix": metrics.accuracy_matrix.tolist(),
+        "accuracy_matrix": [[float(matrix[t, j]) for j in range(t + 1)] for t in range(metrics.num_tasks)],
         "output_dir": str(result.output_dir),
     }
-    write_atomically(Path(result.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode())
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    write_atomically(Path(result.output_dir) / SUMMARY_FILE, text.encode())
     return f"\n{args.method} on {args.benchmark.name}, {metrics.num_tasks} task(s):\n{metrics.format_table()}\n\n{table}"
