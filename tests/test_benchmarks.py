@@ -32,6 +32,8 @@ def run_script(name: str, *args: str) -> str:
 def smoke_results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
     run_script("forgetting.py", "--smoke", "--output", str(results / "forgetting.json"))
+    run_script("forgetting.py", "--smoke", "--datasets", "digits-fashion-animals", "--methods", "probe-ca", "seq-ca",
+               "nsp-ca", "--etas", "--output", str(results / "forgetting-digits-fashion-animals.json"))
     run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
     return results
 
@@ -41,9 +43,17 @@ def test_forgetting_smoke_writes_every_row(smoke_results):
     methods = {run["method"] for run in data["runs"]}
     assert methods == {*forgetting.DEFAULT_METHODS, "nsp-eta1.0"}
     norm_matched = next(run for run in data["runs"] if run["method"] == "seq-norm-matched")
-    assert len(norm_matched["drift"]["absolute"]) == forgetting.NUM_TASKS - 1
+    assert len(norm_matched["drift"]["absolute"]) == forgetting.NUM_TASKS["fashion-mnist"] - 1
     assert 0 < norm_matched["update_ratio"][1] <= 1  # projection with Frobenius normalisation only shrinks
     assert {"machine", "date", "command"} <= set(data["facts"])
+
+
+def test_classifier_alignment_rows_on_the_30_class_sequence(smoke_results):
+    data = json.loads((smoke_results / "forgetting-digits-fashion-animals.json").read_text())
+    assert {run["method"] for run in data["runs"]} == {"probe-ca", "seq-ca", "nsp-ca"}
+    for run in data["runs"]:
+        assert len(run["tasks"]) == 6 and sorted(c for task in run["tasks"] for c in task) == list(range(30))
+        assert len(run["test"]["total"]) == len(run["validation"]["total"]) == 6
 
 
 def test_speed_smoke_measures_every_cost(smoke_results):
@@ -64,6 +74,8 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
     final = 100 * forgetting.summary(probe, "test")["final_accuracy"]
     assert f"| {forgetting.LABELS['probe']} | {final:.2f} |" in text
     assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text
+    assert "![Accuracy after each task, digits-fashion-animals](results/forgetting-digits-fashion-animals-" in text
+    assert (smoke_results / "forgetting-digits-fashion-animals-digits-fashion-animals.png").stat().st_size > 0
 
 
 def test_norm_matched_update_keeps_the_direction_and_takes_the_projected_norm(images):
@@ -73,7 +85,7 @@ def test_norm_matched_update_keeps_the_direction_and_takes_the_projected_norm(im
     model.add_task(3)
     twin = copy.deepcopy(model)
     optimizers = [torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=0.05) for m in (model, twin)]
-    monitor = forgetting.TaskMonitor((images, torch.zeros(len(images))), True, 8)
+    monitor = forgetting.TaskMonitor((images, torch.zeros(len(images))), ["0"], True, 8)
     monitor.on_train_begin(None, None, None, model=model, optimizer=optimizers[0])
     before = [p.detach().clone() for p in forgetting.prompt_targets(model)]
     for m, optimizer in zip((model, twin), optimizers):
