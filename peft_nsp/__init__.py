@@ -11,10 +11,21 @@ from .tuner import ContinualClassifier, NullSpaceLayerReport, VPTNSPConfig, VPTN
 
 register_with_peft(VPTNSPConfig, VPTNSPModel)
 
+
+def __getattr__(name: str):
+    """`NSPConfig` and `NSPTrainer` load the `Trainer` stack on first use, so `import peft_nsp` stays light."""
+    if name in ("NSPConfig", "NSPTrainer"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ContinualClassifier",
+    "NSPConfig",
+    "NSPTrainer",
     "NullSpaceLayerReport",
     "VPTNSPConfig",
     "VPTNSPLayer",

@@ -400,8 +400,10 @@ def test_the_wheel_ships_the_card_template(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
+    source = shutil.copytree(root, tmp_path / "source", symlinks=True,  # the build writes into its source tree
+                             ignore=shutil.ignore_patterns(".git", "build", "runs", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, cwd=tmp_path)
+                    str(tmp_path), str(source)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("peft_nsp-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.read("peft_nsp/continual/model_card_template.md")
