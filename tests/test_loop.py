@@ -31,10 +31,12 @@ def run(output_dir, callbacks=(), **kwargs):
     arguments.update(kwargs)
     joint = arguments.pop("joint", False)
     test = arguments.pop("test", TEST)
+    peft_config = arguments.pop("peft_config", VPTNSPConfig(prompt_length=2))
+    transform = arguments.pop("train_transform", to_tensor)
     hooks = {key: arguments.pop(key) for key in ("run_info", "on_stage_saved") if key in arguments}
     return run_class_incremental(
-        tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2), NSPConfig(**arguments), TRAIN, test,
-        num_tasks=3, train_transform=to_tensor, joint=joint, callbacks=callbacks, **hooks,
+        tiny_model("vit", seed=2), peft_config, NSPConfig(**arguments), TRAIN, test,
+        num_tasks=3, train_transform=transform, joint=joint, callbacks=callbacks, **hooks,
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import gc
 import logging
 import os
 import shutil
@@ -212,7 +214,7 @@ def run_class_incremental(
                 )
             record = _check_settings(record, settings, args, output_dir)
             start = record.finished_tasks
-            model = PeftModel.from_pretrained(base_model, stage_dir(output_dir, start - 1), is_trainable=True)
+            model = load_stage(base_model, stage_dir(output_dir, start - 1))
             metrics = ContinualMetrics.from_dict(record.metrics)
             logger.info("Resuming after task %d of %d from %s", start, len(planned), output_dir)
         metric = load_continual_metric()
@@ -238,10 +240,16 @@ def run_class_incremental(
             )
             checkpoint = last_complete_checkpoint(task_args.output_dir) if state.is_main_process else None
             checkpoint = broadcast_object_list([checkpoint])[0]
-            trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+            try:
+                trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+            except (OSError, RuntimeError) as error:
+                _raise_if_disk_full(error, f"a checkpoint of task {task} under `{task_args.output_dir}`")
+                raise
             model = trainer.model
             seen = [ids_of[n] for t in planned[: task + 1] for n in t]
             output = trainer.predict(select_classes(test_dataset, label_column, seen, "test_dataset"))
+            del trainer  # its dataloaders and state: a long run must not hold one per task
+            gc.collect()
             if state.is_main_process:
                 predicted = np.asarray(model.class_order())[np.asarray(output.predictions).argmax(-1)]
                 result = metric.compute(
@@ -275,8 +283,12 @@ def _save_stage_everywhere(
     failure = None
     if state.is_main_process:
         try:
-            stage = write_stage(output_dir, task, record, lambda folder: _stage_files(folder, model, record,
-                                                                                      processing_class))
+            try:
+                stage = write_stage(output_dir, task, record, lambda folder: _stage_files(folder, model, record,
+                                                                                          processing_class))
+            except OSError as error:
+                _raise_if_disk_full(error, f"the stage of task {task} into `{output_dir}`")
+                raise
             shutil.rmtree(training_dir(output_dir, task), ignore_errors=True)  # the stage supersedes them
             metrics = ContinualMetrics.from_dict(record.metrics)
             print(f"\nAfter task {task + 1}/{len(record.tasks)}:\n{metrics.format_table()}", flush=True)
@@ -289,6 +301,38 @@ def _save_stage_everywhere(
             raise failure
         raise RuntimeError(f"The main process failed while saving task {task}; see its error.")
     state.wait_for_everyone()
+
+
+def load_stage(base_model: PreTrainedModel, folder: Path, revision: str | None = None) -> PeftModel:
+    """The trainable model of a stage (a folder, or a Hub id with ``revision``), with errors that name it."""
+    if os.path.isdir(folder):
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (Path(folder) / name).is_file():
+                raise ValueError(
+                    f"The stage `{folder}` has no `{name}`: it was damaged after it was written. Restore it (e.g. "
+                    f"`python -m peft_nsp.hub materialize <repo> <new output_dir> --revision {Path(folder).name}`) "
+                    "or start a new `output_dir`."
+                )
+    try:
+        return PeftModel.from_pretrained(base_model, str(folder), revision=revision, is_trainable=True)
+    except ValueError as error:  # ours (the adapter does not fit) or PEFT's: already about this adapter
+        raise ValueError(f"Loading the stage `{folder}` failed: {error}") from error
+    except Exception as error:
+        raise ValueError(
+            f"Loading the stage `{folder}` failed ({type(error).__name__}: {error}): a file there is truncated or "
+            "damaged. Restore the stage (its Hub revision, or a copy) or start a new `output_dir`."
+        ) from error
+
+
+def _raise_if_disk_full(error: Exception, writing: str) -> None:
+    """Name a full disk as such (torch's own message is e.g. `unexpected pos 64 vs 0`); other errors pass."""
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "unexpected pos" in str(error):
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on the device while writing {writing} ({error}). Nothing finished is lost: the last "
+            "stage and `progress.json` are intact and a half-written checkpoint is set aside on the next run. Free "
+            "space and re-run the same command to resume.",
+        ) from error
 
 
 def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:
@@ -358,7 +402,7 @@ def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tupl
     path, revision = str(source), None
     if not os.path.isdir(path) and "@" in path:
         path, revision = path.rsplit("@", 1)
-    model = PeftModel.from_pretrained(base_model, path, revision=revision, is_trainable=True)
+    model = load_stage(base_model, path, revision)
     if os.path.isdir(path):
         record = read_record(path)
     else:

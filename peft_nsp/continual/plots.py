@@ -20,10 +20,15 @@ from .._io import write_atomically
 from .metrics import ContinualMetrics
 
 _DPI = 150
+#: Above this many tasks the heat map drops its per-cell numbers (unreadable, and most of the drawing time) and
+#: keeps its size and tick count bounded, so a stage takes as long to plot after task 50 as after task 5.
+ANNOTATED_TASKS = 20
+_MAX_TICKS = 20
 
 
 def plot_accuracy_matrix(metrics: ContinualMetrics, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Heat map of ``A[t, j]`` in percent (rows: after task ``t``; columns: task ``j``), every cell annotated.
+    """Heat map of ``A[t, j]`` in percent (rows: after task ``t``; columns: task ``j``); every cell annotated up to
+    :data:`ANNOTATED_TASKS` tasks.
 
     Args:
         metrics: at least one recorded task.
@@ -36,20 +41,21 @@ def plot_accuracy_matrix(metrics: ContinualMetrics, path: str | os.PathLike, tit
     _check_recorded(metrics, "metrics")
     matrix = 100 * metrics.accuracy_matrix
     num_tasks = metrics.num_tasks
-    side = max(3.5, 0.5 * num_tasks + 1.5)
+    side = max(3.5, 0.5 * min(num_tasks, ANNOTATED_TASKS) + 1.5)
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0, vmax=100)
     figure.colorbar(image, ax=axes, label="accuracy (%)")
-    font_size = min(9.0, max(5.0, 140.0 / num_tasks))
-    for t in range(num_tasks):
-        for j in range(t + 1):
-            red, green, blue, _ = image.cmap(image.norm(matrix[t, j]))
-            luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
-            color = "black" if luminance > 0.5 else "white"
-            axes.text(j, t, f"{matrix[t, j]:.1f}", ha="center", va="center", fontsize=font_size, color=color)
-    ticks = np.arange(num_tasks)
+    if num_tasks <= ANNOTATED_TASKS:
+        font_size = min(9.0, max(5.0, 140.0 / num_tasks))
+        for t in range(num_tasks):
+            for j in range(t + 1):
+                red, green, blue, _ = image.cmap(image.norm(matrix[t, j]))
+                luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+                color = "black" if luminance > 0.5 else "white"
+                axes.text(j, t, f"{matrix[t, j]:.1f}", ha="center", va="center", fontsize=font_size, color=color)
+    ticks = np.arange(0, num_tasks, max(1, -(-num_tasks // _MAX_TICKS)))
     axes.set_xticks(ticks, [str(j) for j in ticks])
     axes.set_yticks(ticks, [str(t) for t in ticks])
     axes.set_xlabel("test data of task j")
