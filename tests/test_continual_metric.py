@@ -167,6 +167,14 @@ def test_run_in_progress_and_single_task(metric):
     json.dumps(results, allow_nan=False)
 
 
+def test_a_resumed_run_adds_its_evaluations_to_the_previous_counts(metric):
+    """What the loop does after each task: only the newest evaluation's predictions, the earlier counts as `previous`."""
+    previous = {"correct": EXPECTED_CORRECT[:2], "total": EXPECTED_TOTAL[:2]}
+    assert_expected(metric.compute(**columns([s for s in SAMPLES if s[0] == 2]), tasks=TASKS, previous=previous))
+    with pytest.raises(ValueError, match=r"`after_task` must be ≥ 2 .*2 earlier evaluations are in `previous`"):
+        metric.compute(**columns([s for s in SAMPLES if s[0] >= 1]), tasks=TASKS, previous=previous)
+
+
 def test_missing_evaluation_is_named(metric):
     samples = [s for s in SAMPLES if s[0] != 1]
     with pytest.raises(ValueError, match=r"contiguous from 0.*`after_task` in \[1\]"):

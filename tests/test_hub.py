@@ -408,3 +408,55 @@ def test_the_wheel_ships_the_card_template(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.read("peft_nsp/continual/model_card_template.md")
     assert shipped == (root / "model_cards" / "vpt_nsp.md").read_bytes()
+
+
+def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_repository(pushed_run, tmp_path):
+    """Stage task-0 of the pushed run continued on the other classes: the new stages land as task-1, task-2 of the
+    repository, with cards describing the longer sequence."""
+    from peft_nsp.continual.loop import run_class_incremental
+    from peft_nsp.trainer import NSPConfig
+    from test_loop import TRAIN
+
+    result, output_dir, _, _ = pushed_run
+    hub = RecordingHub()
+    push_to_hub(copy_run(output_dir, tmp_path / "first-only"), REPO, api=hub)  # task-0 … task-2 of the first run
+    for branch in ("task-1", "task-2"):  # keep only task-0 on the Hub, as if the first run had stopped there
+        del hub.branches[branch]
+    hub.branches["main"] = hub.branches["task-0"]
+    args = NSPConfig(output_dir=str(tmp_path / "continued"), num_train_epochs=1, per_device_train_batch_size=4,
+                     learning_rate=0.05, report_to="none", use_cpu=True, disable_tqdm=True, seed=5,
+                     save_strategy="no")
+    continued = run_class_incremental(
+        tiny_model("vit", seed=2), None, args, TRAIN, TEST, num_tasks=2, train_transform=to_tensor,
+        continue_from=output_dir / "tasks" / "task-0", run_info=RUN_INFO,
+        on_stage_saved=push_after_each_task(REPO, api=hub),
+    )
+    assert continued.record.tasks[0] == result.record.tasks[0] and len(continued.record.tasks) == 3
+    assert sorted(hub.branches) == ["main", "task-0", "task-1", "task-2"]
+    card = hub.tree("task-2")["README.md"].decode()
+    assert "continued `" in card and "| `task-2` | task 2 |" in card and "(3 of 3 tasks)" in card
+    assert len(continued.metrics.total[-1]) == 3  # the accuracy matrix covers the continued adapter's task too
+
+
+def test_pipeline_loads_a_hub_revision_by_name(pushed_run, tmp_path, monkeypatch):
+    """`pipeline(model=<repo>, revision="task-1")` from the Hub cache (offline): the classes of tasks 0 and 1."""
+    from PIL import Image
+    from transformers import ViTImageProcessor, pipeline
+
+    result, output_dir, hub, _ = pushed_run
+    base_dir = tmp_path / "base"
+    tiny_model("vit", seed=2).save_pretrained(base_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        base_dir)
+    cache = tmp_path / "cache"
+    folder = Path(hub.snapshot_download(REPO, revision="task-1", cache_dir=cache))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base_dir)}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    classify = pipeline("image-classification", model=REPO, revision="task-1",
+                        image_processor=ViTImageProcessor.from_pretrained(base_dir))
+    labels = {answer["label"] for answer in classify(Image.new("RGB", (16, 16)), top_k=10)}
+    assert labels == {name for task in result.record.tasks[:2] for name in task}

@@ -175,8 +175,8 @@ def run_class_incremental(
         dataset_tasks = [[c for task in dataset_tasks for c in task]]
     planned = [*inherited, *[[names[c] for c in task] for task in dataset_tasks]]
     ids_of = {name: i for i, name in enumerate(names)}
-    untrainable = sorted(set(name for task in planned for name in task) - set(present_class_names(train_dataset,
-                                                                                                   label_column)))
+    new_names = {name for task in planned[len(inherited):] for name in task}
+    untrainable = sorted(new_names - set(present_class_names(train_dataset, label_column)))
     if untrainable:
         raise ValueError(
             f"`train_dataset` has no samples of classes {untrainable[:10]}, which the task split includes: add their "
@@ -410,12 +410,13 @@ def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tupl
 
         record = read_record(hf_hub_download(path, "sequence.json", revision=revision))
     tuner = model.base_model
-    if record.class_names != tuner.class_names() or record.finished_tasks != tuner.num_tasks:
-        raise ValueError(
-            f"`{source}`: its run record ({record.finished_tasks} tasks) does not describe its adapter "
-            f"({tuner.num_tasks} tasks); continue a complete stage folder or Hub revision."
-        )
     record = dataclasses.replace(record, tasks=record.tasks[: record.finished_tasks])
+    if record.class_names != tuner.class_names():
+        raise ValueError(
+            f"`{source}`: its run record ({record.finished_tasks} tasks, classes {record.class_names[:6]}…) does not "
+            f"describe its adapter ({tuner.num_tasks} tasks, {tuner.class_names()[:6]}…); continue a complete stage "
+            "folder or Hub revision."
+        )
     return model, record
 
 
