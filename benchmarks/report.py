@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import forgetting
+import growth
 import speed
 from common import RESULTS_DIR, read_results
 
@@ -24,7 +25,7 @@ GPU_COMMANDS = (
 
 def forgetting_files(results_dir: Path) -> list[Path]:
     """The results of `forgetting.py` in ``results_dir`` (``forgetting.json`` first, then by name)."""
-    files = [path for path in results_dir.glob("*.json") if not path.name.startswith("speed")]
+    files = [path for path in results_dir.glob("*.json") if not path.name.startswith(("speed", "growth", "fidelity"))]
     return sorted(files, key=lambda p: (p.name != "forgetting.json", p.name))
 
 
@@ -47,6 +48,8 @@ def render(results_dir: Path) -> str:
     speed_runs = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]]
     if speed_runs:
         sections += [speed.markdown({"runs": speed_runs}), ""]
+    for path in sorted(results_dir.glob("growth*.json")):
+        sections += [growth.markdown(read_results(path)), ""]
     if not any(run["settings"]["device"].startswith("cuda") for run in speed_runs):
         sections += [
             "## GPU",

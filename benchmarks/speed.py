@@ -12,7 +12,10 @@ All ratios are measured in one run on the same (randomly initialised) model and 
   the peak of the live tensors created during the pass, tracked with a dispatch mode;
 - **attention**: eager vs SDPA training steps;
 - **tasks**: training steps/s and the bytes of null-space state (statistics + projectors) and heads after
-  5, 10, 20, 50 tasks.
+  5, 10, 20, 50 tasks;
+- **classifier alignment**: the class-statistics pass against a plain eval forward, the bytes the adapter keeps
+  per class, and the time of one refinement (`refine_head`, the default 50 epochs × 256 samples per class) with
+  10, 50 and 200 seen classes.
 
 Model sizes: ``vit-s16`` (ViT-S/16: 384 hidden, 12 layers, 6 heads; CPU default at 112 px, batch 32) and
 ``vit-b16`` (ViT-B/16 at 224 px; on a GPU: ``--device cuda --model vit-b16 --batch-size 256 --dtype bf16``,
@@ -42,6 +45,7 @@ from transformers import ViTConfig, ViTModel
 
 import peft_nsp
 from common import RESULTS_DIR, facts_line, markdown_table, read_results, run_facts, write_results
+from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.collector import StatisticsCollector
 from peft_nsp.tuner.architectures import attention_access
 
@@ -58,12 +62,14 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------- setup
-def build_model(name: str, image_size: int, attn: str, device: str, tasks_before: int, batch: torch.Tensor):
+def build_model(
+    name: str, image_size: int, attn: str, device: str, tasks_before: int, batch: torch.Tensor, **adapter: Any
+):
     """A seeded random ViT with prompts, ``tasks_before`` tasks folded into the null space, and a current task."""
     torch.manual_seed(0)
     config = ViTConfig(image_size=image_size, **MODELS[name])
     config._attn_implementation = attn
-    model = get_peft_model(ViTModel(config, add_pooling_layer=False), peft_nsp.VPTNSPConfig()).to(device)
+    model = get_peft_model(ViTModel(config, add_pooling_layer=False), peft_nsp.VPTNSPConfig(**adapter)).to(device)
     for _ in range(tasks_before):
         model.add_task(2)
         model.update_null_space([batch[:4]])
@@ -300,6 +306,43 @@ def measure_task_scaling(args, images, labels) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_alignment(args, images) -> dict[str, Any]:
+    """Classifier alignment's costs: the class-statistics pass, the adapter bytes per class, one refinement."""
+    model = build_model(args.model, args.image_size, "sdpa", args.device, 0, images, class_statistics=True).eval()
+    classes = model.class_names()
+    labels = torch.arange(len(images), device=args.device) % len(classes)
+    times = {kind: [] for kind in ("eval", "class statistics")}
+    for _ in range(args.repeats):
+        times["eval"] += timed(lambda: statistics_pass("eval", model, images, DTYPES[args.dtype]), args.device,
+                               args.steps)
+        times["class statistics"] += timed(
+            lambda: model.update_class_statistics([{"pixel_values": images, "labels": labels}]), args.device,
+            args.steps)
+    per_class = sum(t.numel() * t.element_size() for name, t in model.state_dict().items()
+                    if "vpt_nsp_class_statistics" in name) / len(classes)
+    refinement = []
+    for seen in (10, 50, 200):
+        model = build_model(args.model, args.image_size, "sdpa", args.device, 0, images, class_statistics=True)
+        model.add_task(seen - 2)  # 2 + (seen − 2) classes
+        store = model.base_model.vpt_nsp_class_statistics["default"]
+        generator = torch.Generator().manual_seed(0)
+        for task, size in enumerate(model.base_model.task_heads().task_sizes):
+            width = store.feature_size
+            factors = torch.randn(size, width, width, generator=generator, dtype=torch.float64) / width
+            store.store(task, torch.full((size,), 100.0, dtype=torch.float64),
+                        torch.randn(size, width, generator=generator, dtype=torch.float64),
+                        factors @ factors.transpose(-1, -2))
+        start = time.perf_counter()
+        refine_head(model, HeadRefinementArguments(), seed=0)
+        synchronize(args.device)
+        refinement.append({"classes": seen, "seconds": time.perf_counter() - start})
+    return {
+        "seconds_per_image": {kind: statistics.median(values) / args.batch_size for kind, values in times.items()},
+        "bytes_per_class": per_class,
+        "refinement": refinement,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- tables
 def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.3f}"
@@ -354,6 +397,19 @@ def markdown(results: dict[str, Any]) -> str:
             ]),
             "",
         ]
+        if "alignment" in run:
+            alignment = run["alignment"]
+            passes = alignment["seconds_per_image"]
+            out += [
+                markdown_table(["classifier alignment", "value"], [
+                    ["class-statistics pass (ms per image)", f"{1e3 * passes['class statistics']:.3f}"],
+                    ["× a plain eval forward", f"{passes['class statistics'] / passes['eval']:.2f}"],
+                    ["adapter bytes per class (MiB)", _mib(alignment["bytes_per_class"])],
+                    *[[f"one refinement, {row['classes']} seen classes (s)", f"{row['seconds']:.2f}"]
+                      for row in alignment["refinement"]],
+                ]),
+                "",
+            ]
     return "\n".join(out)
 
 
@@ -393,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "statistics": measure_statistics(args, images),
         "attention": measure_attention(args, images, labels),
         "tasks": measure_task_scaling(args, images, labels),
+        "alignment": measure_alignment(args, images),
     }
     previous = read_results(args.output) or {"runs": []}
     identity = ("model", "image_size", "batch_size", "dtype", "device")

@@ -35,6 +35,7 @@ def smoke_results(tmp_path_factory) -> Path:
     run_script("forgetting.py", "--smoke", "--datasets", "digits-fashion-animals", "--methods", "probe-ca", "seq-ca",
                "nsp-ca", "--etas", "--output", str(results / "forgetting-digits-fashion-animals.json"))
     run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
+    run_script("growth.py", "--smoke", "--output", str(results / "growth.json"))
     return results
 
 
@@ -63,6 +64,17 @@ def test_speed_smoke_measures_every_cost(smoke_results):
     assert all(run["statistics"][kind]["peak_memory_bytes_per_image"] > 0 for kind in ("eval", "library", "naive"))
     assert [row["tasks"] for row in run["tasks"]] == [2, 3]
     assert run["tasks"][0]["null_space_bytes"] == run["tasks"][1]["null_space_bytes"]  # does not grow with tasks
+    alignment = run["alignment"]
+    width = 32  # the smoke ViT's hidden size: a packed covariance, a float64 mean and count per class
+    assert alignment["bytes_per_class"] == 4 * width * (width + 1) // 2 + 8 * width + 8
+    assert [row["classes"] for row in alignment["refinement"]] == [10, 50, 200]
+
+
+def test_growth_smoke_measures_every_task(smoke_results):
+    rows = json.loads((smoke_results / "growth.json").read_text())["rows"]
+    assert [row["task"] for row in rows] == [0, 1, 2, 3]
+    assert all(row["training_folder_mb"] == 0 for row in rows)  # a finished task's checkpoints are removed
+    assert all(row["stage_write_s"] >= row["heat_map_s"] > 0 for row in rows)
 
 
 def test_report_is_generated_from_the_json(smoke_results, tmp_path):
@@ -73,7 +85,7 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
     probe = next(run for run in data["runs"] if run["method"] == "probe")
     final = 100 * forgetting.summary(probe, "test")["final_accuracy"]
     assert f"| {forgetting.LABELS['probe']} | {final:.2f} |" in text
-    assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text
+    assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text and "## Growth over 4" in text
     assert "![Accuracy after each task, digits-fashion-animals](results/forgetting-digits-fashion-animals-" in text
     assert (smoke_results / "forgetting-digits-fashion-animals-digits-fashion-animals.png").stat().st_size > 0
 

@@ -22,7 +22,7 @@ from .metrics import ContinualMetrics
 _DPI = 150
 #: Above this many tasks the heat map drops its per-cell numbers (unreadable, and most of the drawing time) and
 #: keeps its size and tick count bounded, so a stage takes as long to plot after task 50 as after task 5.
-ANNOTATED_TASKS = 20
+ANNOTATED_TASKS = 12
 _MAX_TICKS = 20
 
 
