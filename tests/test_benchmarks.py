@@ -36,6 +36,7 @@ def smoke_results(tmp_path_factory) -> Path:
                "nsp-ca", "--etas", "--output", str(results / "forgetting-digits-fashion-animals.json"))
     run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
     run_script("growth.py", "--smoke", "--output", str(results / "growth.json"))
+    run_script("fidelity.py", "--smoke", "--output", str(results / "fidelity.json"))
     return results
 
 
@@ -70,6 +71,14 @@ def test_speed_smoke_measures_every_cost(smoke_results):
     assert [row["classes"] for row in alignment["refinement"]] == [10, 50, 200]
 
 
+def test_fidelity_smoke_measures_every_difference(smoke_results):
+    data = json.loads((smoke_results / "fidelity.json").read_text())
+    assert data["optimizer"]["relative_difference_of_prompt_change"] > 0  # L2-Adam and AdamW differ
+    assert data["eigendecomposition"]["proj1"] < 1e-3  # same split: float32 SVD and float64 eigh agree closely
+    assert data["attention"]["relative"] < 1e-4
+    assert data["weighting"]["task_rows"][0] == 3 * data["weighting"]["task_rows"][1]
+
+
 def test_growth_smoke_measures_every_task(smoke_results):
     rows = json.loads((smoke_results / "growth.json").read_text())["rows"]
     assert [row["task"] for row in rows] == [0, 1, 2, 3]
@@ -86,6 +95,7 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
     final = 100 * forgetting.summary(probe, "test")["final_accuracy"]
     assert f"| {forgetting.LABELS['probe']} | {final:.2f} |" in text
     assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text and "## Growth over 4" in text
+    assert "## Fidelity" in text
     assert "![Accuracy after each task, digits-fashion-animals](results/forgetting-digits-fashion-animals-" in text
     assert (smoke_results / "forgetting-digits-fashion-animals-digits-fashion-animals.png").stat().st_size > 0
 
@@ -110,3 +120,12 @@ def test_norm_matched_update_keeps_the_direction_and_takes_the_projected_norm(im
         torch.testing.assert_close(applied.norm(), expected_norm, rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(applied / applied.norm(), raw / raw.norm(), rtol=1e-4, atol=1e-6)
     assert 0 < monitor._projected < monitor._raw
+
+
+def test_gpu_script_runs_its_whole_path_on_the_cpu(tmp_path):
+    """`gpu.py run --smoke --device cpu`: the lease's two benchmarks, their JSON where the device tool collects it."""
+    run_script("gpu.py", "run", "--device", "cpu", "--smoke", "--output", str(tmp_path))
+    speed = json.loads((tmp_path / "speed-gpu.json").read_text())["runs"][0]
+    assert speed["train_step"]["images_per_s"] > 0 and "alignment" in speed
+    runs = json.loads((tmp_path / "forgetting-digits-fashion-animals-gpu.json").read_text())["runs"]
+    assert {run["method"] for run in runs} == {"seq", "nsp", "nsp-ca", "joint"}
