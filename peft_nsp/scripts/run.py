@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,7 +135,7 @@ def write_summary(result: ContinualResult, args: RecipeArguments) -> str:
     summary = {
         "benchmark": args.benchmark.name,
         "method": args.method,
-        "metrics": {name: None if math.isnan(value) else value for name, value in metrics.summary().items()},
+        "metrics": metrics.summary(json_safe=True),
         "accuracy_matrix": [[float(matrix[t, j]) for j in range(t + 1)] for t in range(metrics.num_tasks)],
         "output_dir": str(result.output_dir),
     }
