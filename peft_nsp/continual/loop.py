@@ -25,7 +25,7 @@ from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from filelock import FileLock, Timeout
 from peft import PeftModel
-from transformers import PreTrainedModel, TrainerCallback, set_seed
+from transformers import PreTrainedModel, TrainerCallback
 
 from ..trainer import NSPConfig, NSPTrainer
 from ..tuner.config import VPTNSPConfig
@@ -199,7 +199,6 @@ def run_class_incremental(
                 model, start = source_model, len(inherited)
                 metrics = ContinualMetrics.from_dict(source_record.metrics)
             else:
-                set_seed(args.seed)
                 model, start, metrics = None, 0, ContinualMetrics()
             record = RunRecord(
                 tasks=planned, seed=args.seed, method=method, joint=joint, finished_tasks=start, settings=settings,
@@ -218,8 +217,7 @@ def run_class_incremental(
             metrics = ContinualMetrics.from_dict(record.metrics)
             logger.info("Resuming after task %d of %d from %s", start, len(planned), output_dir)
         metric = load_continual_metric()
-        for task in range(start, len(planned)):
-            set_seed(args.seed + task)
+        for task in range(start, len(planned)):  # NSPTrainer seeds each task's new weights with `seed + task`
             task_args = dataclasses.replace(
                 args, output_dir=str(training_dir(output_dir, task)), push_to_hub=False,  # stages are what gets published
                 image_column=image_column, label_column=label_column,

@@ -19,7 +19,7 @@ _ADAM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
 
 @dataclass
-class NSPConfig(TrainingArguments, HeadRefinementArguments):
+class NSPConfig(HeadRefinementArguments, TrainingArguments):
     r"""[`transformers.TrainingArguments`] plus the knobs of VPT-NSP² training (one task per [`NSPTrainer`]).
 
     > [!NOTE]
@@ -134,7 +134,8 @@ class NSPConfig(TrainingArguments, HeadRefinementArguments):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        # Both parents validate; neither calls the other (the base order keeps `output_dir` the first field).
+        TrainingArguments.__post_init__(self)
         HeadRefinementArguments.__post_init__(self)
         for name in ("temperature", "lr_decay_factor"):
             value = getattr(self, name)

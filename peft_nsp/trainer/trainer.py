@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModel, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
+from transformers import AutoModel, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from ..continual.data import (
     ClassIdLabels,
@@ -113,6 +113,8 @@ class NSPTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         args = _nsp_config(args)
+        # New prompts and heads are drawn from `seed + <tasks already learned>`: the same task gets the same start.
+        set_seed(args.seed + (model.base_model.num_tasks if isinstance(model, PeftModel) else 0))
         model = _peft_model(model, peft_config, args)
         self.eval_transform = eval_transform or _processor_transform(processing_class) or train_transform
         self.train_transform = train_transform or self.eval_transform
