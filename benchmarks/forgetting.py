@@ -144,7 +144,7 @@ def pixels(dataset: Dataset, transform: Callable) -> tuple[torch.Tensor, torch.T
 
 # ---------------------------------------------------------------------------------------------- monitor
 def prompt_targets(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [m.vpt_nsp_prompt["default"] for m in model.modules() if isinstance(m, peft_nsp.VPTNSPLayer)]
+    return [layer.vpt_nsp_prompt["default"] for layer in model.prompted_layers()]
 
 
 class TaskMonitor(TrainerCallback):

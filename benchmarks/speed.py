@@ -111,7 +111,7 @@ def timed(fn: Callable[[], Any], device: str, repeats: int) -> list[float]:
 
 
 def prompted_layers(model) -> list[peft_nsp.VPTNSPLayer]:
-    return [m for m in model.modules() if isinstance(m, peft_nsp.VPTNSPLayer)]
+    return model.base_model.prompted_layers()
 
 
 def trainable(model) -> list[torch.nn.Parameter]:

@@ -30,6 +30,7 @@ from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, pipeli
 
 import peft_nsp
 from peft_nsp._io import write_atomically
+from peft_nsp._torch_utils import module_device
 from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve, run_class_incremental
 from peft_nsp.continual.augment import EvalTransform
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
@@ -139,7 +140,7 @@ def check_reload(result, model_path: str, test_data, transform) -> None:
     stage = result.output_dir / "tasks" / f"task-{len(result.tasks) - 1}"
     reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(model_path, attn_implementation="sdpa"), stage)
     trained = result.model.eval()
-    device = next(trained.parameters()).device
+    device = module_device(trained)
     reloaded.to(device).eval()
     pixels = transform(test_data[:64]["image"]).to(device)
     expected, actual = trained(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits

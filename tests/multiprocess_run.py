@@ -15,10 +15,9 @@ import torch
 from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_model  # noqa: E402
-from synthetic import blob_images, to_tensor  # noqa: E402
+from testing_utils import blob_images, prompted_layers, tiny_model, to_tensor  # noqa: E402
 
-from peft_nsp import VPTNSPConfig, VPTNSPLayer  # noqa: E402
+from peft_nsp import VPTNSPConfig  # noqa: E402
 from peft_nsp.continual import run_class_incremental  # noqa: E402
 from peft_nsp.trainer import NSPTrainingArguments  # noqa: E402
 
@@ -34,7 +33,7 @@ def main(output_dir: str, per_device_batch: int) -> None:
         tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=2), args, blob_images(4, 6), blob_images(4, 7, seed=1),
         num_tasks=2, train_transform=to_tensor,
     )
-    layers = [m for m in result.model.modules() if isinstance(m, VPTNSPLayer)]
+    layers = prompted_layers(result.model)
     rank = PartialState().process_index
     torch.save(
         {

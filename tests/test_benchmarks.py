@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from testing_utils import tiny_model
 from peft import get_peft_model
 
 from peft_nsp import VPTNSPConfig

@@ -15,9 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, randomize_layernorms
+from testing_utils import IMAGE_SIZE, blob_images, prompted_layers, randomize_layernorms, to_tensor
 from peft import PeftModel, get_peft_model
-from synthetic import blob_images, to_tensor
 from test_nullspace_math import BlockInputs, assert_close, brute_force_sums
 from transformers import (
     CLIPConfig,
@@ -109,10 +108,6 @@ def sharpen_attention(model: torch.nn.Module, seed: int = 0) -> None:
                 for proj in (layer.base_layer.self_attn.q_proj, layer.base_layer.self_attn.k_proj):
                     proj.weight.copy_(1.5 * torch.randn(proj.weight.shape, generator=generator) / math.sqrt(32))
                     proj.bias.copy_(0.5 * torch.randn(proj.bias.shape, generator=generator))
-
-
-def prompted_layers(model) -> list[VPTNSPLayer]:
-    return [m for m in model.modules() if isinstance(m, VPTNSPLayer)]
 
 
 def perturb_trainable(model, scale: float = 0.1) -> None:

@@ -19,12 +19,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import tiny_model
+from testing_utils import tiny_model, to_tensor
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 from huggingface_hub.hf_api import GitCommitInfo, GitRefInfo, GitRefs
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import PeftModel
-from synthetic import to_tensor
 from test_loop import TEST, final_state, run
 
 from peft_nsp.continual import ContinualMetrics

@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from testing_utils import blob_images, prompts, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from peft import PeftModel
-from synthetic import blob_images, to_tensor
 from transformers import TrainerCallback
 
-from peft_nsp import VPTNSPConfig, VPTNSPLayer
+from peft_nsp import VPTNSPConfig
 from peft_nsp.continual.data import split_classes
 from peft_nsp.continual.loop import run_class_incremental
 from peft_nsp.trainer import NSPConfig
@@ -95,8 +94,7 @@ class Interrupt(TrainerCallback):
 
 
 def final_state(result):
-    prompts = [m.vpt_nsp_prompt["default"].detach() for m in result.model.modules() if isinstance(m, VPTNSPLayer)]
-    return result.metrics.to_dict(), prompts
+    return result.metrics.to_dict(), [p.detach() for p in prompts(result.model)]
 
 
 @pytest.mark.parametrize(("task", "step"), [(2, 0), (1, 3)], ids=["after-task-2", "mid-task-2"])

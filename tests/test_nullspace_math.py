@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_IMAGE_TOKENS, randomize_layernorms, tiny_model
+from testing_utils import NUM_IMAGE_TOKENS, prompted_layers, randomize_layernorms, tiny_model
 from peft import get_peft_model
 from scipy.ndimage import gaussian_filter1d
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -52,10 +52,6 @@ def prompted_model(family: str, attn: str, seed: int = 0, task_weighting: str = 
                 proj.weight.copy_(1.5 * torch.randn(proj.weight.shape, generator=generator) / math.sqrt(fan_in))
                 proj.bias.copy_(0.5 * torch.randn(proj.bias.shape, generator=generator))
     return model.eval()
-
-
-def prompted_layers(model) -> list:
-    return [m for m in model.modules() if isinstance(m, peft_nsp.VPTNSPLayer)]
 
 
 def pre_attention_norm(block: torch.nn.Module) -> torch.nn.LayerNorm:

@@ -7,14 +7,10 @@ import copy
 
 import pytest
 import torch
-from conftest import randomize_layernorms, tiny_model
+from testing_utils import prompted_layers, prompts, randomize_layernorms, tiny_model
 from peft import get_peft_model
 
-from peft_nsp import VPTNSPConfig, VPTNSPLayer
-
-
-def prompts(model) -> list[torch.Tensor]:
-    return [m.vpt_nsp_prompt["default"] for m in model.modules() if isinstance(m, VPTNSPLayer)]
+from peft_nsp import VPTNSPConfig
 
 
 def model_after_one_task(images: torch.Tensor, **config_kwargs):
@@ -48,7 +44,7 @@ def test_adam_update_is_replaced_by_its_projection(images):
         opt.step()
     assert projection.steps_projected == 1
     for layer, start, free in zip(
-        [m for m in model.modules() if isinstance(m, VPTNSPLayer)], before, prompts(twin)
+        prompted_layers(model), before, prompts(twin)
     ):
         state = layer.vpt_nsp_null_space["default"]
         update = (free - start).double()
@@ -202,7 +198,7 @@ def test_layernorm_loss_keeps_prompt_statistics():
         run = copy.deepcopy(model)
         _train_new_task(run, new_images, new_labels, steps=15, project=False, ln_weight=weight)
         gaps[weight] = 0.0
-        for layer in (m for m in run.modules() if isinstance(m, VPTNSPLayer)):
+        for layer in prompted_layers(run):
             prompt, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
             prompt = prompt.detach()
             gaps[weight] += float((prompt.mean(-1) - old.mean(-1)).abs().sum())

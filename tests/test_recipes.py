@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, tiny_model
+from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from peft import PeftModel
 from PIL import Image
-from synthetic import blob_images
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp.continual.augment import AuthorsTrainTransform, EvalTransform, random_resized_crop_box

@@ -15,17 +15,15 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from testing_utils import tiny_config, tiny_model, to_tensor
 from filelock import FileLock
 from peft import PeftModel, get_peft_model
-from synthetic import to_tensor
 from test_hub import REPO
-from test_loop import TEST, TRAIN, Interrupt, final_state, run
+from test_loop import TRAIN, Interrupt, final_state, run
 from transformers import TrainerCallback, ViTModel
 
-import peft_nsp
 from peft_nsp import VPTNSPConfig
-from peft_nsp.hub import HubPushError, push_after_each_task, push_to_hub
+from peft_nsp.hub import HubPushError, push_after_each_task
 from peft_nsp.hub.push import push_with_deadline
 from peft_nsp.tuner import NonFiniteError
 

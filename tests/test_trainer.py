@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from conftest import tiny_model
+from testing_utils import blob_images, prompted_layers, prompts, tiny_model, to_tensor
 from peft import get_peft_model
-from synthetic import blob_images, to_tensor
 from transformers import TrainerCallback
 
-from peft_nsp import VPTNSPConfig, VPTNSPLayer
-from peft_nsp.continual.data import ImageCollator, TaskCollator, with_class_ids
+from peft_nsp import VPTNSPConfig
+from peft_nsp.continual.data import ImageCollator, TaskCollator
 from peft_nsp.trainer import NSPConfig, NSPTrainer, NSPTrainingArguments, NullSpaceTrainer
 
 
@@ -72,7 +71,7 @@ def test_fp16_overflow_step_is_not_projected_and_changes_nothing():
     images = to_tensor(task_two_data()["image"])
     loss = model(pixel_values=images).logits.sum()
     scaler.scale(loss).backward()
-    next(m for m in model.modules() if isinstance(m, VPTNSPLayer)).vpt_nsp_prompt["default"].grad[0, 0] = float("inf")
+    prompted_layers(model)[0].vpt_nsp_prompt["default"].grad[0, 0] = float("inf")
     wrapped.step()
     assert wrapped.step_was_skipped
     assert projection.steps_projected == 0
@@ -87,7 +86,7 @@ def test_fp16_overflow_step_is_not_projected_and_changes_nothing():
 
 def prompts_after(trainer) -> list[torch.Tensor]:
     trainer.train()
-    return [m.vpt_nsp_prompt["default"].detach().clone() for m in trainer.model.modules() if isinstance(m, VPTNSPLayer)]
+    return [p.detach().clone() for p in prompts(trainer.model)]
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -143,7 +142,7 @@ def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path)
         logits = model(pixel_values=batch["pixel_values"]).logits[:, 2:4]
         ce = torch.nn.functional.cross_entropy(logits / 4.0, batch["labels"] - 2)
         ln = 0.0
-        for layer in (m for m in model.modules() if isinstance(m, VPTNSPLayer)):
+        for layer in prompted_layers(model):
             p, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
             ln += (p.mean(-1) - old.mean(-1)).abs().mean() + (p.std(-1, correction=0) - old.std(-1, correction=0)).abs().mean()
     torch.testing.assert_close(loss, ce + 0.5 * ln)

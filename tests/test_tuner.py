@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import IMAGE_SIZE, tiny_config, tiny_model
+from testing_utils import IMAGE_SIZE, prompted_layers, tiny_config, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import ViTModel
 
@@ -165,7 +165,7 @@ def test_labels_are_global_class_ids(images):
 
 def test_interpolate_pos_encoding_and_layer_subset(images):
     model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=2, prompt_layers=[1]))
-    assert [type(m.base_layer).__name__ for m in model.modules() if isinstance(m, VPTNSPLayer)] == ["ViTLayer"]
+    assert [type(m.base_layer).__name__ for m in prompted_layers(model)] == ["ViTLayer"]
     assert model.base_model.model.layers[0].__class__.__name__ == "ViTLayer"
     model.add_task(4)
     bigger = torch.randn(2, 3, 2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
@@ -230,7 +230,7 @@ def test_prompt_layers_out_of_range_and_target_modules():
     with pytest.raises(ValueError, match="out of range: the model has 2 blocks"):
         get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_layers=[2]))
     model = get_peft_model(tiny_model("vit"), VPTNSPConfig(target_modules=r".*layers\.1"))
-    assert [m.layer_index for m in model.modules() if isinstance(m, VPTNSPLayer)] == [1]
+    assert [m.layer_index for m in prompted_layers(model)] == [1]
     with pytest.raises(ValueError, match="matches none of the transformer blocks"):
         get_peft_model(tiny_model("vit"), VPTNSPConfig(target_modules=["q_proj"]))
 

@@ -10,10 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, tiny_model
+from testing_utils import IMAGE_SIZE, blob_images, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, Features, Image
 from peft import PeftModel
-from synthetic import blob_images, to_tensor
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,

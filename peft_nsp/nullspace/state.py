@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .._torch_utils import DeviceOnlyBuffers
 from .projector import NullSpaceProjector

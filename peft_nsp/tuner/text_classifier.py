@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._torch_utils import eval_mode, module_device
 from .heads import TaskHeads
 
 
@@ -67,17 +68,13 @@ def encode_class_names(
         ``(C, E)`` float32 unit-norm class embeddings on the model's device.
     """
     texts = [template.format(name) for name in class_names for template in templates]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = []
+    device = module_device(model)
+    chunks = []
+    with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             tokens = tokenizer(texts[start : start + batch_size], padding=padding, truncation=True, return_tensors="pt")
             inputs = {key: tokens[key].to(device) for key in ("input_ids", "attention_mask") if key in tokens}
             chunks.append(model.get_text_features(**inputs).pooler_output.float())
-    finally:
-        model.train(was_training)
     return average_template_embeddings(torch.cat(chunks).reshape(len(class_names), len(templates), -1))
 
 
