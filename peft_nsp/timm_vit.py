@@ -187,12 +187,12 @@ def timm_vit_config(
         timm_config: timm's ``config.json`` (``"architecture"``, optional ``"model_args"``).
         state_dict: timm-layout weights (``pos_embed`` ``(1, [1 +] G², D)``, ``blocks.<i>.attn.qkv.weight``
             ``(3D, D)``, ``patch_embed.proj.weight`` ``(D, C, P, P)``).
-        num_heads: attention heads, needed only for an architecture not in :data:`TIMM_VIT_ARCHITECTURES` whose
+        num_heads: attention heads, needed only for an architecture not in [`TIMM_VIT_ARCHITECTURES`] whose
             ``model_args`` do not give ``num_heads`` (heads cannot be read from the shapes).
 
     Raises:
         ValueError: unknown architecture without ``num_heads``, shapes that contradict the architecture, or an
-            unsupported variant (see :func:`convert_timm_vit_state_dict`).
+            unsupported variant (see [`convert_timm_vit_state_dict`]).
     """
     depth = _check_keys(state_dict)
     name = str(timm_config.get("architecture", ""))
@@ -284,7 +284,7 @@ def convert_timm_vit_state_dict(
 
     Args:
         state_dict: timm-layout weights.
-        config: from :func:`timm_vit_config` (its ``qkv_bias`` decides whether q/k/v biases are written).
+        config: from [`timm_vit_config`] (its ``qkv_bias`` decides whether q/k/v biases are written).
 
     Raises:
         ValueError: keys this converter does not understand (register tokens, ``norm_pre``, ``q_norm``/``k_norm``,
@@ -360,8 +360,8 @@ def is_timm_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
 
     A local folder: its ``config.json`` has an ``"architecture"`` starting with ``vit_`` / ``deit_`` / ``deit3_``.
     Anything else: a Hub id under the ``timm/`` organisation (``"timm/vit_base_patch16_224.augreg_in21k"``);
-    :func:`load_timm_vit` raises a clear error if it turns out not to be a plain ViT. ``revision`` is accepted
-    for symmetry with :func:`load_timm_vit` and not used.
+    [`load_timm_vit`] raises a clear error if it turns out not to be a plain ViT. ``revision`` is accepted
+    for symmetry with [`load_timm_vit`] and not used.
     """
     del revision
     folder = Path(path_or_repo_id)
@@ -441,7 +441,7 @@ def load_timm_vit(
         path_or_repo_id: a local timm folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``),
             or a Hub id such as ``"timm/vit_base_patch16_224.augreg_in21k"`` (both files are downloaded).
         revision: Hub revision (branch, tag or commit).
-        num_heads: only for an architecture not in :data:`TIMM_VIT_ARCHITECTURES` (see :func:`timm_vit_config`).
+        num_heads: only for an architecture not in [`TIMM_VIT_ARCHITECTURES`] (see [`timm_vit_config`]).
         **from_pretrained_kwargs: ``attn_implementation`` (``"eager"``, ``"sdpa"``, ...), ``dtype`` (a
             `torch.dtype`, its name, or ``"auto"`` for the checkpoint's) for the model; ``cache_dir``, ``token``,
             ``local_files_only``, ``force_download`` for the download. Others raise `TypeError`.
@@ -481,7 +481,7 @@ def save_timm_vit_as_transformers(
     num_heads: int | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Path:
-    """Convert a timm ViT checkpoint (see :func:`load_timm_vit`) and write it as a transformers model folder.
+    """Convert a timm ViT checkpoint (see [`load_timm_vit`]) and write it as a transformers model folder.
 
     ``output_dir`` gets the `ViTModel` (safetensors, no pooler) and its `ViTImageProcessorPil`, so
     ``AutoModel.from_pretrained(output_dir, add_pooling_layer=False)`` and ``AutoImageProcessor.from_pretrained``

@@ -459,3 +459,14 @@ def test_pipeline_loads_a_hub_revision_by_name(pushed_run, tmp_path, monkeypatch
                         image_processor=ViTImageProcessor.from_pretrained(base_dir))
     labels = {answer["label"] for answer in classify(Image.new("RGB", (16, 16)), top_k=10)}
     assert labels == {name for task in result.record.tasks[:2] for name in task}
+
+
+def test_importing_the_hub_package_stays_light():
+    """`peft_nsp.hub` and `peft_nsp.continual.stages` load neither the Trainer stack nor matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys, peft_nsp.hub, peft_nsp.continual.stages; "
+            "print([m for m in ('transformers.trainer', 'matplotlib', 'peft_nsp.continual.loop') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,7 +1,7 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 """The class-incremental metrics as an `evaluate` metric module shipped inside the package (no Hub access).
 
-This file is both a module of the package and an `evaluate` metric script: :func:`load_continual_metric`
+This file is both a module of the package and an `evaluate` metric script: [`load_continual_metric`]
 passes its own path to ``evaluate.load``, which copies the file into the modules cache
 (``HF_MODULES_CACHE``, by default ``~/.cache/huggingface/modules``) and imports the copy as a module of its
 own. Hence the rules for this file:
@@ -34,7 +34,7 @@ import numpy as np
 from peft_nsp.continual.metrics import ContinualMetrics, count_correct
 
 CONTINUAL_METRIC_PATH = Path(__file__).resolve()
-"""This file: the metric script that :func:`load_continual_metric` hands to ``evaluate.load``."""
+"""This file: the metric script that [`load_continual_metric`] hands to ``evaluate.load``."""
 
 _CITATION = """\
 @inproceedings{lu2024visual,
@@ -104,7 +104,7 @@ Examples:
 
 class ContinualLearningMetric(evaluate.Metric):
     """Accuracy matrix, final accuracy, forgetting, BWT and average incremental accuracy of a class-incremental
-    run, from the predictions of every evaluation (see :class:`peft_nsp.continual.ContinualMetrics`)."""
+    run, from the predictions of every evaluation (see [`peft_nsp.continual.ContinualMetrics`])."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -168,7 +168,7 @@ class ContinualLearningMetric(evaluate.Metric):
 
 
 def load_continual_metric(**load_kwargs: Any) -> evaluate.EvaluationModule:
-    """Load :class:`ContinualLearningMetric` with ``evaluate.load`` from the file shipped in the package.
+    """Load [`ContinualLearningMetric`] with ``evaluate.load`` from the file shipped in the package.
 
     No network access: ``evaluate.load`` is given the path of this ``.py`` file, so it copies the script into
     its modules cache and imports it, without looking anything up on the Hub.

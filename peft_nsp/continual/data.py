@@ -30,7 +30,7 @@ def find_columns(
     """The image and label columns of ``dataset``, found by their features when not given.
 
     The image column is the one `datasets.Image` feature; the label column the one `ClassLabel` (among several:
-    the first of :data:`PREFERRED_LABEL_COLUMNS`). Both are validated.
+    the first of [`PREFERRED_LABEL_COLUMNS`]). Both are validated.
 
     Raises:
         ValueError: not a `Dataset`, a column missing or of the wrong feature, or the choice is ambiguous.

@@ -4,7 +4,7 @@
 ``A[t, j]`` is the accuracy on the test data of task ``j`` after training task ``t`` (defined for ``j ≤ t``,
 tasks counted from 0), predicting over all classes seen so far (ALGORITHM.md, "Metrics"). The correct and
 sample counts behind every entry are stored, so the sample-weighted metrics are exact. Accuracies are
-fractions in ``[0, 1]``; only :meth:`ContinualMetrics.format_table` prints percent.
+fractions in ``[0, 1]``; only [`ContinualMetrics.format_table`] prints percent.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ContinualMetrics:
         """Append the evaluation after training ``task``.
 
         Args:
-            task: index of the task just trained; must be :attr:`num_tasks` (tasks are recorded in order).
+            task: index of the task just trained; must be [`num_tasks`] (tasks are recorded in order).
             correct_per_task: ``(task + 1,)`` correct predictions on the test data of tasks ``0 … task``.
             total_per_task: ``(task + 1,)`` test samples of tasks ``0 … task``, each ``≥ 1``.
         """
@@ -126,7 +126,7 @@ class ContinualMetrics:
 
     @property
     def forgetting(self) -> float:
-        """Forgetting after the last task (see :attr:`forgetting_per_task`); NaN with a single task."""
+        """Forgetting after the last task (see [`forgetting_per_task`]); NaN with a single task."""
         return self.forgetting_per_task[self._last_task()]
 
     @property
@@ -180,24 +180,24 @@ class ContinualMetrics:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, list[list[int]]]:
-        """JSON-safe ``{"correct": ..., "total": ...}`` (ragged lists of ints); :meth:`from_dict` inverts it."""
+        """JSON-safe ``{"correct": ..., "total": ...}`` (ragged lists of ints); [`from_dict`] inverts it."""
         return {"correct": [list(row) for row in self.correct], "total": [list(row) for row in self.total]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ContinualMetrics:
-        """Rebuild from :meth:`to_dict` output."""
+        """Rebuild from [`to_dict`] output."""
         if set(data) != {"correct", "total"}:
             raise ValueError(f"Expected exactly the keys `correct` and `total`, got {sorted(data)}.")
         return cls(correct=data["correct"], total=data["total"])
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` as JSON atomically (temporary file, fsync, rename); returns the path."""
+        """Write [`to_dict`] as JSON atomically (temporary file, fsync, rename); returns the path."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         return write_atomically(path, text.encode("utf-8"))
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> ContinualMetrics:
-        """Read a file written by :meth:`save_json`."""
+        """Read a file written by [`save_json`]."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def _last_task(self) -> int:
@@ -212,7 +212,7 @@ def count_correct(
     task_of_class: Mapping[int, int] | Sequence[int] | np.ndarray,
     num_tasks_seen: int,
 ) -> tuple[list[int], list[int]]:
-    """Per-task correct and sample counts of one evaluation, for :meth:`ContinualMetrics.record_task`.
+    """Per-task correct and sample counts of one evaluation, for [`ContinualMetrics.record_task`].
 
     Args:
         predicted_class_ids: ``(N,)`` integer global class ids predicted (argmax over all seen classes);

@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""PNG plots of a :class:`ContinualMetrics`: the accuracy matrix as a heat map and the accuracy curve.
+"""PNG plots of a [`ContinualMetrics`]: the accuracy matrix as a heat map and the accuracy curve.
 
 Figures are drawn with ``matplotlib.figure.Figure`` on a ``FigureCanvasAgg``, never through ``pyplot``, so the
 global backend and figure registry of the caller stay untouched. Files are written atomically.
@@ -28,7 +28,7 @@ _MAX_TICKS = 20
 
 def plot_accuracy_matrix(metrics: ContinualMetrics, path: str | os.PathLike, title: str | None = None) -> Path:
     """Heat map of ``A[t, j]`` in percent (rows: after task ``t``; columns: task ``j``); every cell annotated up to
-    :data:`ANNOTATED_TASKS` tasks.
+    [`ANNOTATED_TASKS`] tasks.
 
     Args:
         metrics: at least one recorded task.

@@ -114,11 +114,11 @@ def null_space_projector(
         statistic: ``(K, K)`` symmetric PSD matrix (``C1`` or ``C2``).
         eta: blending weight η in ``[0, 1]``; 1 is the pure (normalised) null space.
         mode: ``"adaptive"`` or ``"times"``.
-        offset: ``adaptive`` only, see :func:`adaptive_split_index`.
-        times_factor: ``times`` only, see :func:`times_split_index`.
+        offset: ``adaptive`` only, see [`adaptive_split_index`].
+        times_factor: ``times`` only, see [`times_split_index`].
 
     Returns:
-        :class:`NullSpaceProjector` with a ``(K, K)`` float64 matrix.
+        [`NullSpaceProjector`] with a ``(K, K)`` float64 matrix.
     """
     stat = statistic.double()
     stat = 0.5 * (stat + stat.T)

@@ -54,7 +54,7 @@ class NullSpaceState(DeviceOnlyBuffers):
     def accumulated(
         self, key_sum: torch.Tensor, prompt_sum: torch.Tensor, rows: float, task_weighting: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The statistics after folding in one task's raw sums (nothing is modified; see :meth:`commit`).
+        """The statistics after folding in one task's raw sums (nothing is modified; see [`commit`]).
 
         Args:
             key_sum: ``(D, D)`` ``Σ rᵀ r`` over the task's rows.

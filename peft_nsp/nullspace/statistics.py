@@ -33,7 +33,7 @@ def key_space_covariance(gram: torch.Tensor, key_weight: torch.Tensor) -> torch.
     """``C1 = Σ_h W_k,hᵀ G_h W_k,h`` from per-head query Grams (the cheap form of ``Σ rᵀ r``).
 
     Args:
-        gram: ``(H, d, d)`` per-head query Gram (see :func:`query_gram`).
+        gram: ``(H, d, d)`` per-head query Gram (see [`query_gram`]).
         key_weight: ``(H·d, D)`` weight of the key projection (``nn.Linear.weight``); the key bias adds a
             constant per query and does not enter.
 

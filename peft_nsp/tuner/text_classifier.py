@@ -53,7 +53,7 @@ def encode_class_names(
     """Encode class names with the frozen text tower of an image–text model (`CLIPModel`, `SiglipModel`).
 
     Every name is put into every template (``template.format(name)``), encoded with ``model.get_text_features``,
-    and the template embeddings are averaged (see :func:`average_template_embeddings`). The model is put in eval
+    and the template embeddings are averaged (see [`average_template_embeddings`]). The model is put in eval
     mode for the encoding and restored afterwards.
 
     Args:
