@@ -149,7 +149,8 @@ def measure_optimizer(make, images: torch.Tensor, steps: int = 20) -> dict[str, 
             "steps": steps}
 
 
-def markdown(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any]) -> str:
+    """The measured differences as a Markdown table (RESULTS.md and the README's fidelity section)."""
     w, e, a, o = (results[k] for k in ("weighting", "eigendecomposition", "attention", "optimizer"))
     rows = [
         ["Adam + L2 (authors) vs AdamW, same decay 5e-5", f"prompt change after {o['steps']} projected steps",
@@ -162,11 +163,15 @@ def markdown(results: dict[str, Any]) -> str:
         ["SDPA vs eager attention", "logits, max |Δ| / relative",
          f"{a['max_abs_logit_difference']:.2e} / {a['relative']:.2e}"],
     ]
+    return markdown_table(["difference", "measured on", "relative difference"], rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
     return "\n".join([
         "## Fidelity: what the deliberate differences from the authors' code change", "",
         facts_line(results["facts"]), "",
         f"Model: {results['model']}; relative differences are ‖a − b‖_F / ‖a‖_F.", "",
-        markdown_table(["difference", "measured on", "relative difference"], rows),
+        table(results),
     ])
 
 

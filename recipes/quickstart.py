@@ -18,6 +18,9 @@ few test images with `pipeline("image-classification", model=<the stage folder>)
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -164,8 +167,9 @@ def classify_with_pipeline(result, test_data, count: int = 6) -> None:
         print(f"  true {names[row['label']]!r}: predicted {answer[0]['label']!r} ({100 * answer[0]['score']:.1f} %)")
 
 
-def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
-    """Both accuracy matrices and a comparison table; writes ``summary.json`` and ``accuracy_curves.png``."""
+def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path, facts: dict[str, object]) -> str:
+    """Both accuracy matrices and a comparison table; writes ``summary.json`` (with ``facts``: how and where it
+    ran) and ``accuracy_curves.png``."""
     lines = []
     for method, run in metrics.items():
         lines += [f"\n{method}:", run.format_table()]
@@ -179,8 +183,8 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
     verdict = "less" if nsp.forgetting < seq.forgetting else "MORE"
     lines.append(f"\n{nsp_name} forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than "
                  f"{seq_name}.")
-    summary = {method: {**run.summary(json_safe=True), "accuracy_matrix": run.to_dict()}
-               for method, run in metrics.items()}
+    summary = {"run": facts, "methods": {method: {**result.summary(json_safe=True), "accuracy_matrix": result.to_dict()}
+                                       for method, result in metrics.items()}}
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False).encode())
     plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label=nsp_name, others={seq_name: seq})
     return "\n".join(lines)
@@ -188,9 +192,17 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, ContinualMetrics]:
     (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(args=argv)
+    start = time.perf_counter()
     metrics = train_both(args)
     if PartialState().is_main_process:
-        print(summarise(metrics, Path(args.output_dir)))
+        facts = {
+            "command": " ".join(["python", "recipes/quickstart.py", *(sys.argv[1:] if argv is None else argv)]),
+            "wall_seconds": time.perf_counter() - start,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "machine": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.use_cpu
+            else f"CPU, {os.cpu_count()} cores",
+        }
+        print(summarise(metrics, Path(args.output_dir), facts))
         print(f"\nAdapters, projector state, metrics and plots: {args.output_dir}/{{nsp,seq}}/tasks/task-*/")
     return metrics
 

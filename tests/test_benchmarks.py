@@ -87,8 +87,9 @@ def test_growth_smoke_measures_every_task(smoke_results):
 
 
 def test_report_is_generated_from_the_json(smoke_results, tmp_path):
-    output = tmp_path / "RESULTS.md"
-    run_script("report.py", "--results", str(smoke_results), "--output", str(output))
+    output, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    readme.write_text((BENCHMARKS.parent / "README.md").read_text())
+    run_script("report.py", "--results", str(smoke_results), "--output", str(output), "--readme", str(readme))
     text = output.read_text()
     data = json.loads((smoke_results / "forgetting.json").read_text())
     probe = next(run for run in data["runs"] if run["method"] == "probe")
@@ -96,6 +97,8 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
     assert f"| {forgetting.LABELS['probe']} | {final:.2f} |" in text
     assert "No GPU was available" in text and "## Cost" in text and "η sweep" in text and "## Growth over 4" in text
     assert "## Fidelity" in text
+    blocks = readme.read_text()  # the README's result blocks are rendered from the same JSON
+    assert "| Adam + L2 (authors) vs AdamW" in blocks and "the class-statistics pass after a task costs" in blocks
     assert "![Accuracy after each task, digits-fashion-animals](results/forgetting-digits-fashion-animals-" in text
     assert (smoke_results / "forgetting-digits-fashion-animals-digits-fashion-animals.png").stat().st_size > 0
 

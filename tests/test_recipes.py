@@ -343,11 +343,12 @@ def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_c
     assert 'pipeline("image-classification", model=' in printed and "true '" in printed and "predicted '" in printed
     summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
     for method, folder in (("VPT-NSP² + CA", "nsp"), ("VPT-Seq + CA", "seq")):
-        counts = np.array(summary[method]["accuracy_matrix"]["total"][-1])
+        counts = np.array(summary["methods"][method]["accuracy_matrix"]["total"][-1])
         assert counts.tolist() == [4] * 5  # 2 digits × 2 test images per task, 5 tasks
         assert (tmp_path / folder / "tasks" / "task-4" / "adapter_model.safetensors").is_file()
         assert f"| {method} |" in printed
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
+    assert summary["run"]["wall_seconds"] > 0 and summary["run"]["command"].startswith("python recipes/quickstart.py")
     nsp = json.loads((tmp_path / "nsp" / "tasks" / "task-4" / "sequence.json").read_text())
     seq = json.loads((tmp_path / "seq" / "tasks" / "task-4" / "sequence.json").read_text())
     assert nsp["settings"]["projection"] and not seq["settings"]["projection"]
