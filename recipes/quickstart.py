@@ -106,7 +106,7 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
         )
         print(f"\n=== {method} ===", flush=True)
         result = run_class_incremental(
-            AutoModel.from_pretrained(model_path, attn_implementation="sdpa"),
+            AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False),
             peft_nsp.VPTNSPConfig(prompt_length=4, eta1=args.eta, eta2=args.eta),
             training,
             data["train"],
@@ -141,7 +141,8 @@ def load_data(args: QuickstartArguments) -> DatasetDict:
 def check_reload(result, model_path: str, test_data, transform) -> None:
     """Reload the last VPT-NSP² stage from disk and compare its logits with the trained model's."""
     stage = result.output_dir / "tasks" / f"task-{len(result.tasks) - 1}"
-    reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(model_path, attn_implementation="sdpa"), stage)
+    base = AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False)
+    reloaded = PeftModel.from_pretrained(base, stage)
     trained = result.model.eval()
     device = module_device(trained)
     reloaded.to(device).eval()
