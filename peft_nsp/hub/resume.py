@@ -9,8 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .._io import fsync_tree, write_atomically
-from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_dir
+from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_files, write_stage
 
 
 def materialize_stage(
@@ -47,12 +46,12 @@ def materialize_stage(
         folder = Path(source)
     else:
         folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
-    stage = stage_dir(output_dir, read_record(folder).finished_tasks - 1)
-    partial = stage.with_name(f".{stage.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(".*"))  # no .gitattributes or .cache
-    fsync_tree(partial)
-    shutil.rmtree(stage, ignore_errors=True)
-    os.replace(partial, stage)
-    write_atomically(output_dir / PROGRESS_FILE, (stage / SEQUENCE_FILE).read_bytes())
-    return stage
+    record = read_record(folder)
+
+    def copy_files(partial: Path) -> None:  # the stage's own files; hidden ones (.gitattributes, .cache) stay behind
+        for name in stage_files(folder):
+            if name != SEQUENCE_FILE:
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / name, partial / name)
+
+    return write_stage(output_dir, record.finished_tasks - 1, record, copy_files)
