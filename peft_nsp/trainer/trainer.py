@@ -128,7 +128,7 @@ class NSPTrainer(Trainer):
                 raise ValueError(
                     f"`task_classes` {list(task_classes)} must be the classes present in `train_dataset` ({present})."
                 )
-            self.task_names = _add_task_head(model, list(task_classes or present), tokenizer, text_names)
+            _add_task_head(model, list(task_classes or present), tokenizer, text_names)
             class_ids = _class_ids(model)
             self.task_dataset = with_class_ids(train_dataset, class_ids, image_column, label_column, "train_dataset")
             if args.dataset_repeats > 1:
@@ -401,7 +401,7 @@ def _processor_transform(processing_class: Any) -> ImageTransform | None:
     return processor_transform(processing_class)
 
 
-def _add_task_head(model: PeftModel, names: list[str], tokenizer: Any, text_names: Mapping[str, str] | None) -> list[str]:
+def _add_task_head(model: PeftModel, names: list[str], tokenizer: Any, text_names: Mapping[str, str] | None) -> None:
     """Add the head of the task made of ``names`` (or find it, when a run resumes before the task was folded)."""
     tuner = model.base_model
     if len(names) < 2:
@@ -414,7 +414,7 @@ def _add_task_head(model: PeftModel, names: list[str], tokenizer: Any, text_name
     if old:
         newest = known[tuner.task_columns()] if tuner.num_tasks else []
         if sorted(newest) == sorted(names) and tuner.tasks_seen() < tuner.num_tasks:
-            return list(newest)  # this task's head, added by an earlier (interrupted) trainer
+            return  # this task's head, added by an earlier (interrupted) trainer
         raise ValueError(
             f"`train_dataset` holds classes the model already learned: {old[:10]}. A task brings new classes only; "
             "evaluate old classes through `eval_dataset`."
@@ -424,7 +424,6 @@ def _add_task_head(model: PeftModel, names: list[str], tokenizer: Any, text_name
         tuner.add_task(names, text_names=texts, tokenizer=tokenizer)
     else:
         tuner.add_task(names)
-    return names
 
 
 def _class_ids(model: PeftModel) -> dict[str, int]:
