@@ -9,7 +9,7 @@ import pytest
 import torch
 from testing_utils import blob_images, prompts, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
@@ -198,3 +198,28 @@ def test_a_failing_stage_hook_stops_the_run_with_its_error_and_keeps_the_stage(t
         run(tmp_path, on_stage_saved=on_stage_saved)
     assert json.loads((tmp_path / "progress.json").read_text())["finished_tasks"] == 1
     assert (tmp_path / "tasks" / "task-0" / "adapter_model.safetensors").is_file()
+
+
+def test_deprecated_module_paths_and_functions_still_work(tmp_path):
+    """Names that moved keep an alias for a release, with a FutureWarning naming the new place."""
+    import importlib
+    import sys
+
+    from accelerate import Accelerator
+
+    for old, new in (("peft_nsp.recipes", "peft_nsp.scripts"), ("peft_nsp.hub.card", "peft_nsp.continual.card"),
+                     ("peft_nsp.hub.stages", "peft_nsp.continual.stages"), ("peft_nsp.tuner.head", "peft_nsp.tuner.heads")):
+        sys.modules.pop(old, None)
+        with pytest.warns(FutureWarning, match=f"import from `{new}`"):
+            importlib.import_module(old)
+    from peft_nsp.continual.loop import evaluate_seen_tasks
+
+    model = get_peft_model(tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2))
+    model.add_task([1, 4])  # peft-nsp 0.1 style: the dataset's class ids
+    args = NSPConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_eval_batch_size=4)
+    with pytest.warns(FutureWarning, match="`evaluate_seen_tasks` is deprecated"):
+        correct, total = evaluate_seen_tasks(model, TEST, [[1, 4]], to_tensor, args, Accelerator(cpu=True))
+    rows = [row for row in TEST if row["label"] in (1, 4)]
+    with torch.no_grad():
+        predicted = [[1, 4][i] for i in model.eval()(pixel_values=to_tensor([r["image"] for r in rows])).logits.argmax(-1)]
+    assert total == [len(rows)] and correct == [sum(p == r["label"] for p, r in zip(predicted, rows))]

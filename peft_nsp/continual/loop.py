@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +26,17 @@ from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from filelock import FileLock, Timeout
 from peft import PeftModel
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainerCallback
 
+from .._torch_utils import eval_mode
 from ..trainer import NSPConfig, NSPTrainer
 from ..tuner.config import VPTNSPConfig
 from .card import TEMPLATE_PATH, write_model_card
 from .class_names import readable_class_names
 from .continual_learning_metric import load_continual_metric
-from .data import ImageTransform, find_columns, present_class_names, select_classes, split_classes
-from .metrics import ContinualMetrics
+from .data import ImageTransform, TaskCollator, find_columns, present_class_names, select_classes, split_classes
+from .metrics import ContinualMetrics, count_correct
 from .plots import plot_accuracy_curve, plot_accuracy_matrix
 from .refinement import HeadRefinementArguments
 from .stages import (
@@ -419,9 +422,33 @@ def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tupl
 
 
 @torch.no_grad()
-def evaluate_seen_tasks(*args: Any, **kwargs: Any) -> None:
-    """Removed: the loop evaluates with `NSPTrainer.predict` and the `evaluate` metric (`load_continual_metric`)."""
-    raise NotImplementedError(
-        "`evaluate_seen_tasks` is gone: evaluate with `NSPTrainer(...).evaluate(eval_dataset=...)` (class-incremental "
-        "accuracy per task) or `load_continual_metric()`."
-    )
+def evaluate_seen_tasks(
+    model: PeftModel,
+    test_dataset: Dataset,
+    tasks: list[list[int]],
+    transform: ImageTransform,
+    args: NSPConfig,
+    accelerator: Any,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> tuple[list[int], list[int]]:
+    """Deprecated (peft-nsp 0.1; the loop now evaluates with `NSPTrainer.predict` and the `evaluate` metric).
+
+    Correct and total test counts per seen task for a model whose class ids are the dataset's label ids (adapters
+    made with `add_task(<dataset class ids>)`); the prediction is the argmax over all seen classes.
+    """
+    warnings.warn("`evaluate_seen_tasks` is deprecated: use `NSPTrainer.evaluate`/`predict` or "
+                  "`load_continual_metric()`.", FutureWarning, stacklevel=2)
+    subset = select_classes(test_dataset, label_column, [c for task in tasks for c in task], "test_dataset")
+    loader = accelerator.prepare(DataLoader(subset, batch_size=args.per_device_eval_batch_size,
+                                            collate_fn=TaskCollator(transform, image_column, label_column)))
+    column_class = torch.tensor(model.class_order(), device=accelerator.device)
+    predictions, targets = [], []
+    with eval_mode(model):
+        for batch in loader:
+            predicted = column_class[model(pixel_values=batch["pixel_values"]).logits.argmax(-1)]
+            predicted, target = accelerator.gather_for_metrics((predicted, batch["labels"]))
+            predictions.append(predicted.cpu())
+            targets.append(target.cpu())
+    task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
+    return count_correct(torch.cat(predictions).tolist(), torch.cat(targets).tolist(), task_of_class, len(tasks))
