@@ -183,6 +183,21 @@ def test_transformers_loaders_fill_the_heads(second_task, checkpoint, loader):
     torch.testing.assert_close(logits_of(plain, ALL_SEEN), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_inject_adapter_in_model_builds_every_tensor_the_adapter_holds(second_task, checkpoint):
+    """PEFT's low-level `inject_adapter_in_model` (what transformers' `load_adapter` calls) builds prompts, heads and
+    null-space state in place, so the saved tensors load completely and predict as `PeftModel.from_pretrained`."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder, _, _, _ = second_task
+    reference = logits_of(PeftModel.from_pretrained(base(checkpoint), folder), ALL_SEEN)
+    model = inject_adapter_in_model(VPTNSPConfig.from_pretrained(folder), base(checkpoint))
+    result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    assert not result.unexpected_keys
+    assert not [key for key in result.missing_keys if "vpt_nsp" in key]
+    torch.testing.assert_close(logits_of(model, ALL_SEEN), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_an_adapter_moves_between_vitmodel_and_vit_for_image_classification(second_task, checkpoint, tmp_path):
     folder, _, _, _ = second_task
     reference = logits_of(PeftModel.from_pretrained(base(checkpoint), folder), ALL_SEEN)

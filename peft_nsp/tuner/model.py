@@ -245,7 +245,7 @@ class VPTNSPModel(BaseTuner):
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
         # The adapter name follows our container (`vpt_nsp_head.<name>.heads.0.weight`), not always second to last.
-        return re.sub(rf"(\.{cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key, count=1)
+        return re.sub(rf"((?:^|\.){cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key, count=1)
 
     @classmethod
     def _get_adapter_state_dict(
@@ -271,8 +271,10 @@ class VPTNSPModel(BaseTuner):
         Handles the other model class of the same backbone (`ViTModel` ↔ `ViTForImageClassification`: the
         backbone prefix is added or dropped) and checkpoints of peft-nsp 0.1, whose heads sat on the tuner.
         """
-        tuner = model.base_model if hasattr(model, "base_model") else model
-        backbone = tuner._architecture.backbone
+        # A `PeftModel`, or a bare transformers model after `inject_adapter_in_model` (no tuner around it).
+        tuner = getattr(model, "base_model", None)
+        inner = tuner.model if isinstance(tuner, cls) else model
+        backbone = architecture(inner).backbone
         own = re.compile(rf"(^|\.){cls.prefix}\w+\.{re.escape(adapter_name)}(\.|$)")
         expected = {key: value for key, value in model.state_dict().items() if own.search(key)}
         # The checkpoint name of each of our tensors, as `_get_adapter_state_dict` + PEFT's renaming saved it.
@@ -297,8 +299,8 @@ class VPTNSPModel(BaseTuner):
             raise ValueError(
                 "The VPT-NSP² adapter does not fit this model: tensors " + "; ".join(problems) + ". It was trained on "
                 f"a `{recorded.get('model_class', '?')}` with {_describe(recorded)} and {len(config.task_classes)} "
-                f"task(s) ({sum(map(len, config.task_classes))} classes); this is a `{type(tuner.model).__name__}` "
-                f"with {_describe(describe_model(tuner.model))}. Load it onto the model it was trained on "
+                f"task(s) ({sum(map(len, config.task_classes))} classes); this is a `{type(inner).__name__}` "
+                f"with {_describe(describe_model(inner))}. Load it onto the model it was trained on "
                 f"(`base_model_name_or_path`={config.base_model_name_or_path!r})."
             )
         return remapped
