@@ -413,7 +413,7 @@ def plot_curves(results: dict[str, Any], stem: Path) -> dict[str, Path]:
                 curves[LABELS[method].split(" (")[0]] = np.mean(chosen, axis=0).tolist()
         if curves:
             plots[dataset] = plot_accuracy_curves(curves, Path(f"{stem}-{dataset}.png"),
-                                                  title=f"{dataset}: accuracy after each task (test, mean of seeds)")
+                                                  title=f"{dataset} (test split, mean of seeds)")
     return plots
 
 
