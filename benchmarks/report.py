@@ -188,16 +188,14 @@ def _alignment_results(results: dict[str, Any]) -> str:
             ("test", "average_incremental_accuracy"))]
         if cells[0]:
             rows.append([forgetting.LABELS[method], *(mean_std(cell, 100) for cell in cells)])
-    mean = {m: float(np.mean(forgetting.collect(runs, dataset, m, "test", key) or [np.nan]))
-            for m, key in (("nsp-ca", "final_accuracy"), ("joint", "final_accuracy"))}
-    forgetting_of = {m: float(np.mean(forgetting.collect(runs, dataset, m, "test", "forgetting") or [np.nan]))
-                     for m in ("nsp-ca", "probe-ca")}
-    gap = 100 * (mean["joint"] - mean["nsp-ca"])
+    final = {m: _mean(results, dataset, m, "final_accuracy") for m in ("nsp-ca", "joint")}
+    forgot = {m: _mean(results, dataset, m, "forgetting") for m in ("nsp-ca", "probe-ca")}
+    gap = final["joint"] - final["nsp-ca"]
     verdict = (f"VPT-NSP² + CA ends {abs(gap):.2f} points {'below' if gap > 0 else 'above'} joint training "
-               f"(target: within 5) with {100 * forgetting_of['nsp-ca']:.2f} % forgetting (target: ≤ 5 %). The probe + "
-               f"CA, whose features never change, forgets {100 * forgetting_of['probe-ca']:.2f} %: that much comes from "
-               "old classes being confused with the classes that arrive later, not from feature drift, and bounds what "
-               "any protection of the features can reach at this size.")
+               f"(target: within 5) with {forgot['nsp-ca']:.2f} % forgetting (target: ≤ 5 %). The probe + CA, whose "
+               f"features never change, forgets {forgot['probe-ca']:.2f} %: that much comes from old classes being "
+               "confused with the classes that arrive later, not from feature drift, and bounds what any protection of "
+               "the features can reach at this size.")
     seeds = sorted({r["seed"] for r in runs})
     return "\n".join([
         f"Measured (`benchmarks/forgetting.py`, `benchmarks/results/digits-fashion-animals.json`) on the harder offline "

@@ -12,7 +12,8 @@ import pytest
 import torch
 from testing_utils import IMAGE_SIZE, blob_images, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, Features, Image
-from peft import PeftModel
+from peft import PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -186,9 +187,6 @@ def test_transformers_loaders_fill_the_heads(second_task, checkpoint, loader):
 def test_inject_adapter_in_model_builds_every_tensor_the_adapter_holds(second_task, checkpoint):
     """PEFT's low-level `inject_adapter_in_model` (what transformers' `load_adapter` calls) builds prompts, heads and
     null-space state in place, so the saved tensors load completely and predict as `PeftModel.from_pretrained`."""
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     folder, _, _, _ = second_task
     reference = logits_of(PeftModel.from_pretrained(base(checkpoint), folder), ALL_SEEN)
     model = inject_adapter_in_model(VPTNSPConfig.from_pretrained(folder), base(checkpoint))

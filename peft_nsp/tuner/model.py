@@ -243,9 +243,15 @@ class VPTNSPModel(BaseTuner):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
+    def _adapter_key(cls, adapter_name: str) -> re.Pattern[str]:
+        """Matches a state-dict key of one of our tensors of `adapter_name`: the adapter name follows our container
+        (`vpt_nsp_head.<name>.heads.0.weight`, `….vpt_nsp_prompt.<name>`), not always second to last; group 1 is the
+        key up to the container."""
+        return re.compile(rf"((?:^|\.){cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)")
+
+    @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # The adapter name follows our container (`vpt_nsp_head.<name>.heads.0.weight`), not always second to last.
-        return re.sub(rf"((?:^|\.){cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key, count=1)
+        return cls._adapter_key(adapter_name).sub(r"\1", key, count=1)
 
     @classmethod
     def _get_adapter_state_dict(
@@ -275,7 +281,7 @@ class VPTNSPModel(BaseTuner):
         tuner = getattr(model, "base_model", None)
         inner = tuner.model if isinstance(tuner, cls) else model
         backbone = architecture(inner).backbone
-        own = re.compile(rf"(^|\.){cls.prefix}\w+\.{re.escape(adapter_name)}(\.|$)")
+        own = cls._adapter_key(adapter_name)
         expected = {key: value for key, value in model.state_dict().items() if own.search(key)}
         # The checkpoint name of each of our tensors, as `_get_adapter_state_dict` + PEFT's renaming saved it.
         to_model = {}
@@ -568,7 +574,7 @@ class VPTNSPModel(BaseTuner):
         """Raise [`NonFiniteError`] if any tensor of the adapter (prompts, heads, null-space and class
         statistics) holds a NaN or Inf, naming them."""
         adapter_name = adapter_name or self._active_adapter_name()
-        own = re.compile(rf"(^|\.){self.prefix}\w+\.{re.escape(adapter_name)}(\.|$)")
+        own = self._adapter_key(adapter_name)
         tensors = {name: tensor for name, tensor in self.model.state_dict().items()
                    if own.search(name) and tensor.is_floating_point()}
         raise_if_not_finite(tensors, f"Adapter `{adapter_name}`")
