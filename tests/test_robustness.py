@@ -8,6 +8,8 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
+import shutil
 import signal
 import socket
 import threading
@@ -18,13 +20,17 @@ import torch
 from testing_utils import tiny_config, tiny_model, to_tensor
 from filelock import FileLock
 from peft import PeftModel, get_peft_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from test_hub import REPO
-from test_loop import TRAIN, Interrupt, final_state, run
+from test_loop import TEST, TRAIN, Interrupt, final_state, run
 from transformers import TrainerCallback, ViTModel
 
 from peft_nsp import VPTNSPConfig
-from peft_nsp.hub import HubPushError, push_after_each_task
+from peft_nsp.continual import loop
+from peft_nsp.hub import HubPushError, materialize_stage, push_after_each_task
 from peft_nsp.hub.push import push_with_deadline
+from peft_nsp.trainer import NSPConfig
 from peft_nsp.tuner import NonFiniteError
 
 IMAGES = to_tensor([row["image"] for row in TRAIN.select(range(6))])
@@ -178,6 +184,72 @@ def test_a_full_disk_while_writing_a_stage_keeps_the_previous_one(tmp_path, monk
     assert (tmp_path / "tasks" / "task-0" / "adapter_model.safetensors").is_file()
 
 
+def _save_file_hitting(limit: str, where: str, real):
+    """`safe_save_file` whose writes into a path containing ``where`` hit ``limit``: a real file-size limit
+    (``RLIMIT_FSIZE``, SIGXFSZ ignored, as under `ulimit -f`) or the error safetensors raises on a full disk."""
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if where not in str(filename):
+            return real(tensors, filename, *args, **kwargs)
+        if limit == "full-disk":
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, hard))
+        try:
+            return real(tensors, filename, *args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return save_file
+
+
+@pytest.mark.parametrize("limit", ["file-size-limit", "full-disk"])
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("task-1/checkpoint-2", r"while writing a checkpoint of task 1 .*a half-written checkpoint is set aside on the next"),
+        (".task-1.partial", r"while writing the stage of task 1 .*the half-written stage folder was removed"),
+    ],
+    ids=["checkpoint", "stage"],
+)
+def test_a_disk_limit_inside_safetensors_is_named_and_the_rerun_completes(tmp_path, monkeypatch, limit, where,
+                                                                           message):
+    import peft.peft_model
+
+    real = peft.peft_model.safe_save_file
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", _save_file_hitting(limit, where, real))
+    reason = r"A file-size limit was reached \(`ulimit -f`\)" if limit == "file-size-limit" else "No space left on the"
+    with pytest.raises(OSError, match=rf"{reason}.* {message}.*\(or raise the limit\) and re-run the same") as error:
+        run(tmp_path, num_train_epochs=1)
+    assert isinstance(error.value.__cause__, SafetensorError)
+    assert json.loads((tmp_path / "progress.json").read_text())["finished_tasks"] == 1
+    assert not (tmp_path / "tasks" / ".task-1.partial").exists() and not (tmp_path / "tasks" / "task-1").exists()
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real)
+    assert run(tmp_path, num_train_epochs=1).metrics.num_tasks == 3
+
+
+def test_checkpoints_of_a_task_whose_stage_is_written_never_stay(tmp_path, monkeypatch):
+    """Killed between the pointer of task 0 and the removal of its checkpoints: the resumed run removes them."""
+    real = shutil.rmtree
+
+    def killed_before_removing(path, *args, **kwargs):
+        if str(path) == str(tmp_path / "training" / "task-0"):
+            raise KeyboardInterrupt("simulated kill after `progress.json` of task 0")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(loop.shutil, "rmtree", killed_before_removing)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, num_train_epochs=1)
+    monkeypatch.setattr(loop.shutil, "rmtree", real)
+    assert json.loads((tmp_path / "progress.json").read_text())["finished_tasks"] == 1
+    assert any((tmp_path / "training" / "task-0").glob("checkpoint-*"))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, num_train_epochs=1, callbacks=[Interrupt(0, 0)])  # stopped as task 1 begins
+    assert not (tmp_path / "training" / "task-0").exists()
+
+
 # ------------------------------------------------------------------------------------------------ changed settings
 def test_a_resume_with_changed_settings_is_refused_or_recorded(tmp_path):
     with pytest.raises(KeyboardInterrupt):
@@ -260,7 +332,9 @@ def test_one_run_per_output_dir_and_a_crashed_run_leaves_no_stuck_lock(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ damaged files
-@pytest.mark.parametrize("damage", ["no-weights", "truncated-weights", "truncated-progress"])
+@pytest.mark.parametrize(
+    "damage", ["no-weights", "truncated-weights", "truncated-weights-no-checksums", "truncated-progress"]
+)
 def test_a_damaged_run_folder_names_the_file_and_the_fix(tmp_path, damage):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, callbacks=[Interrupt(1, 0)])
@@ -270,6 +344,10 @@ def test_a_damaged_run_folder_names_the_file_and_the_fix(tmp_path, damage):
         message = r"The stage `.*task-0` has no `adapter_model.safetensors`.*Restore it"
     elif damage == "truncated-weights":
         weights.write_bytes(weights.read_bytes()[:100])
+        message = r"The stage `.*task-0` was damaged after it was written: `adapter_model.safetensors` differ"
+    elif damage == "truncated-weights-no-checksums":  # a stage written before stages had `.sha256`
+        (tmp_path / "tasks" / "task-0" / ".sha256").unlink()
+        weights.write_bytes(weights.read_bytes()[:100])
         message = r"Loading the stage `.*task-0` failed .*truncated or damaged"
     else:
         progress = tmp_path / "progress.json"
@@ -277,3 +355,26 @@ def test_a_damaged_run_folder_names_the_file_and_the_fix(tmp_path, damage):
         message = r"`.*progress.json` is not valid JSON .*truncated or damaged"
     with pytest.raises(ValueError, match=message):
         run(tmp_path)
+
+
+def test_a_flipped_bit_in_a_stage_is_found_before_it_is_resumed_or_continued(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", num_train_epochs=1, callbacks=[Interrupt(1, 0)])
+    stage = tmp_path / "run" / "tasks" / "task-0"
+    weights = stage / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # a weight's low bit: the file still loads, with one value changed
+    weights.write_bytes(bytes(data))
+    load_file(weights)
+    message = (r"The stage `.*task-0` was damaged after it was written: `adapter_model.safetensors` differ\(s\) from "
+               r"the checksum in `.sha256`.*--revision task-0")
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "run", num_train_epochs=1)
+    with pytest.raises(ValueError, match=message):
+        loop.run_class_incremental(
+            tiny_model("vit", seed=2), None, NSPConfig(output_dir=str(tmp_path / "continued"), report_to="none",
+                                                       use_cpu=True), TRAIN, TEST, num_tasks=2,
+            train_transform=to_tensor, continue_from=stage,
+        )
+    with pytest.raises(ValueError, match=message):
+        materialize_stage(stage, tmp_path / "materialized")

@@ -52,16 +52,24 @@ from .stages import (
     stage_dir,
     task_class_ids,
     training_dir,
+    verify_stage,
     write_stage,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Adapter settings a resumed run must share with the run on disk (λ is recorded as the one in effect).
+#: Adapter settings recorded with the run (λ is recorded as the one in effect).
 _ADAPTER_SETTINGS = (
     "prompt_length", "prompt_layers", "prompt_init", "threshold_mode", "threshold_offset1", "threshold_offset2",
     "times_factor1", "times_factor2", "eta1", "eta2", "task_weighting", "projected_layers", "head_init", "classifier",
     "text_templates", "class_statistics",
+)
+#: Adapter settings the tuner reads again for every task, so a resume may change them: η and the thresholds (the
+#: null-space fold at the end of a task), `projected_layers` (its training), `head_init`/`text_templates` (its head).
+#: The others shaped the prompts, statistics or heads the stage already holds.
+_CHANGEABLE_ADAPTER_SETTINGS = (
+    "threshold_mode", "threshold_offset1", "threshold_offset2", "times_factor1", "times_factor2", "eta1", "eta2",
+    "projected_layers", "head_init", "text_templates",
 )
 
 
@@ -108,7 +116,10 @@ def run_class_incremental(
     alignment when ``args.classifier_alignment``), then an evaluation on the test data of every task seen (the
     `evaluate` metric of `load_continual_metric`) and a stage on disk. Re-running the same call resumes after the
     last finished stage, or from the last complete Trainer checkpoint inside a task, and ends as an uninterrupted
-    run would; a resume with other settings is refused unless ``args.resume_with_changed_settings``.
+    run would; a resume with other settings is refused unless ``args.resume_with_changed_settings``. Then the
+    new settings apply to the whole of the first unfinished task and on (its training and its null-space fold: a
+    task interrupted inside restarts from its beginning), and the record lists them from that task; settings that
+    shaped the stage's prompts, statistics or heads (e.g. ``prompt_length``) are refused.
 
     Args:
         base_model: a fresh supported model (prompts and heads are added here, or restored when resuming).
@@ -196,7 +207,7 @@ def run_class_incremental(
         record = read_progress(output_dir) if state.is_main_process else None
         record = broadcast_object_list([record])[0]
         settings = _settings(args, source_model.peft_config["default"] if source_model else peft_config)
-        method = method_name(args.projection, joint, settings.get("classifier", "linear"), args.classifier_alignment)
+        method = _method_of(settings, joint)
         if record is None:
             if source_model is not None:
                 model, start = source_model, len(inherited)
@@ -214,9 +225,15 @@ def run_class_incremental(
                     f"`{output_dir}` holds a run with another task split ({record.tasks[:3]}…); use a new `output_dir` "
                     "or the same seed/class order/num_tasks (and `continue_from`) to resume it."
                 )
-            record = _check_settings(record, settings, args, output_dir)
+            previous_method = _method_of(_current_settings(record), joint)
+            record, changed = _check_settings(record, settings, args, output_dir)
             start = record.finished_tasks
+            if method != previous_method:
+                record = dataclasses.replace(record, method=f"{record.method}, then {method} from task {start}")
+            if state.is_main_process:
+                _remove_stale_checkpoints(output_dir, start, restart=bool(changed))
             model = load_stage(base_model, stage_dir(output_dir, start - 1))
+            _apply_adapter_changes(model.peft_config["default"], changed, args)
             metrics = ContinualMetrics.from_dict(record.metrics)
             logger.info("Resuming after task %d of %d from %s", start, len(planned), output_dir)
         metric = load_continual_metric()
@@ -243,8 +260,9 @@ def run_class_incremental(
             checkpoint = broadcast_object_list([checkpoint])[0]
             try:
                 trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
-            except (OSError, RuntimeError) as error:
-                _raise_if_disk_full(error, f"a checkpoint of task {task} under `{task_args.output_dir}`")
+            except Exception as error:  # safetensors raises its own `SafetensorError`, torch a `RuntimeError`
+                _raise_if_disk_full(error, f"a checkpoint of task {task} under `{task_args.output_dir}`",
+                                    "a half-written checkpoint is set aside on the next run")
                 raise
             model = trainer.model
             seen = [ids_of[n] for t in planned[: task + 1] for n in t]
@@ -287,8 +305,9 @@ def _save_stage_everywhere(
             try:
                 stage = write_stage(output_dir, task, record, lambda folder: _stage_files(folder, model, record,
                                                                                           processing_class))
-            except OSError as error:
-                _raise_if_disk_full(error, f"the stage of task {task} into `{output_dir}`")
+            except Exception as error:
+                _raise_if_disk_full(error, f"the stage of task {task} into `{output_dir}`",
+                                    "the half-written stage folder was removed")
                 raise
             shutil.rmtree(training_dir(output_dir, task), ignore_errors=True)  # the stage supersedes them
             metrics = ContinualMetrics.from_dict(record.metrics)
@@ -314,6 +333,7 @@ def load_stage(base_model: PreTrainedModel, folder: Path, revision: str | None =
                     f"`python -m peft_nsp.hub materialize <repo> <new output_dir> --revision {Path(folder).name}`) "
                     "or start a new `output_dir`."
                 )
+        verify_stage(folder)
     try:
         return PeftModel.from_pretrained(base_model, str(folder), revision=revision, is_trainable=True)
     except ValueError as error:  # ours (the adapter does not fit) or PEFT's: already about this adapter
@@ -325,15 +345,25 @@ def load_stage(base_model: PreTrainedModel, folder: Path, revision: str | None =
         ) from error
 
 
-def _raise_if_disk_full(error: Exception, writing: str) -> None:
-    """Name a full disk as such (torch's own message is e.g. `unexpected pos 64 vs 0`); other errors pass."""
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "unexpected pos" in str(error):
-        raise OSError(
-            errno.ENOSPC,
-            f"No space left on the device while writing {writing} ({error}). Nothing finished is lost: the last "
-            "stage and `progress.json` are intact and a half-written checkpoint is set aside on the next run. Free "
-            "space and re-run the same command to resume.",
-        ) from error
+#: errno → what ran out, and the texts by which torch (``unexpected pos 64 vs 0``) and safetensors (``File too large
+#: (os error 27)``) report them when they raise no `OSError`.
+_FULL_DISK = {
+    errno.ENOSPC: ("No space left on the device", ("No space left on device", "os error 28", "unexpected pos")),
+    errno.EDQUOT: ("The disk quota is exceeded", ("Disk quota exceeded", "os error 122")),
+    errno.EFBIG: ("A file-size limit was reached (`ulimit -f`)", ("File too large", "os error 27")),
+}
+
+
+def _raise_if_disk_full(error: Exception, writing: str, leftover: str) -> None:
+    """Name a full disk or a file-size limit as such, saying what is left behind; other errors pass."""
+    for number, (reason, texts) in _FULL_DISK.items():
+        if getattr(error, "errno", None) == number or any(text in str(error) for text in texts):
+            raise OSError(
+                number,
+                f"{reason} while writing {writing} ({type(error).__name__}: {error}). Nothing finished is lost: the "
+                f"last stage and `progress.json` are intact and {leftover}. Free space (or raise the limit) and "
+                "re-run the same command to resume.",
+            ) from error
 
 
 def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:
@@ -357,25 +387,68 @@ def _settings(args: NSPConfig, peft_config: VPTNSPConfig) -> dict[str, Any]:
     return {key: (list(value) if isinstance(value, (list, tuple, set)) else value) for key, value in values.items()}
 
 
-def _check_settings(record: RunRecord, settings: dict[str, Any], args: NSPConfig, output_dir: Path) -> RunRecord:
-    """Refuse a resume whose settings differ from the run's, or record the change when it is allowed."""
+def _current_settings(record: RunRecord) -> dict[str, Any]:
+    """The settings in effect at the end of the record: those the run started with, updated by every change."""
     current = {**record.settings}
     for change in record.settings_changes:
         current.update({name: values[1] for name, values in change["changed"].items()})
+    return current
+
+
+def _check_settings(
+    record: RunRecord, settings: dict[str, Any], args: NSPConfig, output_dir: Path
+) -> tuple[RunRecord, dict[str, list[Any]]]:
+    """Refuse a resume whose settings differ from the run's, or record the change when it is allowed.
+
+    Returns the record and the changes (``{name: [old, new]}``), which apply from task ``record.finished_tasks``.
+    """
+    current = _current_settings(record)
     changed = {name: [current.get(name), value] for name, value in settings.items() if current.get(name) != value}
     if not changed:
-        return record
+        return record, changed
     listed = "; ".join(f"`{name}`: {old!r} (run) → {new!r} (now)" for name, (old, new) in changed.items())
+    task = record.finished_tasks
+    fixed = [name for name in changed if name in _ADAPTER_SETTINGS and name not in _CHANGEABLE_ADAPTER_SETTINGS]
+    if args.resume_with_changed_settings and fixed:
+        raise ValueError(
+            f"`{output_dir}` holds a run with other settings: {listed}. {', '.join(f'`{n}`' for n in fixed)} cannot "
+            "change on resume: the stage's prompts, null-space statistics and heads were built with the run's value. "
+            "Resume with the run's value, or start a new `output_dir`."
+        )
     if not args.resume_with_changed_settings:
         raise ValueError(
             f"`{output_dir}` holds a run with other settings: {listed}. Resume it with the same settings, start a new "
-            "`output_dir`, or pass `resume_with_changed_settings=True` to apply the new ones from the next task on "
+            f"`output_dir`, or pass `resume_with_changed_settings=True` to apply the new ones from task {task} on "
             "(recorded per task in the run record and the model card)."
         )
-    logger.warning("Resuming %s with changed settings (recorded): %s", output_dir, listed)
-    return dataclasses.replace(
-        record, settings_changes=[*record.settings_changes, {"task": record.finished_tasks, "changed": changed}]
-    )
+    logger.warning("Resuming %s with settings changed from task %d (recorded): %s", output_dir, task, listed)
+    changes = [*record.settings_changes, {"task": task, "changed": changed}]
+    return dataclasses.replace(record, settings_changes=changes), changed
+
+
+def _apply_adapter_changes(config: VPTNSPConfig, changed: dict[str, list[Any]], args: NSPConfig) -> None:
+    """Set the changed adapter settings on the resumed adapter's config, which the next tasks read (and save)."""
+    for name, (_, value) in changed.items():
+        if name in _CHANGEABLE_ADAPTER_SETTINGS or (name == "ln_loss_weight" and args.ln_loss_weight is None):
+            setattr(config, name, value)
+
+
+def _method_of(settings: dict[str, Any], joint: bool) -> str:
+    """[`method_name`] of recorded settings (a record of peft-nsp 0.1 may lack some: their defaults)."""
+    return method_name(settings.get("projection", True), joint, settings.get("classifier", "linear"),
+                       settings.get("classifier_alignment", False))
+
+
+def _remove_stale_checkpoints(output_dir: Path, start: int, restart: bool) -> None:
+    """Remove the checkpoints of finished tasks (a run killed before it removed them) and, when ``restart`` (the
+    settings changed), those of task ``start``: the task then runs from its beginning with the new settings."""
+    for task in range(start + 1 if restart else start):
+        folder = training_dir(output_dir, task)
+        if folder.exists():
+            if task == start:
+                logger.warning("Task %d restarts from its beginning with the changed settings; removing `%s`.", task,
+                               folder)
+            shutil.rmtree(folder)
 
 
 def _lock_run(output_dir: Path, state: PartialState) -> FileLock | None:

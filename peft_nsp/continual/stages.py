@@ -7,7 +7,8 @@ Layout of a run's ``output_dir`` (only the main process writes)::
       progress.json         # the run record of the last finished stage, replaced atomically (the pointer)
       .run.lock             # held while a run uses the folder
       tasks/task-<t>/       # a stage: the model after task t (adapter + projector state, image processor,
-                            #   sequence.json (the run record), metrics.json, plots, README.md model card)
+                            #   sequence.json (the run record), metrics.json, plots, README.md model card,
+                            #   .sha256: the SHA-256 of each file but the card, checked when the stage is read back)
       training/task-<t>/    # Trainer checkpoints while task t trains; removed once its stage is on disk
 
 ``task-<t>`` (tasks counted from 0, as in the accuracy matrix) is also the Hub branch of the stage. This module
@@ -39,6 +40,7 @@ CARD_FILE = "README.md"
 MATRIX_PLOT = "accuracy_matrix.png"
 CURVE_PLOT = "accuracy_curve.png"
 LOCK_FILE = ".run.lock"
+CHECKSUM_FILE = ".sha256"
 TASKS_DIR = "tasks"
 TRAINING_DIR = "training"
 
@@ -189,16 +191,23 @@ def write_stage(
     """Publish the stage of ``task``: the only way a stage reaches disk.
 
     The record goes into a temporary folder as ``sequence.json``, then ``write_files(folder)`` writes the stage's
-    other files there (they may read the record); the folder is flushed to disk, renamed into place, and only then
-    ``progress.json`` (the pointer) is replaced. A crash at any point leaves the previous stage and pointer intact.
+    other files there (they may read the record) and ``.sha256`` lists their checksums ([`verify_stage`]); the
+    folder is flushed to disk, renamed into place, and only then ``progress.json`` (the pointer) is replaced. A crash
+    at any point leaves the previous stage and pointer intact; a failed write removes the temporary folder.
     """
     final = stage_dir(output_dir, task)
     partial = final.with_name(f".{final.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    write_atomically(partial / SEQUENCE_FILE, record.to_json().encode())
-    write_files(partial)
-    fsync_tree(partial)  # the pointer below must never name a stage whose files are not on disk
+    try:
+        write_atomically(partial / SEQUENCE_FILE, record.to_json().encode())
+        write_files(partial)
+        checksums = "".join(f"{sha}  {name}\n" for name, sha in _file_checksums(partial).items())
+        write_atomically(partial / CHECKSUM_FILE, checksums.encode())  # `sha256sum -c .sha256` reads it too
+        fsync_tree(partial)  # the pointer below must never name a stage whose files are not on disk
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space a full disk needs back
+        raise
     shutil.rmtree(final, ignore_errors=True)  # a stage renamed by a run killed before its pointer moved
     os.replace(partial, final)
     write_atomically(Path(output_dir) / PROGRESS_FILE, record.to_json().encode())
@@ -215,10 +224,38 @@ def stage_files(folder: str | os.PathLike) -> list[str]:
 def stage_digest(folder: str | os.PathLike) -> str:
     """SHA-256 over the stage's file names and contents, model card excepted (it is rendered per repository)."""
     digest = hashlib.sha256()
-    for name in stage_files(folder):
-        if name != CARD_FILE:
-            digest.update(f"{name}\0{_file_sha256(Path(folder) / name)}\0".encode())
+    for name, sha in _file_checksums(folder).items():
+        digest.update(f"{name}\0{sha}\0".encode())
     return digest.hexdigest()
+
+
+def verify_stage(folder: str | os.PathLike) -> None:
+    """Raise if a file of the stage differs from the checksum [`write_stage`] recorded in its ``.sha256``.
+
+    Run before a stage is resumed, continued or copied, so a flipped bit on disk is found before it is trained on. A
+    stage without ``.sha256`` (written before stages had one) is not checked.
+    """
+    folder = Path(folder)
+    listing = folder / CHECKSUM_FILE
+    if not listing.is_file():
+        return
+    entries = [line.split("  ", 1) for line in listing.read_text(encoding="utf-8", errors="replace").splitlines()]
+    recorded = {entry[1]: entry[0] for entry in entries if len(entry) == 2}
+    damaged = [CHECKSUM_FILE] if len(recorded) != len(entries) else []
+    damaged += [name for name, sha in recorded.items()
+                if not (folder / name).is_file() or _file_sha256(folder / name) != sha]
+    if damaged:
+        raise ValueError(
+            f"The stage `{folder}` was damaged after it was written: {', '.join(f'`{n}`' for n in damaged)} "
+            f"differ(s) from the checksum in `{CHECKSUM_FILE}` (storage corruption or an edit). Restore the stage "
+            f"(its Hub revision: `python -m peft_nsp.hub materialize <repo> <new output_dir> --revision "
+            f"{folder.name}`, or a copy) or start a new `output_dir`."
+        )
+
+
+def _file_checksums(folder: str | os.PathLike) -> dict[str, str]:
+    """``{name: sha256}`` of the stage's files but the model card, by name."""
+    return {name: _file_sha256(Path(folder) / name) for name in stage_files(folder) if name != CARD_FILE}
 
 
 def _file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_files, write_stage
+from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_files, verify_stage, write_stage
 
 
 def materialize_stage(
@@ -44,6 +44,7 @@ def materialize_stage(
         if revision is not None:
             raise ValueError(f"`revision` is for Hub repositories; `{source}` is a local folder.")
         folder = Path(source)
+        verify_stage(folder)
     else:
         folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
     record = read_record(folder)
