@@ -51,7 +51,8 @@ class NSPTrainer(Trainer):
        space of the earlier tasks (torch optimizer step hooks from `create_optimizer`, so once per real optimizer
        step whatever the gradient accumulation, never on a step the fp16 scaler skips, with any optimizer),
     3. at the end of `train()` folds the task into the null space (statistics over ``train_dataset`` with the
-       evaluation transform, summed over processes) and, with `classifier_alignment`, refines the heads.
+       evaluation transform, summed over processes) and, with `classifier_alignment`, refines the heads; an
+       analytic head (`VPTNSPConfig(classifier="analytic")`) is refit in the same pass.
 
     After `train()` and `save_model()` the adapter is ready for the next task; `save_model` also writes the image
     processor. Labels everywhere (collator, loss, `evaluate`, `predict`, `compute_metrics`) are the model's class
@@ -287,8 +288,10 @@ class NSPTrainer(Trainer):
         )
         reduce_fn = functools.partial(accelerator.reduce, reduction="sum")
         show = accelerator.is_main_process and not self.args.disable_tqdm
+        # The pass also fits an analytic head, on the samples of every process placed by their index in the task.
+        indices = range(accelerator.process_index, len(self.task_dataset), accelerator.num_processes)
         tuner.update_null_space(tqdm(loader, desc=f"Null-space statistics of task {task}", disable=not show),
-                                reduce_fn=reduce_fn)
+                                reduce_fn=reduce_fn, sample_indices=indices)
         if self.args.classifier_alignment:
             tuner.update_class_statistics(tqdm(loader, desc=f"Class statistics of task {task}", disable=not show),
                                           reduce_fn=reduce_fn)
@@ -386,6 +389,11 @@ def _peft_model(model: str | PreTrainedModel | PeftModel, peft_config: VPTNSPCon
             peft_config = VPTNSPConfig(**{**peft_config.to_dict(), "class_statistics": True})
         model = get_peft_model(model, peft_config)
     _check_vpt_nsp(model)
+    if args.classifier_alignment and model.peft_config[model.active_adapter].classifier == "analytic":
+        raise ValueError(
+            "`classifier_alignment=True` retrains linear heads on sampled features, but this adapter's classifier is "
+            "`'analytic'`: the closed-form solution over every seen class, refit after each task. Turn one off."
+        )
     if args.classifier_alignment and not model.peft_config[model.active_adapter].class_statistics:
         raise ValueError(
             "`classifier_alignment=True` needs class statistics in the adapter, and this one was created without: "

@@ -13,11 +13,12 @@ from peft.config import PeftConfig
 
 from .._registration import PEFT_TYPE
 from ..nullspace.state import TASK_WEIGHTINGS
+from .analytic_head import DEFAULT_RIDGE_GRID
 from .heads import HEAD_INITS
 
 PROMPT_INITS = ("uniform", "zeros")
 THRESHOLD_MODES = ("adaptive", "times")
-CLASSIFIERS = ("linear", "text")
+CLASSIFIERS = ("linear", "text", "analytic")
 #: The deprecated `accumulation` values and the `task_weighting` each meant.
 _ACCUMULATION_TO_TASK_WEIGHTING = {"sum": "equal", "mean": "size"}
 
@@ -80,9 +81,21 @@ class VPTNSPConfig(PeftConfig):
             does: the first head `"trunc_normal"`, the second a copy of the trained first head when both tasks have
             as many classes, later heads `"pytorch"`).
         classifier (`str`, defaults to `"linear"`):
-            The continual classifier: `"linear"` (one linear head per task) or `"text"` (CLIP-NSP²: scaled cosine
+            The continual classifier: `"linear"` (one linear head per task), `"text"` (CLIP-NSP²: scaled cosine
             similarity to class-name embeddings of the frozen text tower, with a trainable logit scale; the
-            embeddings are computed by `add_task` and saved with the adapter).
+            embeddings are computed by `add_task` and saved with the adapter) or `"analytic"` ([`AnalyticClassifier`]:
+            ridge regression on random ReLU features, solved in closed form from sums over every task, refit after
+            each task in the null-space statistics pass; linear heads per task train the prompts).
+        analytic_projection_size (`int`, defaults to `5000`):
+            `"analytic"` only: M, the number of random ReLU features (0: ridge regression on the pooled features).
+            The adapter keeps `G` as a packed M(M+1)/2 float32 (50 MB for M = 5000) and the F × M projection.
+        analytic_ridge (`float`, *optional*):
+            `"analytic"` only: λ of the ridge regression. Defaults to choosing it per task among
+            `analytic_ridge_grid` by the squared error on every fifth training sample of a fit on the others.
+        analytic_ridge_grid (`list[float]`, defaults to powers of ten from 1e-4 to 1e10):
+            `"analytic"` only: the candidates for λ.
+        analytic_seed (`int`, defaults to `0`):
+            `"analytic"` only: seeds the random projection (saved with the adapter).
         text_templates (`list[str]`, defaults to `["a photo of a {}."]`):
             `"text"` only: prompt templates with one `{}` for the class name; the class embedding is the normalised
             mean of the normalised template embeddings.
@@ -150,6 +163,17 @@ class VPTNSPConfig(PeftConfig):
     classifier: str = field(
         default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
     )
+    analytic_projection_size: int = field(
+        default=5000, metadata={"help": "`analytic` classifier: M random ReLU features (0: the features themselves)."}
+    )
+    analytic_ridge: Optional[float] = field(
+        default=None, metadata={"help": "`analytic` classifier: λ; default: chosen per task on held-out samples."}
+    )
+    analytic_ridge_grid: list[float] = field(
+        default_factory=lambda: list(DEFAULT_RIDGE_GRID),
+        metadata={"help": "`analytic` classifier: candidates for λ."},
+    )
+    analytic_seed: int = field(default=0, metadata={"help": "`analytic` classifier: seed of the random projection."})
     text_templates: list[str] = field(
         default_factory=lambda: ["a photo of a {}."],
         metadata={"help": "`text` classifier: prompt templates with one `{}` for the class name."},
@@ -227,6 +251,16 @@ class VPTNSPConfig(PeftConfig):
         for name in ("eta1", "eta2"):
             if not _finite(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        size = self.analytic_projection_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"`analytic_projection_size` must be an integer ≥ 0, got {size!r}.")
+        if self.analytic_ridge is not None and (not _finite(self.analytic_ridge) or self.analytic_ridge < 0):
+            raise ValueError(f"`analytic_ridge` must be None (chosen on held-out data) or a number ≥ 0, got "
+                             f"{self.analytic_ridge!r}.")
+        grid = self.analytic_ridge_grid
+        if not isinstance(grid, (list, tuple)) or not grid or not all(_finite(v) and v > 0 for v in grid):
+            raise ValueError(f"`analytic_ridge_grid` must be a non-empty list of numbers > 0, got {grid!r}.")
+        self.analytic_ridge_grid = [float(v) for v in grid]
         if not _finite(self.ln_loss_weight) or self.ln_loss_weight < 0:
             raise ValueError(f"`ln_loss_weight` must be a finite number ≥ 0, got {self.ln_loss_weight!r}.")
         if self.logit_scale is not None and not _finite(self.logit_scale):

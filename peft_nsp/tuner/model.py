@@ -30,6 +30,7 @@ from .architectures import (
     pooled_size,
     vision_config,
 )
+from .analytic_head import AnalyticClassifier, AnalyticTaskFit, holdout_mask
 from .class_statistics import ClassFeatureStatistics, collect_class_feature_sums, mean_and_covariance
 from .config import VPTNSPConfig
 from .heads import ContinualClassifier, TaskHeads
@@ -183,6 +184,11 @@ class VPTNSPModel(BaseTuner):
             if logit_scale is None:
                 logit_scale = float(model.logit_scale) if hasattr(model, "logit_scale") else math.log(100.0)
             self.vpt_nsp_head[adapter_name] = TextEmbeddingClassifier(features, logit_scale).to(device)
+        elif config.classifier == "analytic":
+            self.vpt_nsp_head[adapter_name] = AnalyticClassifier(
+                features, config.analytic_projection_size, config.analytic_ridge, config.analytic_ridge_grid,
+                config.analytic_seed, config.head_init,
+            ).to(device)
         else:
             self.vpt_nsp_head[adapter_name] = ContinualClassifier(features, init=config.head_init).to(device)
         if config.class_statistics:
@@ -504,6 +510,7 @@ class VPTNSPModel(BaseTuner):
         reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         forward_kwargs: Mapping[str, Any] | None = None,
         chunk_size: int = 16,
+        sample_indices: Sequence[int] | None = None,
     ) -> list[NullSpaceLayerReport]:
         """Collect the statistics of a finished task, fold them in and rebuild the projectors.
 
@@ -520,16 +527,59 @@ class VPTNSPModel(BaseTuner):
                 every rank builds identical projectors from the statistics of all data.
             forward_kwargs: extra model arguments (e.g. ``{"interpolate_pos_encoding": True}``).
             chunk_size: images per chunk for the softmax attention rows.
+            sample_indices: `classifier="analytic"` with several processes: the index of every sample of this
+                process within the task's data, in the order the batches yield them (default ``0, 1, 2, …``). The
+                same pass fits the analytic head (its batches then need ``labels``), on the features of every
+                process gathered by these indices, so every rank computes the single-process solution.
 
         Returns:
             One [`NullSpaceLayerReport`] per prompted layer.
         """
         adapter_name = self._statistics_adapter(adapter_name, "update_null_space")
+        forward = self._run_on_batch(forward_kwargs)
+        head = self.vpt_nsp_head[adapter_name]
+        prepare_head = None
+        if isinstance(head, AnalyticClassifier):
+            forward, prepare_head = self._analytic_pass(head, forward, reduce_fn, sample_indices)
         with eval_mode(self.model):
             return fold_task(
                 self.prompted_layers(adapter_name), adapter_name, self.peft_config[adapter_name], batches,
-                self._run_on_batch(forward_kwargs), reduce_fn, chunk_size,
+                forward, reduce_fn, chunk_size, prepare_head,
             )
+
+    def _analytic_pass(
+        self,
+        head: AnalyticClassifier,
+        forward: Callable[[Any], None],
+        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+        sample_indices: Sequence[int] | None,
+    ) -> tuple[Callable[[Any], None], Callable[[], Callable[[], None]]]:
+        """A forward that also records the pooled features and labels of the newest unfitted task, and the step
+        that fits the analytic head on them (gathered over processes by index) once the pass is over."""
+        task = head.fitted_tasks
+        if task >= head.num_tasks:
+            raise ValueError(
+                f"The analytic head has fitted all {head.num_tasks} task(s): add the next task (`add_task`) before "
+                "its statistics pass; a task's data cannot be added twice."
+            )
+        first = self.task_columns(task).start
+        features, columns = [], []
+
+        def forward_and_record(batch: Any) -> None:
+            self._router.feature_sink = captured = []
+            try:
+                forward(batch)
+            finally:
+                self._router.feature_sink = None
+            features.append(captured[-1].double())
+            columns.append(self.class_ids_to_columns(_labels(batch).to(captured[-1].device)) - first)
+
+        def prepare() -> Callable[[], None]:
+            pooled, local = _gather_by_index(features, columns, sample_indices, reduce_fn, head.in_features)
+            fit: AnalyticTaskFit = head.prepare_task(pooled, local, holdout_mask(torch.arange(len(local))))
+            return lambda: head.commit(fit)
+
+        return forward_and_record, prepare
 
     def projection_targets(self, adapter_name: str | None = None) -> list[ProjectionTarget]:
         """The prompts whose updates are projected now, with their projectors."""
@@ -749,6 +799,42 @@ def _block_names(model: nn.Module, prefix: str = "") -> list[str]:
         elif isinstance(module, BLOCK_CLASSES) and not name.endswith(".base_layer"):
             names.append(name)
     return names
+
+
+def _gather_by_index(
+    features: list[torch.Tensor],
+    columns: list[torch.Tensor],
+    sample_indices: Sequence[int] | None,
+    reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's ``(n, F)`` features and ``(n,)`` columns placed at their sample indices and summed over
+    processes: the task's ``(N, F)`` features and ``(N,)`` columns in index order, identical on every rank."""
+    device = features[0].device if features else torch.device("cpu")
+    local_x = torch.cat(features) if features else torch.zeros(0, width, dtype=torch.float64, device=device)
+    local_y = torch.cat(columns) if columns else torch.zeros(0, dtype=torch.long, device=device)
+    indices = torch.arange(len(local_y)) if sample_indices is None else torch.as_tensor(list(sample_indices))
+    if len(indices) != len(local_y):
+        raise ValueError(f"`sample_indices` has {len(indices)} entries for {len(local_y)} samples of the pass.")
+    indices = indices.to(device)
+    reduce_fn = reduce_fn or (lambda t: t)
+    size = int(reduce_fn(torch.tensor([float(len(indices))], dtype=torch.float64, device=device)).item())
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise ValueError(
+            f"`sample_indices` must number the task's {size} samples 0 … {size - 1} across processes, got indices "
+            f"{int(indices.min())} … {int(indices.max())}."
+        )
+    x = torch.zeros(size, local_x.shape[1], dtype=torch.float64, device=device).index_add_(0, indices, local_x)
+    y = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, indices, local_y.double())
+    count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(
+        0, indices, torch.ones(len(indices), dtype=torch.float64, device=device))
+    x, y, count = reduce_fn(x), reduce_fn(y), reduce_fn(count)
+    if not bool((count == 1).all()):
+        raise ValueError(
+            "The analytic head needs every sample of the task exactly once across processes: pass `sample_indices` "
+            "(the index of each of this process's samples within the task's data) to `update_null_space`."
+        )
+    return x, y.long()
 
 
 def _labels(batch: Any) -> torch.Tensor:

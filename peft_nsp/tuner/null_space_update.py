@@ -56,6 +56,7 @@ def fold_task(
     forward: Callable[[Any], None],
     reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     chunk_size: int = 16,
+    prepare_also: Callable[[], Callable[[], None]] | None = None,
 ) -> list[NullSpaceLayerReport]:
     """Collect a finished task's statistics over ``batches`` and rebuild every layer's projectors.
 
@@ -67,6 +68,8 @@ def fold_task(
         forward: runs the model (in eval mode) on one batch.
         reduce_fn: sums a tensor over processes, so every rank builds identical projectors.
         chunk_size: images per chunk for the softmax attention rows.
+        prepare_also: another update computed from the same pass (the analytic head's fit): called once the layers'
+            updates are computed and checked, it returns the commit that runs with theirs (all or nothing).
 
     Returns:
         One [`NullSpaceLayerReport`] per layer.
@@ -112,7 +115,10 @@ def fold_task(
         {f"layer {layer.layer_index} prompt": layer.vpt_nsp_prompt[adapter_name] for layer, *_ in updates},
         "`update_null_space`",
     )
+    commit_also = prepare_also() if prepare_also is not None else None
     reports = []
+    if commit_also is not None:
+        commit_also()
     for layer, state, key_covariance, prompt_covariance, rows, key, prompt in updates:
         state.commit(key_covariance, prompt_covariance, rows, key, prompt, layer.vpt_nsp_prompt[adapter_name].detach())
         reports.append(NullSpaceLayerReport(layer.layer_index, key.null_dim, prompt.null_dim, rows))
