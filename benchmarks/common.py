@@ -41,6 +41,13 @@ def run_facts(device: str) -> dict[str, Any]:
     }
 
 
+def package_versions() -> dict[str, str]:
+    """The versions of the packages that shape the numbers (recorded with every run)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "datasets")}
+
+
 def tiny_vit(image_size: int = 16, patch_size: int = 4, seed: int = 0, attn_implementation: str = "eager") -> ViTModel:
     """A seeded 2-layer, hidden-32 random `ViTModel` for the seconds-long smoke runs."""
     torch.manual_seed(seed)

