@@ -277,3 +277,14 @@ def test_train_transform_crops_and_resizes_with_pil():
     expected = normalize(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255, [0.5] * 3,
                          [0.25] * 3)
     torch.testing.assert_close(transform([pixels])[0], expected, rtol=0, atol=1e-6)
+
+
+def test_probabilities_are_compared_in_float32_as_torchvision(monkeypatch):
+    # torch.rand can return float32(0.6) = 0.6000000238…, which is ≤ 0.6 in float32 (torchvision applies the
+    # operation) but not in float64.
+    augment = AutoAugment("cifar10")
+    seed = next(seed for seed in range(1000)
+                if int(torch.randint(25, (1,), generator=torch.Generator().manual_seed(seed))) == 9)
+    monkeypatch.setattr(torch, "rand", lambda *size, generator=None: torch.full(size, 0.6))
+    index, operations = augment.draw(32, 32, torch.Generator().manual_seed(seed))
+    assert index == 9 and [name for name, _ in operations] == ["Contrast", "Sharpness"]  # both 0.6

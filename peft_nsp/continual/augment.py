@@ -184,11 +184,11 @@ class AutoAugment:
         """The sub-policy index and the ``(operation, signed magnitude)`` it applies to a ``width`` × ``height``
         image (0 to 2 of them), drawn as torchvision's ``get_params``."""
         index = int(torch.randint(len(self.subpolicies), (1,), generator=generator))
-        probabilities = torch.rand(2, generator=generator).tolist()
+        probabilities = torch.rand(2, generator=generator)
         signs = torch.randint(2, (2,), generator=generator).tolist()
         applied = []
         for (operation, probability, level), drawn, sign in zip(self.subpolicies[index], probabilities, signs):
-            if drawn <= probability:
+            if drawn <= probability:  # a float32 comparison, as torchvision's
                 bins, signed = magnitude_bins(operation, width, height)
                 magnitude = 0.0 if level is None else bins[level]
                 applied.append((operation, -magnitude if signed and sign == 0 else magnitude))
