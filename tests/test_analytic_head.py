@@ -1,0 +1,316 @@
+# Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+"""The analytic head against an independent NumPy float64 reference, through the tuner, the trainer and the Hub
+entry points; bad input changes nothing."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from testing_utils import blob_images, tiny_model, to_tensor
+
+import peft_nsp
+from peft_nsp import NSPConfig, NSPTrainer
+from peft_nsp.tuner.analytic_head import (
+    DEFAULT_RIDGE_GRID,
+    AnalyticClassifier,
+    fit_softmax_scale,
+    holdout_mask,
+    select_ridge,
+)
+
+WIDTH = 48
+
+
+def reference_solution(features: np.ndarray, columns: np.ndarray, projection: np.ndarray, ridge: float) -> np.ndarray:
+    """``(relu(XR)ᵀ relu(XR) + λI)⁻¹ relu(XR)ᵀ Y`` in float64 with NumPy."""
+    h = np.maximum(features @ projection, 0.0)
+    targets = np.eye(columns.max() + 1)[columns]
+    return np.linalg.solve(h.T @ h + ridge * np.eye(h.shape[1]), h.T @ targets)
+
+
+def task_data(num_tasks: int = 3, per_task: int = 40, classes: int = 3, dim: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for t in range(num_tasks):
+        columns = rng.integers(0, classes, per_task)
+        features = rng.normal(size=(per_task, dim)) + np.eye(dim)[columns + classes * t] * 3
+        tasks.append((features, columns))
+    return tasks
+
+
+def test_after_t_tasks_the_head_is_the_joint_closed_form_solution():
+    tasks = task_data()
+    head = AnalyticClassifier(12, WIDTH, ridge=0.5, seed=3).eval()
+    projection = head.state.projection.double().numpy()
+    seen_x, seen_y = [], []
+    for t, (features, columns) in enumerate(tasks):
+        head.add_task(3)
+        head.fit_task(torch.tensor(features, dtype=torch.float32), torch.tensor(columns))
+        seen_x.append(features.astype(np.float32).astype(np.float64))
+        seen_y.append(columns + 3 * t)
+        joint = reference_solution(np.concatenate(seen_x), np.concatenate(seen_y), projection, 0.5)
+        ours = torch.cat([task.weight for task in head.tasks], dim=1).double().numpy()
+        np.testing.assert_allclose(ours, joint, rtol=2e-4, atol=1e-6)
+    probe = torch.tensor(tasks[0][0][:5], dtype=torch.float32)
+    expected = np.maximum(probe.double().numpy() @ projection, 0) @ joint
+    np.testing.assert_allclose(head.ridge_outputs(probe).double().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_is_chosen_by_the_held_out_error_of_a_fit_on_the_rest():
+    features, columns = task_data(num_tasks=1, per_task=60)[0]
+    h = np.maximum(features @ np.random.default_rng(1).normal(size=(12, WIDTH)), 0)
+    targets = np.eye(3)[columns]
+    held = holdout_mask(torch.arange(60)).numpy()
+    errors = []
+    for ridge in DEFAULT_RIDGE_GRID:
+        w = np.linalg.solve(h[~held].T @ h[~held] + ridge * np.eye(WIDTH), h[~held].T @ targets[~held])
+        errors.append(((h[held] @ w - targets[held]) ** 2).mean())
+    chosen, predictions = select_ridge(torch.tensor(h), torch.tensor(targets), torch.tensor(held), DEFAULT_RIDGE_GRID)
+    assert chosen == DEFAULT_RIDGE_GRID[int(np.argmin(errors))]
+    best = np.linalg.solve(h[~held].T @ h[~held] + chosen * np.eye(WIDTH), h[~held].T @ targets[~held])
+    np.testing.assert_allclose(predictions.numpy(), h[held] @ best, rtol=1e-6, atol=1e-8)
+    assert held.sum() == 12  # every fifth sample
+
+
+def test_softmax_scale_minimises_the_held_out_cross_entropy():
+    rng = np.random.default_rng(0)
+    outputs, columns = rng.normal(size=(30, 4)), rng.integers(0, 4, 30)
+    outputs[np.arange(30), columns] += 0.4
+
+    def nll(scale: float) -> float:
+        z = scale * outputs
+        z = z - z.max(1, keepdims=True)
+        return float(-(z[np.arange(30), columns] - np.log(np.exp(z).sum(1))).mean())
+
+    chosen = fit_softmax_scale(torch.tensor(outputs), torch.tensor(columns))
+    grid = np.logspace(-1, 4, 101)
+    assert chosen == pytest.approx(grid[int(np.argmin([nll(s) for s in grid]))])
+
+
+def _analytic_model(**overrides) -> PeftModel:
+    config = dict(classifier="analytic", analytic_projection_size=WIDTH) | overrides
+    return get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(**config))
+
+
+def _blob_task(classes: list[int], per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    data = blob_images(max(classes) + 1, per_class)
+    x, y = to_tensor(data["image"]), torch.tensor(data["label"])
+    keep = torch.isin(y, torch.tensor(classes))
+    return x[keep], y[keep]
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int = 7) -> list[dict[str, torch.Tensor]]:
+    return [{"pixel_values": a, "labels": b} for a, b in zip(x.split(size), y.split(size))]
+
+
+def _pooled(model: PeftModel, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model.base_model.model(pixel_values=x).last_hidden_state[:, 0].double().numpy()
+
+
+def test_the_tuner_fits_in_the_statistics_pass_and_predicts_the_joint_solution():
+    model = _analytic_model(analytic_ridge=0.3).eval()
+    tuner = model.base_model
+    seen_x, seen_y = [], []
+    for classes in ([0, 1, 2], [3, 4]):
+        tuner.add_task(len(classes))
+        x, y = _blob_task(classes)
+        tuner.update_null_space(_batches(x, y))
+        seen_x.append(x)
+        seen_y.append(y)
+    # The prompts did not change, so every task's features are those of the final model.
+    features = _pooled(model, torch.cat(seen_x)).astype(np.float32).astype(np.float64)
+    projection = tuner.task_heads().state.projection.double().numpy()
+    joint = reference_solution(features, torch.cat(seen_y).numpy(), projection, 0.3)
+    probe = torch.cat(seen_x)[:9]
+    expected = np.maximum(_pooled(model, probe) @ projection, 0) @ joint
+    with torch.no_grad():
+        logits = model(pixel_values=probe).logits.double().numpy()
+    scale = float(tuner.task_heads().state.scale)
+    np.testing.assert_allclose(logits / scale, expected, rtol=1e-3, atol=1e-4)
+    assert tuner.tasks_seen() == 2 and tuner.task_heads().fitted_tasks == 2
+
+
+def test_training_mode_answers_with_the_training_heads():
+    model = _analytic_model()
+    tuner = model.base_model
+    tuner.add_task(3)
+    x, _ = _blob_task([0, 1, 2])
+    model.train()
+    training = model(pixel_values=x).logits
+    expected = tuner.task_heads().training_heads(torch.tensor(_pooled(model, x), dtype=torch.float32))
+    torch.testing.assert_close(training, expected, rtol=1e-5, atol=1e-5)
+    model.eval()
+    assert torch.count_nonzero(model(pixel_values=x).logits) == 0  # not fitted yet
+
+
+def test_save_load_continue_round_trip_gives_identical_logits(tmp_path):
+    model = _analytic_model().eval()
+    tuner = model.base_model
+    tuner.add_task(3)
+    x0, y0 = _blob_task([0, 1, 2])
+    tuner.update_null_space(_batches(x0, y0))
+    model.save_pretrained(tmp_path / "task-0")
+    x1, y1 = _blob_task([3, 4, 5])
+    probe = torch.cat([x0, x1])[::3]
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path / "task-0", is_trainable=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=probe).logits, model(pixel_values=probe).logits, rtol=0, atol=0)
+    for continued in (model, loaded):
+        continued.base_model.add_task(3)
+        continued.base_model.update_null_space(_batches(x1, y1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=probe).logits, model(pixel_values=probe).logits, rtol=0, atol=0)
+
+
+def test_two_processes_give_the_solve_of_one():
+    """Two ranks (threads) each see every other sample; a summing all-reduce joins them."""
+    x, y = _blob_task([0, 1, 2, 3])
+    single = _analytic_model().eval()
+    single.base_model.add_task(4)
+    single.base_model.update_null_space(_batches(x, y))
+    ranks = [copy.deepcopy(_analytic_model()).eval() for _ in range(2)]
+    for rank in ranks:
+        rank.base_model.add_task(4)
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_reduce(rank: int, tensor: torch.Tensor) -> torch.Tensor:
+        slots[rank] = tensor
+        barrier.wait()
+        total = slots[0] + slots[1]
+        barrier.wait()
+        return total
+
+    errors = []
+
+    def work(rank: int) -> None:
+        try:
+            indices = range(rank, len(y), 2)
+            ranks[rank].base_model.update_null_space(
+                _batches(x[rank::2], y[rank::2]), reduce_fn=lambda t: all_reduce(rank, t), sample_indices=indices
+            )
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    with torch.no_grad():
+        expected = single(pixel_values=x).logits
+        for rank in ranks:
+            torch.testing.assert_close(rank(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def _adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.base_model.model.state_dict().items() if "vpt_nsp" in k}
+
+
+def _assert_unchanged(before: dict[str, torch.Tensor], model: PeftModel) -> None:
+    after = _adapter_state(model)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]) or (value.isnan() == after[key].isnan()).all(), key
+
+
+def test_non_finite_features_change_nothing():
+    model = _analytic_model().eval()
+    model.base_model.add_task(3)
+    x, y = _blob_task([0, 1, 2])
+    x[4, 0, 0, 0] = float("nan")
+    before = _adapter_state(model)
+    with pytest.raises(ValueError, match="NaN"):
+        model.base_model.update_null_space(_batches(x, y))
+    _assert_unchanged(before, model)
+
+
+def test_a_singular_system_at_ridge_zero_changes_nothing():
+    model = _analytic_model(analytic_ridge=0.0).eval()  # 48 random features, 30 samples: G is singular
+    model.base_model.add_task(3)
+    x, y = _blob_task([0, 1, 2])
+    before = _adapter_state(model)
+    with pytest.raises(ValueError, match="singular"):
+        model.base_model.update_null_space(_batches(x, y))
+    _assert_unchanged(before, model)
+
+
+def test_a_task_cannot_be_fitted_twice_nor_with_classes_of_another_task():
+    model = _analytic_model().eval()
+    tuner = model.base_model
+    tuner.add_task(3)
+    x, y = _blob_task([0, 1, 2])
+    tuner.update_null_space(_batches(x, y))
+    before = _adapter_state(model)
+    with pytest.raises(ValueError, match="fitted all 1 task"):
+        tuner.update_null_space(_batches(x, y))
+    _assert_unchanged(before, model)
+    tuner.add_task(2)
+    before = _adapter_state(model)
+    with pytest.raises(ValueError, match="belong to no task head|classes of this task|outside"):
+        tuner.update_null_space(_batches(x, y))  # classes 0-2 belong to task 0
+    _assert_unchanged(before, model)
+    with pytest.raises(ValueError, match="already belong"):
+        tuner.add_task([0, 1])
+
+
+def test_sample_indices_that_repeat_across_processes_are_refused():
+    model = _analytic_model().eval()
+    model.base_model.add_task(3)
+    x, y = _blob_task([0, 1, 2])
+    with pytest.raises(ValueError, match="sample_indices"):
+        model.base_model.update_null_space(_batches(x, y), sample_indices=[0] * len(y))
+
+
+def test_trainer_trains_fits_and_the_pipeline_names_calibrated_probabilities(tmp_path):
+    from transformers import pipeline
+
+    data = blob_images(4, 10)
+    args = dict(num_train_epochs=1, per_device_train_batch_size=8, report_to="none", use_cpu=True, learning_rate=0.01)
+    trainer = NSPTrainer(
+        tiny_model(), NSPConfig(str(tmp_path / "run"), **args), train_dataset=data, train_transform=to_tensor,
+        peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH),
+    )
+    trainer.train()
+    tuner = trainer.nsp_model
+    assert tuner.task_heads().fitted_tasks == 1
+    model = trainer.model.eval()
+    x = to_tensor(data["image"][:4])
+    with torch.no_grad():
+        probabilities = model(pixel_values=x).logits.softmax(-1)
+    top = probabilities.argmax(-1)
+    classify = pipeline("image-classification", model=model, image_processor=_processor(), device="cpu")
+    for image, column, probability in zip(data["image"][:4], top.tolist(), probabilities):
+        answer = classify(image, top_k=1)[0]
+        assert answer["label"] == tuner.class_names()[column]
+        assert answer["score"] == pytest.approx(float(probability[column]), abs=1e-4)
+
+
+def test_classifier_alignment_with_an_analytic_head_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="analytic"):
+        NSPTrainer(tiny_model(), NSPConfig(str(tmp_path), classifier_alignment=True, report_to="none"),
+                   train_dataset=blob_images(2, 4), train_transform=to_tensor,
+                   peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"analytic_projection_size": -1}, "analytic_projection_size"),
+    ({"analytic_ridge": float("nan")}, "analytic_ridge"),
+    ({"analytic_ridge_grid": []}, "analytic_ridge_grid"),
+])
+def test_bad_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        peft_nsp.VPTNSPConfig(classifier="analytic", **overrides)
+
+
+def _processor():
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
