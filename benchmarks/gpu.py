@@ -7,7 +7,7 @@ The GPU machine reaches no network and lacks some of our packages, so everything
 
 writes (``.gpu/`` is in ``.gitignore``; the device tool carries it) ``.gpu/backbone`` (the offline DINOv2-S/14 converted at 224 px, float16 on disk), ``.gpu/data`` (the 30-class
 digits/fashion/animals sequence, all 400 training and 100 test images per class) and ``.gpu/wheels`` (datasets,
-evaluate, kornia, aenum and peft 0.21, which that machine's image lacks or has in another version). Then, on the
+evaluate, aenum and peft 0.21, which that machine's image lacks or has in another version). Then, on the
 GPU machine, from the repository root (the `device` tool's ``run`` with ``carry=[".gpu"]``):
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl && \\
@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FOLDER = ROOT / ".gpu"
 #: What the GPU image lacks (its own torch, transformers, accelerate, huggingface_hub, numpy, pyarrow stay).
-WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "evaluate==0.4.6", "kornia==0.9.0",
-          "kornia-rs==0.2.0", "aenum==3.1.17", "peft==0.21.2")
+WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "evaluate==0.4.6", "aenum==3.1.17",
+          "peft==0.21.2")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 

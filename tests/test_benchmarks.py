@@ -37,6 +37,7 @@ def smoke_results(tmp_path_factory) -> Path:
     run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
     run_script("growth.py", "--smoke", "--output", str(results / "growth.json"))
     run_script("fidelity.py", "--smoke", "--output", str(results / "fidelity.json"))
+    run_script("analytic_head.py", "--smoke", "--output", str(results / "analytic-head.json"))
     return results
 
 
@@ -48,6 +49,23 @@ def test_forgetting_smoke_writes_every_row(smoke_results):
     assert len(norm_matched["drift"]["absolute"]) == forgetting.NUM_TASKS["fashion-mnist"] - 1
     assert 0 < norm_matched["update_ratio"][1] <= 1  # projection with Frobenius normalisation only shrinks
     assert {"machine", "date", "command"} <= set(data["facts"])
+    by_method = {run["method"]: run for run in data["runs"]}
+    for method in ("ranpac", "ranpac-fta", "nsp-analytic"):
+        assert by_method[method]["projection_size"] == 64  # the smoke run's M
+    refit = by_method["nsp-analytic"]["refit"]
+    assert 0 <= refit["test"] <= 1 and 0 <= refit["test_accumulated"] <= 1
+    # The accumulated head is the run's own final accuracy over all seen test classes.
+    assert refit["test_accumulated"] == pytest.approx(forgetting.summary(by_method["nsp-analytic"], "test")[
+        "final_accuracy"])
+    assert all(set(run["versions"]) >= {"torch", "transformers", "peft"} for run in data["runs"])
+
+
+def test_analytic_head_smoke_measures_size_precision_and_cost(smoke_results):
+    data = json.loads((smoke_results / "analytic-head.json").read_text())
+    assert set(data["sizes"]) == {"0", "64"}
+    for runs in data["sizes"].values():
+        assert all(run["seconds_per_fit"] > 0 and run["gram_rounding"] < 1e-6 for run in runs)
+        assert all(abs(run["test_float64"] - run["test"]) <= 0.05 for run in runs)
 
 
 def test_classifier_alignment_rows_on_the_30_class_sequence(smoke_results):
@@ -77,6 +95,8 @@ def test_fidelity_smoke_measures_every_difference(smoke_results):
     assert data["eigendecomposition"]["proj1"] < 1e-3  # same split: float32 SVD and float64 eigh agree closely
     assert data["attention"]["relative"] < 1e-4
     assert data["weighting"]["task_rows"][0] == 3 * data["weighting"]["task_rows"][1]
+    augment = data["autoaugment"]
+    assert augment["draws"] == 40 and augment["pixels_compared"] > 0 and augment["max_abs_difference"] <= 1
 
 
 def test_growth_smoke_measures_every_task(smoke_results):
@@ -99,6 +119,7 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
     assert "## Fidelity" in text
     blocks = readme.read_text()  # the README's result blocks are rendered from the same JSON
     assert "| Adam + L2 (authors) vs AdamW" in blocks and "the class-statistics pass after a task costs" in blocks
+    assert "AutoAugment: ours" in blocks
     assert "![Accuracy after each task, digits-fashion-animals](results/forgetting-digits-fashion-animals-" in text
     assert (smoke_results / "forgetting-digits-fashion-animals-digits-fashion-animals.png").stat().st_size > 0
 
