@@ -1,7 +1,8 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""VPT-NSP² on DomainNet (10 tasks of 20 of its 200 most frequent classes, all six domains mixed) with the paper's recipe.
+"""VPT-NSP² on DomainNet (10 tasks of 20 of its 200 most frequent classes, all six domains mixed) with the paper's
+recipe.
 
-    accelerate launch recipes/train_domainnet.py --dataset /path/to/data [--projection off] [--help]
+    accelerate launch recipes/train_domainnet.py --dataset /path/to/data [--projection false] [--help]
 """
 
 from peft_nsp.scripts import run_recipe

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import runpy
 import shutil
+import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp.continual.augment import AuthorsTrainTransform, EvalTransform, random_resized_crop_box
+from peft_nsp.continual.data import split_classes
 from peft_nsp.scripts.arguments import DataArguments, parse_recipe_arguments, resolved_configuration
 from peft_nsp.scripts.data import (
     authors_split_lines,
@@ -41,10 +44,10 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def write_images(root: Path, split: str, per_class: int, seed: int) -> list[tuple[str, int]]:
+def write_images(root: Path, split: str, per_class: int, seed: int, classes: int = CLASSES) -> list[tuple[str, int]]:
     """Blob images as ``root/<split>/class_<c>/<i>.png``; returns (relative path, label) pairs."""
     written = []
-    for i, row in enumerate(blob_images(CLASSES, per_class, seed=seed)):
+    for i, row in enumerate(blob_images(classes, per_class, seed=seed)):
         relative = Path(split) / f"class_{row['label']}" / f"{i}.png"
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         row["image"].save(root / relative)
@@ -132,6 +135,9 @@ def test_projection_off_runs_vpt_seq_and_the_paper_rows_are_printed(tmp_path, ti
     assert args.method == "VPT-Seq" and not args.training.projection and args.training.ln_loss_weight == 0
     with pytest.raises(SystemExit):  # a plain bool now: `off` is not one
         parse_recipe_arguments("cifar100", ["--projection", "off"])
+    for script in ("train_cifar100.py", "train_imagenet_r.py", "train_domainnet.py", "train_imagefolder.py"):
+        usage = runpy.run_path(str(ROOT / "recipes" / script))["__doc__"]
+        assert "--projection off" not in usage and "--projection false" in usage  # what the docstrings advertise works
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert parse_recipe_arguments("domainnet", ["--dataset", "x"]).training.per_device_train_batch_size == 64
 
@@ -417,3 +423,97 @@ def test_recipe_with_a_timm_checkpoint_and_continue_from(tmp_path, imagefolder, 
     assert len(record["metrics"]["total"]) == 2 and not (tmp_path / "next" / "tasks" / "task-0").exists()
     assert json.loads((stage / "adapter_config.json").read_text())["class_names"] == record["tasks"][0] + record["tasks"][1]
     assert len(load_dataset("imagefolder", data_dir=str(imagefolder))["test"]) == sum(record["metrics"]["total"][-1])
+
+
+def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on_cpu(tmp_path, tiny_checkpoint,
+                                                                                     monkeypatch, capsys):
+    """Your own data: 5 classes do not cut into 2 tasks; the error's advice (`--num_classes 4`) runs; a re-run after an
+    interruption says where it resumes; a run without CUDA emits no `pin_memory` warning (one per DataLoader before)."""
+    images = tmp_path / "my-images"
+    write_images(images, "train", 4, seed=0, classes=5)
+    write_images(images, "test", 2, seed=1, classes=5)
+    run = tmp_path / "run"
+    argv = quick_args(run, tiny_checkpoint, "--dataset", str(images), "--refine_epochs", "2",
+                      "--refine_samples_per_class", "8")
+    argv.remove("--use_cpu")  # as on a laptop without CUDA: `use_cpu` alone turns pinning off
+    with pytest.raises(ValueError, match=r"5 classes cannot be cut into 2 equal tasks.*`--num_classes 4`"):
+        run_script("train_imagefolder.py", argv, monkeypatch)
+    argv += ["--num_classes", "4"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_script("train_imagefolder.py", argv, monkeypatch)
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
+    assert "Resuming" not in capsys.readouterr().out
+    record = json.loads((run / "tasks" / "task-1" / "sequence.json").read_text())
+    assert record["run_info"]["benchmark"] == "imagefolder" and len(record["tasks"]) == 2
+    assert record["settings"]["temperature"] == 1.0 and record["settings"]["classifier_alignment"]
+    # An interruption after task 0: its stage is the last one the progress pointer names.
+    shutil.copy(run / "tasks" / "task-0" / "sequence.json", run / "progress.json")
+    shutil.rmtree(run / "tasks" / "task-1")
+    run_script("train_imagefolder.py", argv, monkeypatch)
+    printed = capsys.readouterr().out
+    assert f"Resuming {run} after task 1 of 2 (last stage: {run / 'tasks' / 'task-0'}); task-1 continues from its " \
+           "start." in printed
+    assert [len(row) for row in json.loads((run / "summary.json").read_text())["accuracy_matrix"]] == [1, 2]
+    run_script("train_imagefolder.py", argv, monkeypatch)
+    assert f"{run} holds a finished run of 2 tasks: nothing to train" in capsys.readouterr().out
+
+
+def test_imagefolder_defaults_are_for_your_own_data():
+    args = parse_recipe_arguments("imagefolder", ["--dataset", "my/images"])
+    training = args.training
+    assert training.output_dir == str(Path("runs") / "imagefolder-nsp-seed2024") and args.num_tasks == 5
+    assert (training.temperature, training.num_train_epochs, training.dataset_repeats) == (1.0, 5, 1)
+    assert training.per_device_train_batch_size == 32 and training.classifier_alignment
+    assert training.lr_decay_epochs == [2.0, 3.5] and not training.dataloader_pin_memory
+    assert args.peft_config.eta1 == 0.97 and args.benchmark.eval_resize is None
+    assert not parse_recipe_arguments("cifar100", []).training.dataloader_pin_memory  # no CUDA here
+    text = parse_recipe_arguments("imagefolder", ["--dataset", "x", "--classifier", "text"]).peft_config
+    assert text.text_templates[0] == "a photo of a {}."
+    with pytest.raises(ValueError, match="`imagefolder` needs `--dataset`"):
+        parse_recipe_arguments("imagefolder", [])
+
+
+HELP_SCRIPT = """
+import contextlib, io, json, runpy, sys
+texts = {}
+for script, flag in [(name, "--help") for name in sys.argv[1:]] + [(sys.argv[1], "--help_all")]:
+    sys.argv = [script, flag]
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+        runpy.run_path(f"recipes/{script}", run_name="__main__")
+    texts[f"{script} {flag}"] = out.getvalue()
+loaded = sorted(module for module in ("peft_nsp.continual.loop", "matplotlib") if module in sys.modules)
+print(json.dumps({"texts": texts, "loaded": loaded}))
+"""
+
+
+def test_help_is_per_recipe_short_and_leaves_the_training_stack_unloaded():
+    scripts = ["train_cifar100.py", "train_imagenet_r.py", "train_domainnet.py", "train_imagefolder.py"]
+    result = subprocess.run([sys.executable, "-c", HELP_SCRIPT, *scripts], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    printed = json.loads(result.stdout)
+    assert printed["loaded"] == []  # what made `--help` slow: the loop, the Trainer's plots
+    helps = {script: " ".join(printed["texts"][f"{script} --help"].split()) for script in scripts}
+    assert "(default: uoft-cs/cifar100)" in helps["train_cifar100.py"]
+    assert "Required: the ImageNet-R root" in helps["train_imagenet_r.py"]
+    assert "Required: the DomainNet root" in helps["train_domainnet.py"]
+    assert "Required: your images" in helps["train_imagefolder.py"]
+    for script, name in zip(scripts, ["cifar100-10", "imagenet-r-10", "domainnet-10", "imagefolder"]):
+        text = helps[script]
+        assert f"(default: `runs/{name}-<method>-seed<seed>`" in text and "(default: None)" not in text
+        assert "CIFAR-100" not in text.split("--data_layout")[0] or script == "train_cifar100.py"
+        assert "--help_all" in text and "--torch_compile" not in text
+        assert len(printed["texts"][f"{script} --help"].splitlines()) < 350
+    assert "--num-tasks NUM_TASKS Number of tasks. (default: 5)" in helps["train_imagefolder.py"]
+    assert "--temperature TEMPERATURE Logits are divided by it before the cross-entropy. (default: 1.0)" in \
+        helps["train_imagefolder.py"]
+    assert "(default: 30.0)" in helps["train_domainnet.py"]
+    assert "--torch_compile" in printed["texts"]["train_cifar100.py --help_all"]
+
+
+def test_a_class_order_of_a_class_subset_trains_those_classes():
+    assert split_classes(10, 3, seed=0, class_order=[9, 2, 4, 7, 0, 5]) == [[9, 2], [4, 7], [0, 5]]
+    with pytest.raises(ValueError, match=r"choose `num_tasks` among \[1, 2, 7\], or train 12 of them"):
+        split_classes(14, 4, seed=0)
+    with pytest.raises(ValueError, match="distinct class ids of range"):
+        split_classes(10, 2, seed=0, class_order=[1, 1, 2, 3])

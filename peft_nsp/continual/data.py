@@ -97,30 +97,34 @@ def split_classes(
 
     Args:
         num_classes: number of classes in the dataset.
-        num_tasks: T; must divide ``num_classes`` into tasks of two or more classes.
+        num_tasks: T; must divide the classes to train into tasks of two or more classes.
         seed: seeds the shuffle of ``range(num_classes)`` (NumPy ``default_rng``, as the authors' code) when no
             order is given.
-        class_order: a user-given permutation of ``range(num_classes)``.
+        class_order: the class ids to train, in training order: a permutation of ``range(num_classes)``, or of a
+            subset of it (the other classes are not trained).
 
     Returns:
         ``T`` lists of class ids.
     """
     if num_tasks < 1:
         raise ValueError(f"`num_tasks` must be ≥ 1, got {num_tasks}.")
-    valid = [d for d in range(1, num_classes // 2 + 1) if num_classes % d == 0]
-    if num_classes % num_tasks or num_classes // num_tasks < 2:
-        raise ValueError(
-            f"{num_classes} classes cannot be cut into {num_tasks} equal tasks of at least two classes (a one-class "
-            f"task trains nothing: its cross-entropy over one logit is 0): choose `num_tasks` among {valid}, or "
-            "give a `class_order` of a class subset whose size it divides."
-        )
     if class_order is None:
         order = np.random.default_rng(seed).permutation(num_classes).tolist()
     else:
         order = [int(c) for c in class_order]
-        if sorted(order) != list(range(num_classes)):
-            raise ValueError(f"`class_order` must be a permutation of range({num_classes}), got {order}.")
-    size = num_classes // num_tasks
+        if len(set(order)) != len(order) or not set(order) <= set(range(num_classes)):
+            raise ValueError(f"`class_order` must list distinct class ids of range({num_classes}), got {order}.")
+    count = len(order)
+    if count % num_tasks or count // num_tasks < 2:
+        valid = [d for d in range(1, count // 2 + 1) if count % d == 0]
+        subset = num_tasks * (count // num_tasks)
+        keep = (f", or train {subset} of them: a `class_order` of {subset} class ids (the recipes: `--num_classes "
+                f"{subset}`, the most frequent)") if count // num_tasks >= 2 else ""
+        raise ValueError(
+            f"{count} classes cannot be cut into {num_tasks} equal tasks of at least two classes (a one-class task "
+            f"trains nothing: its cross-entropy over one logit is 0): choose `num_tasks` among {valid}{keep}."
+        )
+    size = count // num_tasks
     return [order[t * size : (t + 1) * size] for t in range(num_tasks)]
 
 

@@ -3,14 +3,20 @@
 authors' configuration of each benchmark (their public code, ``zugexiaodui/VPTinNSforCL``, is the reference).
 
 Per benchmark (VPT-NSP², ViT-B/16 AugReg ImageNet-21k): temperature 28 / 25 / 30 / 30 and η 0.97 / 0.95 / 0.94 / 0.95
-for 10-split CIFAR-100 / 20-split CIFAR-100 / ImageNet-R / DomainNet; AutoAugment's CIFAR10 policy and bicubic crops for
-CIFAR-100, the ImageNet policy and bilinear crops otherwise; evaluation resizes CIFAR to 224 (bicubic), the others to
-256 × 256 then centre-crops 224. Shared: Adam with L2 weight decay 5e-5 inside the moments, lr 0.01, batch 256, 10
+for 10-split CIFAR-100 / 20-split CIFAR-100 / ImageNet-R / DomainNet; AutoAugment's CIFAR10 policy and bicubic crops
+for CIFAR-100, the ImageNet policy and bilinear crops otherwise; evaluation resizes CIFAR to 224 (bicubic), the others
+to 256 × 256 then centre-crops 224. Shared: Adam with L2 weight decay 5e-5 inside the moments, lr 0.01, batch 256, 10
 epochs over the task's data repeated 10 times with lr × 0.1 after epochs 4 and 7 (passes 40 and 70 of 100; timm's
-schedule as the authors step it; 40 % and 70 % of any other `--num_train_epochs`), no gradient clipping, fp16 on CUDA, prompt length 4 in every block, adaptive
-threshold, statistics weighted by task size, the authors' head initialisation, seed 2024. CLIP-NSP²
-(``--classifier text``): prompts in image blocks 0–3, lr 0.001, batch 220, 10 epochs × 2 repeats (decays after 4 and 7),
-η 0.98, temperature 1, classifier alignment after every task, CLIP's preprocessing.
+schedule as the authors step it; 40 % and 70 % of any other `--num_train_epochs`), no gradient clipping, fp16 on CUDA,
+prompt length 4 in every block, adaptive threshold, statistics weighted by task size, the authors' head initialisation,
+seed 2024. CLIP-NSP² (``--classifier text``): prompts in image blocks 0–3, lr 0.001, batch 220, 10 epochs × 2 repeats
+(decays after 4 and 7), η 0.98, temperature 1, classifier alignment after every task, CLIP's preprocessing.
+
+Your own data (``imagefolder``, `recipes/train_imagefolder.py`): the paper's values tuned for its benchmarks give way
+to the library's and the quickstart's: temperature 1 (`NSPConfig`'s default; the quickstart chose it on validation
+data), η 0.97 (`VPTNSPConfig`'s), 5 tasks, 5 epochs without repeats, batch 32, classifier alignment on (the
+quickstart's); evaluation resizes to the model's input size as its image processor (and so `pipeline`) does.
+Optimizer, schedule shape, prompts and backbone stay the authors'.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from ..continual.class_names import benchmark_text_templates
 from ..continual.stages import method_name
@@ -60,6 +67,12 @@ class Benchmark:
     """The authors' split lists shipped in ``authors_splits/`` (``imagenet_r``, ``sdomain``)."""
     official_num_classes: Optional[int] = None
     """With DomainNet's official lists (``--data_layout domainnet``): keep the N most frequent classes."""
+    dataset_help: str = ""
+    """What ``--dataset`` takes (the recipe's ``--help``)."""
+    text_templates: Optional[str] = None
+    """The shipped prompt templates for ``--classifier text`` (default: the family's)."""
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """Training defaults replacing the authors' (your own data); none for the paper's benchmarks."""
 
     @property
     def family(self) -> str:
@@ -67,8 +80,11 @@ class Benchmark:
         return self.name.rsplit("-", 1)[0]
 
 
-_CIFAR = dict(autoaugment_policy="cifar10", crop_interpolation="bicubic", eval_resize=None, eval_interpolation="bicubic",
-              dataset="uoft-cs/cifar100")
+_IMAGEFOLDER_HELP = ("an `imagefolder` tree `<class>/<image>` (optionally under `train/` and `test/`; without a test "
+                     "split `--test_fraction` of every class is held out)")
+_CIFAR = dict(autoaugment_policy="cifar10", crop_interpolation="bicubic", eval_resize=None,
+              eval_interpolation="bicubic", dataset="uoft-cs/cifar100",
+              dataset_help=f"A Hub dataset id, or {_IMAGEFOLDER_HELP}.")
 _LARGE_IMAGES = dict(autoaugment_policy="imagenet", crop_interpolation="bilinear", eval_resize=256,
                      eval_interpolation="bilinear")
 BENCHMARKS: dict[str, Benchmark] = {
@@ -77,9 +93,24 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("cifar100-10", num_tasks=10, temperature=28.0, eta=0.97, **_CIFAR),
         Benchmark("cifar100-20", num_tasks=20, temperature=25.0, eta=0.95, **_CIFAR),
         Benchmark("imagenet-r-10", num_tasks=10, temperature=30.0, eta=0.94, authors_lists="imagenet_r",
+                  dataset_help="Required: the ImageNet-R root (the folder of `n01443537/`, …), read with the authors' "
+                  f"split lists; or, with `--data_layout imagefolder`, {_IMAGEFOLDER_HELP}; or a Hub dataset id.",
                   **_LARGE_IMAGES),
         Benchmark("domainnet-10", num_tasks=10, temperature=30.0, eta=0.95, authors_lists="sdomain",
-                  official_num_classes=200, **_LARGE_IMAGES),
+                  official_num_classes=200,
+                  dataset_help="Required: the DomainNet root (the folder of `clipart/`, `real/`, …), read with the "
+                  "authors' split lists; or with its official `<domain>_{train,test}.txt` lists (`--data_layout "
+                  f"domainnet`: the 200 most frequent classes); or, with `--data_layout imagefolder`, "
+                  f"{_IMAGEFOLDER_HELP}; or a Hub dataset id.",
+                  **_LARGE_IMAGES),
+        # Your own data: not a benchmark of the paper, so no paper numbers; defaults in the module docstring.
+        Benchmark("imagefolder", num_tasks=5, temperature=1.0, eta=0.97, autoaugment_policy="imagenet",
+                  crop_interpolation="bilinear", eval_resize=None, eval_interpolation="bilinear",
+                  text_templates="cifar100",
+                  dataset_help=f"Required: your images, as {_IMAGEFOLDER_HELP}, or a Hub dataset id with an image and "
+                  "a `ClassLabel` column.",
+                  training={"num_train_epochs": 5, "dataset_repeats": 1, "per_device_train_batch_size": 32,
+                            "classifier_alignment": True}),
     )
 }
 
@@ -125,7 +156,7 @@ class DataArguments:
         metadata={
             "help": "A Hub dataset id, or a local folder: the ImageNet-R / DomainNet root (read with the authors' "
             "split lists), an `imagefolder` tree, or a DomainNet root with the official `*_train.txt` / `*_test.txt`. "
-            "Default: the benchmark's Hub dataset (CIFAR-100)."
+            "Each recipe names its default (`Benchmark.dataset_help`)."
         },
     )
     data_layout: str = field(
@@ -160,7 +191,9 @@ class DataArguments:
         if self.data_layout not in DATA_LAYOUTS:
             raise ValueError(f"`--data_layout` must be one of {list(DATA_LAYOUTS)}, got {self.data_layout!r}.")
         if self.test_split == self.train_split:
-            raise ValueError(f"`--test_split` and `--train_split` are both `{self.train_split}`: evaluate on other data.")
+            raise ValueError(
+                f"`--test_split` and `--train_split` are both `{self.train_split}`: evaluate on other data."
+            )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"`--test_fraction` must be in (0, 1), got {self.test_fraction}.")
         for name in ("num_classes", "max_train_samples_per_class", "max_test_samples_per_class", "image_size"):
@@ -181,7 +214,7 @@ class ModelArguments:
         },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: `sdpa` or `eager`."})
-    num_tasks: Optional[int] = field(default=None, metadata={"help": "Number of tasks (default: the benchmark's)."})
+    num_tasks: Optional[int] = field(default=None, metadata={"help": "Number of tasks."})
     joint: bool = field(default=False, metadata={"help": "Train all classes as one task (the upper bound)."})
     continue_from: Optional[str] = field(
         default=None,
@@ -193,7 +226,7 @@ class ModelArguments:
     prompt_length: int = field(default=4, metadata={"help": "Prompt tokens per layer (paper: 4)."})
     prompt_layers: Optional[list[int]] = field(default=None, metadata={"help": "Prompted blocks (default: all)."})
     threshold_mode: str = field(default="adaptive", metadata={"help": "`adaptive` or `times` null-space threshold."})
-    eta: Optional[float] = field(default=None, metadata={"help": "η of both projectors (default: the benchmark's)."})
+    eta: Optional[float] = field(default=None, metadata={"help": "η of both projectors."})
     task_weighting: str = field(default="size", metadata={"help": "How task statistics combine: `size` or `equal`."})
     head_init: str = field(default="authors", metadata={"help": "Head initialisation (default: the authors')."})
     classifier: str = field(
@@ -216,7 +249,8 @@ class ModelArguments:
 
     def peft_config(self, benchmark: Benchmark, classifier_alignment: bool) -> VPTNSPConfig:
         eta = benchmark.eta if self.eta is None else self.eta
-        text = {"text_templates": benchmark_text_templates(benchmark.family.replace("-", "_"))}
+        text = {"text_templates": benchmark_text_templates(benchmark.text_templates
+                                                           or benchmark.family.replace("-", "_"))}
         return VPTNSPConfig(
             prompt_length=self.prompt_length,
             prompt_layers=self.prompt_layers,
@@ -273,37 +307,77 @@ def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
     return BENCHMARKS.get(named) or dataclasses.replace(family[0], name=named, num_tasks=num_tasks)
 
 
+#: The `TrainingArguments` options a recipe's ``--help`` lists, next to the recipe's own and `NSPConfig`'s;
+#: ``--help_all`` lists every option (all are accepted).
+HELP_TRAINING_OPTIONS = (
+    "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "seed", "fp16", "bf16",
+    "use_cpu", "dataloader_num_workers", "dataloader_pin_memory", "logging_steps", "save_strategy", "save_total_limit",
+    "report_to", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_private_repo",
+)
+
+
+def recipe_parser(spec: Benchmark, argv: Sequence[str]) -> HfArgumentParser:
+    """The command line of a recipe for ``spec``: its defaults (the authors', or `Benchmark.training`) and a
+    ``--help`` that shows them, with the recipe's data and the TrainingArguments worth knowing (``--help_all``: all).
+
+    Without ``--per_device_train_batch_size`` the batch is split over the launched processes (``WORLD_SIZE``).
+    fp16 mixed precision is on by default on CUDA unless ``--bf16`` is given; memory is pinned only for CUDA.
+    """
+    epilog = "Every other `transformers.TrainingArguments` option works too: `--help_all` lists them."
+    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig), formatter_class=_HelpFormatter,
+                              epilog=epilog)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    clip = _pre_parse(argv, "--classifier", str) == "text"
+    cuda = torch.cuda.is_available() and not _pre_parse(argv, "--use_cpu", string_to_bool, nargs="?", const=True)
+    defaults = {**AUTHORS_TRAINING, "temperature": spec.temperature, **(AUTHORS_CLIP_TRAINING if clip else {}),
+                **spec.training}
+    defaults["per_device_train_batch_size"] = max(1, defaults["per_device_train_batch_size"] // world_size)
+    defaults["fp16"] = cuda and not any(token.startswith("--bf16") for token in argv)
+    defaults["dataloader_pin_memory"] = cuda  # pinning without CUDA only warns, once per DataLoader
+    defaults["eta"] = 0.98 if clip else spec.eta
+    if clip:
+        defaults["prompt_layers"] = [0, 1, 2, 3]
+    parser.set_defaults(**defaults, dataset=spec.dataset, num_tasks=spec.num_tasks, output_dir=None)
+    described = {
+        "dataset": spec.dataset_help,
+        "output_dir": f"Where the run goes; re-running the same command resumes it (default: "
+        f"`runs/{spec.name}-<method>-seed<seed>`, `<method>` being `nsp`, `seq` (`--projection false`) or `joint`).",
+        "lr_decay_epochs": "Epochs after which the learning rate is multiplied by `--lr_decay_factor`, replacing "
+        "`--lr_scheduler_type` (default: after 40 %% and 70 %% of `--num_train_epochs`, the authors' schedule).",
+    }
+    shown = {item.name for item in dataclasses.fields(NSPConfig)} - {item.name for item in
+                                                                       dataclasses.fields(TrainingArguments)}
+    shown |= {*HELP_TRAINING_OPTIONS, *(item.name for item in dataclasses.fields(DataArguments)),
+              *(item.name for item in dataclasses.fields(ModelArguments))}
+    for action in parser._actions:  # argparse has no public API to edit an added argument
+        if action.dest in described:
+            action.help = described[action.dest]
+        elif action.dest not in shown | {"help"} and "--help_all" not in argv:
+            action.help = argparse.SUPPRESS
+    parser.add_argument("--help_all", action="help", help="Show every option, with all of `TrainingArguments`.")
+    return parser
+
+
 def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) -> RecipeArguments:
-    """Parse a recipe's command line with the authors' defaults for ``benchmark`` (see [`resolve_benchmark`]).
+    """Parse a recipe's command line with the defaults of ``benchmark`` (see [`resolve_benchmark`],
+    [`recipe_parser`]).
 
     ``--projection false`` gives VPT-Seq, which also turns the LayerNorm loss off unless ``--ln_loss_weight`` is
-    given (the authors' code does the same). Without ``--per_device_train_batch_size`` the batch (256, CLIP 220) is
-    split over the launched processes (``WORLD_SIZE``). fp16 mixed precision (the authors') is on by default on CUDA
-    unless ``--bf16`` is given.
+    given (the authors' code does the same).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     spec = resolve_benchmark(benchmark, argv)
-    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    clip = _pre_parse(argv, "--classifier", str) == "text"
-    defaults = {**AUTHORS_TRAINING, "temperature": spec.temperature, **(AUTHORS_CLIP_TRAINING if clip else {})}
-    defaults["per_device_train_batch_size"] = max(1, defaults["per_device_train_batch_size"] // world_size)
-    defaults["fp16"] = torch.cuda.is_available() and not any(token.startswith("--bf16") for token in argv)
-    if clip:
-        defaults["prompt_layers"] = [0, 1, 2, 3]
-        defaults["eta"] = 0.98
-    parser.set_defaults(**defaults, output_dir=None)
-    data, model, training = parser.parse_args_into_dataclasses(args=argv)
+    data, model, training = recipe_parser(spec, argv).parse_args_into_dataclasses(args=argv)
     if model.head_refinement is not None:
         warnings.warn("`--head_refinement` is deprecated: use `--classifier_alignment`.", FutureWarning, stacklevel=2)
         training.classifier_alignment = model.head_refinement  # the old spelling of the same switch
-    data.dataset = data.dataset or spec.dataset
     if data.dataset is None:
         raise ValueError(f"`{benchmark}` needs `--dataset`: a local folder ({_layouts_help()}) or a Hub dataset id.")
     if training.push_to_hub and not training.hub_model_id:
         raise ValueError("`--push_to_hub` needs `--hub_model_id <user-or-org>/<repo>`.")
     if training.lr_decay_epochs is None:  # the authors' decays: after epochs 4 and 7 of 10, for any length
-        training.lr_decay_epochs = [round(0.4 * training.num_train_epochs, 6), round(0.7 * training.num_train_epochs, 6)]
+        training.lr_decay_epochs = [round(fraction * training.num_train_epochs, 6) for fraction in (0.4, 0.7)]
     if not training.projection and training.ln_loss_weight is None:
         training.ln_loss_weight = 0.0
     if training.output_dir is None or training.output_dir == "trainer_output":
@@ -343,11 +417,18 @@ def resolved_configuration(args: RecipeArguments) -> dict[str, Any]:
     }
 
 
-def _pre_parse(argv: Sequence[str], flag: str, kind: type) -> Any:
+def _pre_parse(argv: Sequence[str], flag: str, kind: Callable[[str], Any], **options: Any) -> Any:
     """The value of one flag before the full parse (defaults depend on it)."""
     pre_parser = argparse.ArgumentParser(add_help=False)
-    pre_parser.add_argument(flag, type=kind)
+    pre_parser.add_argument(flag, type=kind, **options)
     return getattr(pre_parser.parse_known_args(list(argv))[0], flag.lstrip("-"))
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only when there is one: the help text describes what ``None`` stands for."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _layouts_help() -> str:

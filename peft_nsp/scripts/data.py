@@ -181,7 +181,9 @@ def read_domainnet(root: Path) -> DatasetDict:
                 label = int(parts[1])
                 name = Path(parts[0]).parts[1]
                 if names.setdefault(label, name) != name:
-                    raise ValueError(f"{split_list}:{number}: label {label} is `{names[label]}` elsewhere, not `{name}`.")
+                    raise ValueError(
+                        f"{split_list}:{number}: label {label} is `{names[label]}` elsewhere, not `{name}`."
+                    )
                 paths.append(str(root / parts[0]))
                 labels.append(label)
         splits[split] = (paths, labels)

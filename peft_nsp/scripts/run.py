@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import huggingface_hub
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -15,12 +15,15 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTraine
 
 from .._io import write_atomically
 from ..continual.augment import AuthorsTrainTransform, EvalTransform
-from ..continual.loop import ContinualResult, run_class_incremental
 from ..continual.paper import comparison_table
+from ..continual.stages import read_progress, stage_dir, training_dir
 from ..hub import push_after_each_task, push_to_hub
 from ..timm_vit import is_timm_checkpoint, load_timm_vit
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
+
+if TYPE_CHECKING:
+    from ..continual.loop import ContinualResult
 
 SUMMARY_FILE = "summary.json"
 
@@ -28,8 +31,12 @@ SUMMARY_FILE = "summary.json"
 def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualResult:
     """Run ``benchmark`` (a key of `BENCHMARKS`) with the command line ``argv`` (default: ``sys.argv[1:]``)."""
     args = parse_recipe_arguments(benchmark, argv)
+    from ..continual.loop import run_class_incremental  # the training stack (and matplotlib): not for `--help`
+
     training = args.training
     push = training.push_to_hub and training.process_index == 0
+    if training.process_index == 0 and (resuming := resume_message(training.output_dir)):
+        print(resuming, flush=True)
     with training.main_process_first(desc="loading the data"):  # one process builds the datasets cache
         data = load_recipe_data(args.data, training.seed, args.benchmark, training.image_column, training.label_column)
     base_model, processor, size, mean, std = load_backbone(args.model, args.data.image_size)
@@ -69,8 +76,23 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     if training.process_index == 0:
         print(write_summary(result, args), flush=True)
     if push:  # whatever a push after some task could not upload; raises (run intact) if it still fails
-        push_to_hub(result.output_dir, training.hub_model_id, private=training.hub_private_repo, token=training.hub_token)
+        push_to_hub(result.output_dir, training.hub_model_id, private=training.hub_private_repo,
+                    token=training.hub_token)
     return result
+
+
+def resume_message(output_dir: str | os.PathLike) -> str | None:
+    """What re-running a recipe in ``output_dir`` will do with the run there (``None``: no task finished yet)."""
+    record = read_progress(output_dir)
+    if record is None:
+        return None
+    finished, planned = record.finished_tasks, len(record.tasks)
+    if finished >= planned:
+        return f"{output_dir} holds a finished run of {planned} tasks: nothing to train, its results follow."
+    checkpoint = any(training_dir(output_dir, finished).glob("checkpoint-*"))
+    return (f"Resuming {output_dir} after task {finished} of {planned} (last stage: "
+            f"{stage_dir(output_dir, finished - 1)}); task-{finished} continues "
+            f"{'from its last Trainer checkpoint' if checkpoint else 'from its start'}.")
 
 
 def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTrainedModel, Any, int, list, list]:
@@ -86,7 +108,7 @@ def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTra
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError) as error:
         raise ValueError(_offline_message(name, error)) from error
     except OSError as error:
-        if _hub_unreachable(name):
+        if hub_unreachable(name):
             raise ValueError(_offline_message(name, error)) from error
         raise ValueError(
             f"`{name}` could not be loaded as a model with an image processor (preprocessor_config.json gives the "
@@ -98,13 +120,13 @@ def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTra
     size = image_size or processed.get("height") or processed.get("shortest_edge") or native
     if size != native and backbone.config.model_type in ("vit", "deit"):
         raise ValueError(
-            f"`--image_size {size}` but `{name}` has position embeddings for {native} px: drop `--image_size`, or use a "
-            "checkpoint converted to that size."
+            f"`--image_size {size}` but `{name}` has position embeddings for {native} px: drop `--image_size`, or use "
+            "a checkpoint converted to that size."
         )
     return backbone, processor, size, list(processor.image_mean), list(processor.image_std)
 
 
-def _hub_unreachable(name: str) -> bool:
+def hub_unreachable(name: str) -> bool:
     """Whether ``name`` is a Hub id that cannot be fetched because there is no network (or offline mode is on)."""
     if os.path.isdir(name):
         return False
@@ -120,9 +142,9 @@ def _hub_unreachable(name: str) -> bool:
 
 def _offline_message(name: str, error: Exception) -> str:
     return (
-        f"`{name}` is not on this machine and the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is "
-        f"set): {type(error).__name__}. Download it where there is a network (`hf download {name}`), or pass a local "
-        "checkpoint folder with `--model_name_or_path /path/to/model`."
+        f"`{name}` is not on this machine and the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE "
+        f"is set): {type(error).__name__}. Download it where there is a network (`hf download {name}`), or pass a "
+        "local checkpoint folder with `--model_name_or_path /path/to/model`."
     )
 
 
@@ -141,4 +163,5 @@ def write_summary(result: ContinualResult, args: RecipeArguments) -> str:
     }
     text = json.dumps(summary, indent=2, allow_nan=False)
     write_atomically(Path(result.output_dir) / SUMMARY_FILE, text.encode())
-    return f"\n{args.method} on {args.benchmark.name}, {metrics.num_tasks} task(s):\n{metrics.format_table()}\n\n{table}"
+    heading = f"{args.method} on {args.benchmark.name}, {metrics.num_tasks} task(s):"
+    return f"\n{heading}\n{metrics.format_table()}\n\n{table}"
