@@ -388,8 +388,7 @@ def run_training_free(
 ) -> dict[str, Any]:
     """Classifiers that train nothing, on the frozen backbone's CLS features: cosine nearest class mean
     (``simplecil``) or the analytic head (``ranpac``, seeded projection)."""
-    features = {name: (cls_features(backbone, pixels(split, transform)[0], device), torch.tensor(split["label"]))
-                for name, split in data.items()}
+    features = frozen_features(dataset, backbone, data, transform, device)
     tasks = split_classes(len(data["train"].features["label"].names), NUM_TASKS[dataset], seed)
     train_x, train_y = features["train"]
     head = AnalyticClassifier(train_x.shape[1], ANALYTIC_SIZE, seed=seed).eval()
@@ -423,6 +422,22 @@ def cls_features(backbone: ViTModel, images: torch.Tensor, device: str, batch_si
                       for b in images.split(batch_size)])
 
 
+_FROZEN_FEATURES: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def frozen_features(
+    dataset: str, backbone: ViTModel, data: dict[str, Dataset], transform: Callable, device: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{split: (CLS features (N, F), labels (N,))}`` of the frozen backbone, computed once per dataset and process
+    (the backbone is frozen and there is no augmentation: every row on frozen features reads the same ones)."""
+    if dataset not in _FROZEN_FEATURES:
+        _FROZEN_FEATURES[dataset] = {
+            name: (cls_features(backbone, pixels(split, transform)[0], device), torch.tensor(split["label"]))
+            for name, split in data.items()
+        }
+    return _FROZEN_FEATURES[dataset]
+
+
 class ProbeHeads:
     """The linear probe's heads and the frozen features' class statistics, as `refine_head` reads a tuner."""
 
@@ -454,8 +469,7 @@ def run_probe(
 ) -> dict[str, Any]:
     """Linear probe: per-task heads on frozen CLS features, trained like the prompted runs' heads (and aligned
     after every task with ``alignment``, as `NSPConfig(classifier_alignment=True)` does)."""
-    features = {name: (cls_features(backbone, *pixels(split, transform)[:1], device), torch.tensor(split["label"]))
-                for name, split in data.items()}
+    features = frozen_features(dataset, backbone, data, transform, device)
     num_classes = len(data["train"].features["label"].names)
     tasks = split_classes(num_classes, NUM_TASKS[dataset], seed)
     torch.manual_seed(seed)

@@ -1,4 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
+from .analytic_head import AnalyticClassifier
 from .class_statistics import ClassFeatureStatistics
 from .config import VPTNSPConfig
 from .heads import ContinualClassifier, TaskHeads
@@ -9,6 +10,7 @@ from .router import HeadRouter, VPTNSPModelOutput
 from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
 __all__ = [
+    "AnalyticClassifier",
     "ClassFeatureStatistics",
     "ContinualClassifier",
     "HeadRouter",
