@@ -441,6 +441,8 @@ def frozen_features(
 class ProbeHeads:
     """The linear probe's heads and the frozen features' class statistics, as `refine_head` reads a tuner."""
 
+    temperature = 1.0  # the heads' outputs are the logits
+
     def __init__(self, feature_size: int) -> None:
         self.head = peft_nsp.ContinualClassifier(feature_size)
         self.statistics = ClassFeatureStatistics(feature_size)

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from testing_utils import blob_images, prompted_layers, prompts, tiny_model, to_tensor
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
@@ -15,9 +17,9 @@ from peft_nsp.continual.data import ImageCollator, TaskCollator
 from peft_nsp.trainer import NSPConfig, NSPTrainer, NSPTrainingArguments, NullSpaceTrainer
 
 
-def second_task_model():
+def second_task_model(temperature: float = 1.0):
     """A model whose first task (classes `class_0`, `class_1`) is folded in."""
-    model = get_peft_model(tiny_model("vit", seed=4), VPTNSPConfig(prompt_length=2))
+    model = get_peft_model(tiny_model("vit", seed=4), VPTNSPConfig(prompt_length=2, temperature=temperature))
     model.add_task(["class_0", "class_1"])
     model.update_null_space([to_tensor(blob_images(2, 4)["image"])])
     return model
@@ -36,10 +38,12 @@ def config(tmp_path, **kwargs) -> NSPConfig:
     return NSPConfig(**{**defaults, **kwargs})
 
 
-def make_trainer(tmp_path, model=None, callbacks=(), **kwargs) -> NSPTrainer:
+def make_trainer(tmp_path, model=None, callbacks=(), optimizers=(None, None), optimizer_cls_and_kwargs=None,
+                 **kwargs) -> NSPTrainer:
     """An NSPTrainer for task 2 (classes `class_2`, `class_3`) of `second_task_model()`."""
     return NSPTrainer(model or second_task_model(), config(tmp_path, **kwargs), train_dataset=task_two_data(),
-                      train_transform=to_tensor, callbacks=list(callbacks))
+                      train_transform=to_tensor, callbacks=list(callbacks), optimizers=optimizers,
+                      optimizer_cls_and_kwargs=optimizer_cls_and_kwargs)
 
 
 class CountSteps(TrainerCallback):
@@ -119,16 +123,30 @@ def test_projection_off_is_plain_training_and_custom_optimizers_work(tmp_path):
     trainer = make_trainer(tmp_path, projection=False, num_train_epochs=1)
     trainer.train()
     assert trainer.projection is None
-    model = second_task_model()
-    optimizer = torch.optim.RMSprop([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    trainer = make_trainer(tmp_path / "custom", model=model, num_train_epochs=1)
-    trainer.optimizer = optimizer
+    trainer = make_trainer(tmp_path / "custom", num_train_epochs=1)
+    trainer.optimizer = torch.optim.RMSprop([p for p in trainer.model.parameters() if p.requires_grad], lr=0.01)
     trainer.train()
     assert trainer.projection.steps_projected == trainer.state.global_step > 0
 
 
+def test_an_optimizer_built_before_the_new_head_is_refused_and_optimizer_cls_trains_the_head(tmp_path):
+    model = second_task_model()
+    early = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)  # before the task's head
+    trainer = make_trainer(tmp_path / "early", model=model, num_train_epochs=1, optimizers=(early, None))
+    with pytest.raises(ValueError, match=r"does not hold 2 tensor\(s\).*optimizer_cls_and_kwargs"):
+        trainer.train()
+    model = second_task_model()
+    trainer = make_trainer(tmp_path / "cls", model=model, num_train_epochs=1,
+                           optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.5}))
+    head = trainer.model.base_model.task_heads().heads[1]
+    before = head.weight.detach().clone()
+    trainer.train()
+    assert (head.weight - before).abs().max() > 1e-4  # the new task's head trained
+    assert trainer.projection.steps_projected == trainer.state.global_step > 0
+
+
 def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path):
-    trainer = make_trainer(tmp_path, temperature=4.0, ln_loss_weight=0.5)
+    trainer = make_trainer(tmp_path, model=second_task_model(temperature=4.0), temperature=4.0, ln_loss_weight=0.5)
     model = trainer.model
     with torch.no_grad():  # move prompts so the LayerNorm term is non-zero
         for param in model.parameters():
@@ -139,13 +157,31 @@ def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path)
     assert batch["labels"].tolist() == [2] * 4 + [3] * 4  # class ids, named by the dataset's ClassLabel
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
-        logits = model(pixel_values=batch["pixel_values"]).logits[:, 2:4]
-        ce = torch.nn.functional.cross_entropy(logits / 4.0, batch["labels"] - 2)
+        pooled = model(pixel_values=batch["pixel_values"]).last_hidden_state[:, 0]
+        outputs = model.base_model.task_heads().heads[1](pooled)  # the newest head's own outputs
+        ce = torch.nn.functional.cross_entropy(outputs / 4.0, batch["labels"] - 2)
         ln = 0.0
         for layer in prompted_layers(model):
             p, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
             ln += (p.mean(-1) - old.mean(-1)).abs().mean() + (p.std(-1, correction=0) - old.std(-1, correction=0)).abs().mean()
     torch.testing.assert_close(loss, ce + 0.5 * ln)
+
+
+def test_the_adapter_records_the_temperature_and_its_logits_are_divided_by_it(tmp_path):
+    trainer = NSPTrainer(tiny_model("vit"), config(tmp_path, temperature=30.0), train_dataset=task_two_data(),
+                         train_transform=to_tensor, peft_config=VPTNSPConfig(prompt_length=2))
+    model = trainer.model.eval()
+    assert model.peft_config["default"].temperature == 30.0
+    x = to_tensor(task_two_data()["image"])
+    with torch.no_grad():
+        output = model(pixel_values=x)
+        outputs = model.base_model.task_heads().heads[0](output.last_hidden_state[:, 0])
+    torch.testing.assert_close(output.logits, outputs / 30.0)  # softmax(logits): what training optimised
+    trainer.save_model(str(tmp_path / "stage"))
+    assert json.loads((tmp_path / "stage" / "adapter_config.json").read_text())["temperature"] == 30.0
+    reloaded = PeftModel.from_pretrained(tiny_model("vit"), str(tmp_path / "stage"), is_trainable=True)
+    with pytest.raises(ValueError, match="trained at temperature 30.*continue with `temperature=30`"):
+        NSPTrainer(reloaded, config(tmp_path), train_dataset=blob_images(2, 2), train_transform=to_tensor)
 
 
 def test_trainer_input_errors(tmp_path):

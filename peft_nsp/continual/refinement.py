@@ -96,7 +96,8 @@ def refine_head(model: nn.Module, args: HeadRefinementArguments | None = None, s
     each task). Every process with the same statistics and seed computes the same result.
 
     Args:
-        model: a `PeftModel` with a `vpt_nsp` adapter (or its `VPTNSPModel`).
+        model: a `PeftModel` with a `vpt_nsp` adapter (or its `VPTNSPModel`): `refinable_parameters()`,
+            `class_feature_statistics()`, `logits_from_features()` and the training `temperature`.
         args: the hyperparameters (default: the paper's).
         seed: seeds the sampling and the shuffling.
 
@@ -134,7 +135,9 @@ def refine_head(model: nn.Module, args: HeadRefinementArguments | None = None, s
             order = torch.randperm(len(classes), generator=generator, device=device)
             total = 0.0
             for batch in order.split(args.refine_batch_size):
-                loss = F.cross_entropy(model.logits_from_features(features[batch]), classes[batch])
+                # The heads' own outputs (the logits times the training temperature), as CLIP-NSP²'s refinement.
+                logits = model.logits_from_features(features[batch]) * model.temperature
+                loss = F.cross_entropy(logits, classes[batch])
                 # Gradients of the refined weights only: the logit scale and the prompts keep theirs untouched.
                 for p, grad in zip(parameters, torch.autograd.grad(loss, parameters)):
                     p.grad = grad

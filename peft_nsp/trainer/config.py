@@ -29,8 +29,10 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     > Parameters that control the loss
 
     temperature (`float`, *optional*, defaults to `1.0`):
-        Logits are divided by it before the cross-entropy (paper: 28 for 10-split CIFAR-100, 25 for 20-split,
-        30 for ImageNet-R and DomainNet).
+        The training temperature: the cross-entropy is taken of the heads' outputs divided by it (paper: 28 for
+        10-split CIFAR-100, 25 for 20-split, 30 for ImageNet-R and DomainNet). A new adapter records it
+        (`VPTNSPConfig.temperature`) and its logits are divided by it everywhere (`pipeline`, `predict`); a continued
+        adapter must be trained at its own.
     ln_loss_weight (`float`, *optional*):
         λ of the LayerNorm consistency loss. Defaults to the adapter's `VPTNSPConfig.ln_loss_weight`; `0` turns it
         off.
@@ -88,7 +90,9 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         `fine_label`).
     """
 
-    temperature: float = field(default=1.0, metadata={"help": "Logits are divided by it before the cross-entropy."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Training temperature: the heads' outputs are divided by it (saved in the adapter)."}
+    )
     ln_loss_weight: Optional[float] = field(
         default=None, metadata={"help": "λ of the LayerNorm consistency loss; default: the adapter config's."}
     )

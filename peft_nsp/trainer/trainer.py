@@ -187,6 +187,7 @@ class NSPTrainer(Trainer):
                 weight_decay=self.args.weight_decay,
             )
         optimizer = super().create_optimizer(model)
+        _check_optimizer_holds_every_trainable_tensor(optimizer, model or self.model)
         if self.args.projection and self.projection is None:
             _warn_if_prompts_are_not_fp32(self.nsp_model)
             self.projection = self.nsp_model.attach_null_space_projection(optimizer, mode=self.args.projection_mode)
@@ -220,7 +221,8 @@ class NSPTrainer(Trainer):
         columns = tuner.class_ids_to_columns(labels)
         if model.training:
             task = tuner.task_columns()
-            loss = F.cross_entropy(logits[:, task] / self.args.temperature, columns - task.start)
+            # The heads divide by the temperature (the adapter's, equal to `args.temperature`): logits are CE-ready.
+            loss = F.cross_entropy(logits[:, task], columns - task.start)
             weight = self.ln_loss_weight()
             if weight > 0:
                 loss = loss + weight * tuner.layernorm_consistency_loss()
@@ -231,7 +233,7 @@ class NSPTrainer(Trainer):
                     "learning rate). Training stopped before the update; saved stages and checkpoints are unchanged."
                 )
         else:
-            loss = F.cross_entropy(logits / self.args.temperature, columns)
+            loss = F.cross_entropy(logits, columns)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -337,7 +339,7 @@ class NullSpaceTrainer(NSPTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = F.cross_entropy(outputs.logits[:, self.nsp_model.task_columns()] / self.args.temperature, labels)
+        loss = F.cross_entropy(outputs.logits[:, self.nsp_model.task_columns()], labels)
         weight = self.ln_loss_weight()
         if weight > 0:
             loss = loss + weight * self.nsp_model.layernorm_consistency_loss()
@@ -385,10 +387,19 @@ def _peft_model(model: str | PreTrainedModel | PeftModel, peft_config: VPTNSPCon
             "loaded with `PeftModel.from_pretrained(base, adapter, is_trainable=True)` to continue one."
         )
     else:
+        # The adapter records the training temperature: its heads divide by it, so its logits are what was trained.
+        changes = {"temperature": args.temperature}
         if args.classifier_alignment and not peft_config.class_statistics:
-            peft_config = VPTNSPConfig(**{**peft_config.to_dict(), "class_statistics": True})
+            changes["class_statistics"] = True
+        peft_config = VPTNSPConfig(**{**peft_config.to_dict(), **changes})
         model = get_peft_model(model, peft_config)
     _check_vpt_nsp(model)
+    trained_at = model.peft_config[model.active_adapter].temperature
+    if trained_at != args.temperature:
+        raise ValueError(
+            f"This adapter's heads were trained at temperature {trained_at:g} (its logits are their outputs divided by "
+            f"it), but `NSPConfig.temperature` is {args.temperature:g}: continue with `temperature={trained_at:g}`."
+        )
     if args.classifier_alignment and model.peft_config[model.active_adapter].classifier == "analytic":
         raise ValueError(
             "`classifier_alignment=True` retrains linear heads on sampled features, but this adapter's classifier is "
@@ -401,6 +412,22 @@ def _peft_model(model: str | PreTrainedModel | PeftModel, peft_config: VPTNSPCon
             "refine from)."
         )
     return model
+
+
+def _check_optimizer_holds_every_trainable_tensor(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+    """Refuse an optimizer (e.g. passed in `optimizers=`) that would leave a trained tensor of the task frozen."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        shown = ", ".join(f"`{name}`" for name in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                                                   else "")
+        raise ValueError(
+            f"The optimizer does not hold {len(missing)} tensor(s) this task trains ({shown}): NSPTrainer adds the new "
+            "task's head from `train_dataset`'s classes, after an optimizer built beforehand. Pass "
+            "`optimizer_cls_and_kwargs=(torch.optim.SGD, {'lr': ...})` so the Trainer builds it over every trainable "
+            "tensor, or build it after `NSPTrainer(...)` from `[p for p in trainer.model.parameters() if "
+            "p.requires_grad]` and set `trainer.optimizer`."
+        )
 
 
 def _processor_transform(processing_class: Any) -> ImageTransform | None:

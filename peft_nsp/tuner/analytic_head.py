@@ -202,6 +202,7 @@ class AnalyticClassifier(TaskHeads):
         ridge_grid: candidates for λ.
         seed: seeds the random projection.
         head_init: initialisation of the training heads.
+        temperature: the training heads' temperature (their logits are divided by it while training).
     """
 
     def __init__(
@@ -212,13 +213,14 @@ class AnalyticClassifier(TaskHeads):
         ridge_grid: Sequence[float] = DEFAULT_RIDGE_GRID,
         seed: int = 0,
         head_init: str = "trunc_normal",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.width = projection_size or in_features
         self.fixed_ridge = ridge
         self.ridge_grid = tuple(ridge_grid)
-        self.training_heads = ContinualClassifier(in_features, init=head_init)
+        self.training_heads = ContinualClassifier(in_features, init=head_init, temperature=temperature)
         self.state = _AnalyticState(in_features, projection_size, seed)
         self.tasks = nn.ModuleList()
 

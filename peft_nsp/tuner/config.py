@@ -86,6 +86,10 @@ class VPTNSPConfig(PeftConfig):
             embeddings are computed by `add_task` and saved with the adapter) or `"analytic"` ([`AnalyticClassifier`]:
             ridge regression on random ReLU features, solved in closed form from sums over every task, refit after
             each task in the null-space statistics pass; linear heads per task train the prompts).
+        temperature (`float`, defaults to `1.0`):
+            The training temperature T: the logits are the linear (or text) heads' outputs divided by it, so
+            `softmax(logits)` (what `pipeline` shows) are the probabilities the model was trained to output. Set by
+            [`NSPTrainer`] from `NSPConfig.temperature` when it creates the adapter (paper: 28, 25 or 30).
         analytic_projection_size (`int`, defaults to `5000`):
             `"analytic"` only: M, the number of random ReLU features (0: ridge regression on the pooled features).
             The adapter keeps `G` as a packed M(M+1)/2 float32 (50 MB for M = 5000) and the F × M projection.
@@ -162,6 +166,9 @@ class VPTNSPConfig(PeftConfig):
     )
     classifier: str = field(
         default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Training temperature: logits are the heads' outputs divided by it."}
     )
     analytic_projection_size: int = field(
         default=5000, metadata={"help": "`analytic` classifier: M random ReLU features (0: the features themselves)."}
@@ -251,6 +258,8 @@ class VPTNSPConfig(PeftConfig):
         for name in ("eta1", "eta2"):
             if not _finite(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        if not _finite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}.")
         size = self.analytic_projection_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"`analytic_projection_size` must be an integer ≥ 0, got {size!r}.")

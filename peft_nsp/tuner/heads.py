@@ -56,14 +56,17 @@ class ContinualClassifier(TaskHeads):
             (``nn.Linear``'s own), or ``"authors"``: what the authors' code does, the first head ``"trunc_normal"``,
             the second a copy of the (trained) first one when the two tasks have as many classes, later heads
             ``"pytorch"``.
+        temperature: the logits are the heads' outputs divided by it (the training temperature), so
+            ``softmax(logits)`` are the probabilities the model was trained to output.
     """
 
-    def __init__(self, in_features: int, init: str = "trunc_normal") -> None:
+    def __init__(self, in_features: int, init: str = "trunc_normal", temperature: float = 1.0) -> None:
         super().__init__()
         if init not in HEAD_INITS:
             raise ValueError(f"`init` must be one of {list(HEAD_INITS)}, got {init!r}.")
         self.in_features = in_features
         self.init = init
+        self.temperature = temperature
         self.heads = nn.ModuleList()
 
     def add_task(self, num_classes: int, class_embeddings: torch.Tensor | None = None) -> int:
@@ -96,5 +99,5 @@ class ContinualClassifier(TaskHeads):
         return [head.out_features for head in self.heads]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, in_features)`` → ``(B, num_seen_classes)`` logits of all heads."""
-        return torch.cat([head(features.to(head.weight.dtype)) for head in self.heads], dim=-1)
+        """``(B, in_features)`` → ``(B, num_seen_classes)`` logits of all heads (outputs / temperature)."""
+        return torch.cat([head(features.to(head.weight.dtype)) for head in self.heads], dim=-1) / self.temperature

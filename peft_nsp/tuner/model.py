@@ -183,14 +183,16 @@ class VPTNSPModel(BaseTuner):
             logit_scale = config.logit_scale
             if logit_scale is None:
                 logit_scale = float(model.logit_scale) if hasattr(model, "logit_scale") else math.log(100.0)
-            self.vpt_nsp_head[adapter_name] = TextEmbeddingClassifier(features, logit_scale).to(device)
+            head = TextEmbeddingClassifier(features, logit_scale, config.temperature)
+            self.vpt_nsp_head[adapter_name] = head.to(device)
         elif config.classifier == "analytic":
             self.vpt_nsp_head[adapter_name] = AnalyticClassifier(
                 features, config.analytic_projection_size, config.analytic_ridge, config.analytic_ridge_grid,
-                config.analytic_seed, config.head_init,
+                config.analytic_seed, config.head_init, config.temperature,
             ).to(device)
         else:
-            self.vpt_nsp_head[adapter_name] = ContinualClassifier(features, init=config.head_init).to(device)
+            head = ContinualClassifier(features, config.head_init, config.temperature)
+            self.vpt_nsp_head[adapter_name] = head.to(device)
         if config.class_statistics:
             self.vpt_nsp_class_statistics[adapter_name] = ClassFeatureStatistics(pooled)
         # Rebuild the per-task state a checkpoint fills (`PeftModel.from_pretrained` loads after injection).
@@ -339,6 +341,11 @@ class VPTNSPModel(BaseTuner):
     def task_heads(self, adapter_name: str | None = None) -> TaskHeads:
         """The continual classifier of ``adapter_name`` (default: the active adapter)."""
         return self.vpt_nsp_head[adapter_name or self._active_adapter_name()]
+
+    @property
+    def temperature(self) -> float:
+        """The active adapter's training temperature (its logits are the heads' outputs divided by it)."""
+        return self.peft_config[self._active_adapter_name()].temperature
 
     @property
     def num_tasks(self) -> int:

@@ -88,11 +88,13 @@ class TextEmbeddingClassifier(TaskHeads):
     Args:
         embedding_dim: E, the size of the image embedding the classifier reads.
         logit_scale: initial ``s`` (CLIP's pre-trained value is ``ln 100``).
+        temperature: the logits are divided by it (the training temperature; CLIP-NSP²: 1).
     """
 
-    def __init__(self, embedding_dim: int, logit_scale: float) -> None:
+    def __init__(self, embedding_dim: int, logit_scale: float, temperature: float = 1.0) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
+        self.temperature = temperature
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
         self.register_buffer("class_embeddings", torch.zeros(0, embedding_dim))
         self._task_sizes: list[int] = []
@@ -118,5 +120,5 @@ class TextEmbeddingClassifier(TaskHeads):
         return list(self._task_sizes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, E)`` → ``(B, num_seen_classes)`` float32 logits."""
-        return cosine_logits(features, self.class_embeddings, self.logit_scale)
+        """``(B, E)`` → ``(B, num_seen_classes)`` float32 logits (divided by the temperature)."""
+        return cosine_logits(features, self.class_embeddings, self.logit_scale) / self.temperature
