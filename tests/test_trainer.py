@@ -265,3 +265,20 @@ def test_step_schedule_argument_errors(tmp_path):
         NSPConfig(output_dir=str(tmp_path), lr_decay_factor=0)
     with pytest.raises(ValueError, match=r"`lr_decay_factor` must be in \(0, 1\]"):
         NSPConfig(output_dir=str(tmp_path), lr_decay_factor=2)
+
+
+def test_eval_data_may_name_its_image_column_differently(tmp_path):
+    trainer = make_trainer(tmp_path, num_train_epochs=1)
+    trainer.train()
+    renamed = task_two_data().rename_column("image", "img")
+    metrics = trainer.evaluate(eval_dataset=renamed)
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    assert trainer.predict(renamed).predictions.shape == (8, 4)
+
+
+def test_a_peft_model_of_another_method_is_refused_with_the_fix(tmp_path):
+    from peft import LoraConfig
+
+    lora = get_peft_model(tiny_model("vit"), LoraConfig(target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="PeftModel with a `vpt_nsp` adapter"):
+        NSPTrainer(lora, config(tmp_path), train_dataset=task_two_data(), train_transform=to_tensor)

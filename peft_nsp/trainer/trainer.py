@@ -114,6 +114,8 @@ class NSPTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         args = _nsp_config(args)
+        if isinstance(model, PeftModel):
+            _check_vpt_nsp(model)  # before anything reads the adapter (a LoRA PeftModel gets this error, not another)
         # New prompts and heads are drawn from `seed + <tasks already learned>`: the same task gets the same start.
         set_seed(args.seed + (model.base_model.num_tasks if isinstance(model, PeftModel) else 0))
         model = _peft_model(model, peft_config, args)
@@ -140,7 +142,7 @@ class NSPTrainer(Trainer):
         if eval_dataset is not None:
             first = next(iter(eval_dataset.values())) if isinstance(eval_dataset, Mapping) else eval_dataset
             image_column = image_column or find_columns(first, args.image_column, args.label_column, "eval_dataset")[0]
-            eval_dataset = _prepare_eval_datasets(eval_dataset, model, args)
+            eval_dataset = _prepare_eval_datasets(eval_dataset, model, args, image_column)
         if image_column is not None and self.eval_transform is None and data_collator is None:
             raise ValueError(
                 "NSPTrainer needs to turn images into pixel values: pass `processing_class="
@@ -246,13 +248,15 @@ class NSPTrainer(Trainer):
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         if isinstance(eval_dataset, Dataset):
-            eval_dataset = _prepare_eval_datasets(eval_dataset, self.model, self.args)
+            eval_dataset = _prepare_eval_datasets(eval_dataset, self.model, self.args, self.image_column)
         with self._collating(self._eval_collator):
             return super().get_eval_dataloader(eval_dataset)
 
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
         with self._collating(self._eval_collator):
-            return super().get_test_dataloader(_prepare_eval_datasets(test_dataset, self.model, self.args))
+            return super().get_test_dataloader(
+                _prepare_eval_datasets(test_dataset, self.model, self.args, self.image_column)
+            )
 
     @contextmanager
     def _collating(self, collator: Callable | None) -> Iterator[None]:
@@ -466,13 +470,22 @@ def _class_ids(model: PeftModel) -> dict[str, int]:
     return dict(zip(tuner.class_names(), tuner.class_order()))
 
 
-def _prepare_eval_datasets(dataset: Any, model: PeftModel, args: NSPConfig) -> Any:
-    """Evaluation data with class-id labels (a dict of datasets stays a dict)."""
+def _prepare_eval_datasets(dataset: Any, model: PeftModel, args: NSPConfig, image_column: str) -> Any:
+    """Evaluation data with class-id labels and its images under ``image_column`` (the collator's: the training
+    data's), so train and eval sets may name their columns differently (a dict of datasets stays a dict)."""
     if isinstance(dataset, Mapping):
-        return {name: _prepare_eval_datasets(part, model, args) for name, part in dataset.items()}
+        return {name: _prepare_eval_datasets(part, model, args, image_column) for name, part in dataset.items()}
     if isinstance(dataset.format.get("format_kwargs", {}).get("transform"), ClassIdLabels):
         return dataset  # already prepared
-    image_column, label_column = find_columns(dataset, args.image_column, args.label_column, "eval_dataset")
+    own_image_column, label_column = find_columns(dataset, args.image_column, args.label_column, "eval_dataset")
+    if own_image_column != image_column:
+        if image_column in dataset.column_names:
+            raise ValueError(
+                f"The evaluation data's images are in `{own_image_column}`, the training data's in `{image_column}`, "
+                f"and the evaluation data has another `{image_column}` column: rename one of them (or set "
+                "`NSPConfig(image_column=...)`)."
+            )
+        dataset = dataset.rename_column(own_image_column, image_column)
     return with_class_ids(dataset, _class_ids(model), image_column, label_column, "eval_dataset")
 
 
