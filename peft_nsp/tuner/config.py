@@ -13,6 +13,7 @@ from peft.config import PeftConfig
 
 from .._registration import PEFT_TYPE
 from ..nullspace.state import TASK_WEIGHTINGS
+from .adapter_files import WEIGHTS_FILE, check_safetensors_file
 from .analytic_head import DEFAULT_RIDGE_GRID
 from .heads import HEAD_INITS
 
@@ -294,14 +295,22 @@ class VPTNSPConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's loader, refusing a `revision` for a local folder (it would be ignored, loading another stage)."""
+        """PEFT's loader, refusing a `revision` for a local folder (it would be ignored, loading another stage) and
+        a damaged local weights file (named, before PEFT reads it)."""
         if kwargs.get("revision") is not None and os.path.isdir(pretrained_model_name_or_path):
             raise ValueError(
                 f"`revision={kwargs['revision']!r}` selects a revision of a Hub repository, but "
                 f"`{pretrained_model_name_or_path}` is a local folder, which has none: load the stage's own folder "
                 f"(e.g. `<output_dir>/tasks/{kwargs['revision']}`) without `revision`."
             )
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        weights = os.path.join(folder, WEIGHTS_FILE)
+        if os.path.isfile(weights):
+            check_safetensors_file(weights)  # before PEFT reads it: a damaged file is named with the way out
+        # Runtime only (not a field, never saved): where the checkpoint comes from, for the errors of the load.
+        config.loaded_from = weights if os.path.isdir(folder) else f"{pretrained_model_name_or_path} (Hub)"
+        return config
 
 
 def _finite(value: Any) -> bool:

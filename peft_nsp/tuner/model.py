@@ -303,6 +303,11 @@ class VPTNSPModel(BaseTuner):
         unexpected = sorted(set(remapped) - set(expected))
         wrong_shape = [f"`{key}` {tuple(value.shape)} (checkpoint) vs {tuple(expected[key].shape)} (model)"
                        for key, value in remapped.items() if key in expected and expected[key].shape != value.shape]
+        source = getattr(config, "loaded_from", None) or "the checkpoint"
+        raise_if_not_finite(
+            {key: value for key, value in remapped.items() if value.is_floating_point() and not value.is_meta},
+            f"Loading the adapter `{source}` (restore it from its source or an earlier stage)",
+        )
         if missing or unexpected or wrong_shape:
             problems = []
             for label, keys in (("missing from the checkpoint", missing), ("not in this model", unexpected),
