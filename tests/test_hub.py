@@ -1,10 +1,10 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 """Sharing a run on the Hub: task commits and branches, the model card, failures and resuming, continuing a run.
 
-The Hub cannot be reached from the test machines. Everything up to the network runs for real (stage folders, cards,
-commit operations, `PeftModel.from_pretrained`, the Hub cache layout read offline by `huggingface_hub`); the calls
-to `huggingface_hub.HfApi` go to `RecordingHub`, an in-memory double injected at that one boundary (`api=`), which
-keeps commits, branches and trees like a Hub repository and records every call.
+The Hub cannot be reached from the test machines; `hub_server.LocalHub` serves the endpoints a push and a download
+call on 127.0.0.1, and `huggingface_hub` is pointed at it, so everything runs through its real HTTP client: requests,
+retries, errors, revision resolution, the download cache, `PeftModel.from_pretrained(repo, revision=...)` and
+`pipeline(..., revision=...)`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
-from datetime import datetime, timezone
+import subprocess
+import sys
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 from testing_utils import tiny_model, to_tensor
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
-from huggingface_hub.hf_api import GitCommitInfo, GitRefInfo, GitRefs
+from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from hub_server import Fault, LocalHub
 from peft import PeftModel
 from test_loop import TEST, final_state, run
 
@@ -36,7 +37,6 @@ from peft_nsp.hub import (
     push_to_hub,
     stage_revision,
 )
-from peft_nsp.hub.__main__ import main
 
 REPO = "someone/vpt-nsp-toy"
 RUN_INFO = {"benchmark": "cifar100-10", "dataset": "uoft-cs/cifar100", "base_model": "google/vit-base-patch16-224"}
@@ -46,103 +46,20 @@ STAGE_FILES = {
 }
 
 
-class RecordingHub:
-    """In-memory double of the `HfApi` methods the push uses: one repository, git-like commits and branches.
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The local Hub of this module's tests; `huggingface_hub` (here and in processes started here) talks to it."""
+    with LocalHub(tmp_path_factory.mktemp("hub")).running() as local, pytest.MonkeyPatch.context() as patch:
+        local.point_huggingface_hub_here(patch, tmp_path_factory.mktemp("cache"))
+        yield local
 
-    ``fail`` lists ``(method, revision, when)`` to raise a network error once, ``"before"`` the call acts or
-    ``"after"`` it (the Hub did it, the response was lost). ``calls`` records ``(method, revision)``.
-    """
 
-    def __init__(self, fail=(), cache_dir=None):
-        self.fail, self.cache_dir = list(fail), cache_dir
-        self.calls = []
-        self.commits = {}  # oid → (parent, title, tree {path: bytes})
-        self.branches = {}
-        self.private = None
-
-    def create_repo(self, repo_id, *, private=None, exist_ok=False):
-        self._call("create_repo", None, repo_id)
-        if self.branches and not exist_ok:
-            raise ValueError("repository exists")
-        if not self.branches:
-            self.private = private
-            self.branches["main"] = self._commit(None, "initial commit", {".gitattributes": b"*.safetensors lfs\n"})
-
-    def list_repo_refs(self, repo_id):
-        self._call("list_repo_refs", None, repo_id)
-        refs = [GitRefInfo(name, f"refs/heads/{name}", oid) for name, oid in self.branches.items()]
-        return GitRefs(branches=refs, converts=[], tags=[])
-
-    def list_repo_commits(self, repo_id, *, revision="main"):
-        self._call("list_repo_commits", revision, repo_id)
-        history, oid = [], self.branches[revision]
-        while oid is not None:
-            parent, title, _ = self.commits[oid]
-            history.append(GitCommitInfo(oid, [], datetime.now(timezone.utc), title, "", None, None))
-            oid = parent
-        return history
-
-    def list_repo_files(self, repo_id, *, revision="main"):
-        self._call("list_repo_files", revision, repo_id)
-        return sorted(self.tree(revision))
-
-    def create_commit(self, repo_id, operations, *, commit_message, commit_description=None, revision="main",
-                      parent_commit=None):
-        stage = commit_message.split(":")[0].removeprefix("Add ")
-        self._call("create_commit", stage, repo_id)
-        if parent_commit != self.branches[revision]:
-            raise RuntimeError("412 Precondition Failed: parent commit is not the head")
-        tree = dict(self.tree(revision))
-        for operation in operations:
-            if isinstance(operation, CommitOperationAdd):
-                source = operation.path_or_fileobj
-                tree[operation.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
-            else:
-                assert isinstance(operation, CommitOperationDelete)
-                del tree[operation.path_in_repo]
-        oid = self.branches[revision] = self._commit(parent_commit, commit_message, tree)
-        self._fail("create_commit", stage, "after")
-        return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, commit_description, oid)
-
-    def create_branch(self, repo_id, *, branch, revision, exist_ok=False):
-        self._call("create_branch", branch, repo_id)
-        if branch in self.branches and not exist_ok:
-            raise RuntimeError(f"409 Conflict: branch {branch} exists")
-        self.branches[branch] = revision
-        self._fail("create_branch", branch, "after")
-
-    def snapshot_download(self, repo_id, *, revision=None, cache_dir=None):
-        """Write ``revision`` into the real Hub cache layout (as `huggingface_hub` does) and return its folder."""
-        self._call("snapshot_download", revision, repo_id)
-        oid = self.branches[revision or "main"]
-        repo = Path(cache_dir or self.cache_dir) / f"models--{repo_id.replace('/', '--')}"
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / (revision or "main")).write_text(oid)
-        for name, data in self.tree(oid).items():
-            (repo / "snapshots" / oid / name).parent.mkdir(parents=True, exist_ok=True)
-            (repo / "snapshots" / oid / name).write_bytes(data)
-        return str(repo / "snapshots" / oid)
-
-    def tree(self, revision):
-        return self.commits[self.branches.get(revision, revision)][2]
-
-    def titles(self):
-        return [commit.title for commit in reversed(self.list_repo_commits(REPO))]
-
-    def _call(self, method, revision, repo_id):
-        assert repo_id == REPO
-        self.calls.append((method, revision))
-        self._fail(method, revision, "before")
-
-    def _fail(self, method, revision, when):
-        if (method, revision, when) in self.fail:
-            self.fail.remove((method, revision, when))
-            raise ConnectionError(f"simulated network failure in {method} ({when})")
-
-    def _commit(self, parent, title, tree):
-        oid = hashlib.sha1(f"{parent}{title}{len(self.commits)}".encode()).hexdigest()
-        self.commits[oid] = (parent, title, tree)
-        return oid
+@pytest.fixture
+def repo(hub, request):
+    """A repository name of its own for one test; faults it leaves unused are dropped."""
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name.removeprefix("test_")).strip("-")
+    yield f"someone/{name[:50]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    hub.faults.clear()
 
 
 class Records(logging.Handler):
@@ -155,17 +72,18 @@ class Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def pushed_run(tmp_path_factory):
-    """A 3-task run pushed after each task; the push after task 1 loses its connection once."""
-    hub = RecordingHub(fail=[("create_commit", "task-1", "before")])
+def pushed_run(hub, tmp_path_factory):
+    """A 3-task run pushed after each task with the default `HfApi`; the Hub answers task 1's commit with a 500."""
+    hub.faults.append(Fault("create_commit", "task-1", "500"))
     records = Records()
     logging.getLogger("peft_nsp.hub").addHandler(records)
+    calls = len(hub.calls)
     try:
         output_dir = tmp_path_factory.mktemp("run")
-        result = run(output_dir, run_info=RUN_INFO, on_stage_saved=push_after_each_task(REPO, private=True, api=hub))
+        result = run(output_dir, run_info=RUN_INFO, on_stage_saved=push_after_each_task(REPO, private=True))
     finally:
         logging.getLogger("peft_nsp.hub").removeHandler(records)
-    return result, output_dir, hub, records.messages
+    return result, output_dir, hub, records.messages, hub.calls[calls:]
 
 
 def copy_run(output_dir: Path, destination: Path) -> Path:
@@ -173,38 +91,44 @@ def copy_run(output_dir: Path, destination: Path) -> Path:
     return destination
 
 
+def titles(hub: LocalHub, repo: str) -> list[str]:
+    """The commits of ``main``, oldest first, by the start of their titles."""
+    return [title.split(":")[0] for title in hub.titles(repo)]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_hook_commits_each_task_and_catches_up_after_a_failed_push(pushed_run):
-    _, output_dir, hub, warnings = pushed_run
+    _, output_dir, hub, warnings, calls = pushed_run
     assert len(warnings) == 1
-    assert "Pushing `task-1` to `someone/vpt-nsp-toy` failed (ConnectionError" in warnings[0]
+    assert "Pushing `task-1` to `someone/vpt-nsp-toy` failed (HfHubHTTPError: Server error '500" in warnings[0]
+    assert "Simulated error 500 in create_commit" in warnings[0]  # the Hub's message, as huggingface_hub shows it
     assert "run the same push again to resume" in warnings[0] and "Training goes on" in warnings[0]
-    commits = [call for call in hub.calls if call[0] in ("create_commit", "create_branch")]
+    commits = [call for call in calls if call[0] in ("create_commit", "create_branch")]
     assert commits == [
         ("create_commit", "task-0"), ("create_branch", "task-0"),
         ("create_commit", "task-1"),  # lost: the hook warned, training went on
         ("create_commit", "task-1"), ("create_branch", "task-1"),  # the push after task 2 caught up
         ("create_commit", "task-2"), ("create_branch", "task-2"),
     ]
-    assert hub.private is True
-    assert [title.split(":")[0] for title in hub.titles()] == ["initial commit", *[f"Add task-{t}" for t in range(3)]]
-    assert sorted(hub.branches) == ["main", "task-0", "task-1", "task-2"]
-    assert hub.branches["main"] == hub.branches["task-2"]
-    assert [(p.revision, p.action) for p in push_to_hub(output_dir, REPO, api=hub)] == [
+    assert hub.visibility(REPO) == "private"
+    assert titles(hub, REPO) == ["initial commit", "Add task-0", "Add task-1", "Add task-2"]
+    branches = hub.branches_of(REPO)
+    assert sorted(branches) == ["main", "task-0", "task-1", "task-2"] and branches["main"] == branches["task-2"]
+    assert [(p.revision, p.action) for p in push_to_hub(output_dir, REPO)] == [
         ("task-0", "unchanged"), ("task-1", "unchanged"), ("task-2", "unchanged")
     ]
 
 
 def test_each_task_commit_holds_exactly_its_stage_and_the_branch_names_it(pushed_run):
-    _, output_dir, hub, _ = pushed_run
-    (initial,) = [oid for oid, (parent, _, _) in hub.commits.items() if parent is None]
+    _, output_dir, hub, _, _ = pushed_run
+    initial, branches = hub.history(REPO)[-1][0], hub.branches_of(REPO)
     for task in range(3):
         stage = output_dir / "tasks" / f"task-{task}"
-        oid = hub.branches[stage_revision(task)]
-        parent, title, tree = hub.commits[oid]
+        oid = branches[stage_revision(task)]
+        parent, title, tree = hub.commit(REPO, oid)["parent"], hub.commit(REPO, oid)["title"], hub.tree(REPO, oid)
         assert stage_revision(task) == f"task-{task}" == stage.name
         assert title.startswith(f"Add task-{task}: the model after task {task} (stage sha256 ")
         assert set(tree) == STAGE_FILES | {".gitattributes"}
@@ -213,29 +137,27 @@ def test_each_task_commit_holds_exactly_its_stage_and_the_branch_names_it(pushed
             name: local[name] for name in STAGE_FILES - {"README.md"}
         }
         assert tree["README.md"] == render_model_card(stage, REPO)  # rendered for the repository, in memory
-        assert parent == (hub.branches[f"task-{task - 1}"] if task else initial)
-    card = hub.tree("task-2")["README.md"].decode()
+        assert parent == (branches[f"task-{task - 1}"] if task else initial)
+    card = hub.tree(REPO, "task-2")["README.md"].decode()
     assert 'PeftModel.from_pretrained(base, "someone/vpt-nsp-toy", revision="task-2")' in card
     assert 'pipeline("image-classification", model="someone/vpt-nsp-toy", revision="task-2")' in card
     local_card = (output_dir / "tasks" / "task-2" / "README.md").read_text()
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-2")' in local_card  # the local card is untouched
 
 
-def test_files_on_main_that_are_not_in_the_stage_are_deleted_by_its_commit(pushed_run, tmp_path):
+def test_files_on_main_that_are_not_in_the_stage_are_deleted_by_its_commit(pushed_run, hub, repo, tmp_path):
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
-    hub = RecordingHub()
-    hub.create_repo(REPO)
-    old = tmp_path / "notes.txt"
-    old.write_text("from an earlier upload")
-    hub.create_commit(REPO, [CommitOperationAdd(path_in_repo="notes/old.txt", path_or_fileobj=str(old))],
-                      commit_message="Earlier upload", parent_commit=hub.branches["main"])
-    push_to_hub(output_dir, REPO, api=hub)
-    assert set(hub.tree("task-0")) == STAGE_FILES | {".gitattributes"}
+    api = HfApi()
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"from an earlier upload", path_in_repo="notes/old.txt", repo_id=repo)
+    assert "notes/old.txt" in hub.tree(repo, "main")
+    push_to_hub(output_dir, repo)
+    assert set(hub.tree(repo, "task-0")) == STAGE_FILES | {".gitattributes"}
 
 
 def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
-    result, output_dir, hub, _ = pushed_run
-    card = ModelCard(hub.tree("task-2")["README.md"].decode())
+    result, output_dir, hub, _, _ = pushed_run
+    card = ModelCard(hub.tree(REPO, "task-2")["README.md"].decode())
     data = card.data.to_dict()
     assert data["library_name"] == "peft" and data["base_model"] == RUN_INFO["base_model"]
     assert data["datasets"] == ["uoft-cs/cifar100"] and data["pipeline_tag"] == "image-classification"
@@ -262,7 +184,7 @@ def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
 
 
 def test_card_without_run_info_has_no_hub_claims(pushed_run, tmp_path):
-    _, output_dir, _, _ = pushed_run
+    output_dir = pushed_run[1]
     stage = shutil.copytree(output_dir / "tasks" / "task-0", tmp_path / "task-0")
     sequence = json.loads((stage / "sequence.json").read_text())
     (stage / "sequence.json").write_text(json.dumps({**sequence, "run_info": {}}))
@@ -275,15 +197,15 @@ def test_card_without_run_info_has_no_hub_claims(pushed_run, tmp_path):
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-0")' in card.text
 
 
-def test_every_revision_loads_from_its_stage_folder_and_from_the_hub_cache(pushed_run, tmp_path, monkeypatch):
-    result, output_dir, hub, _ = pushed_run
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # PEFT reads the cache, no network
+def test_every_revision_loads_from_its_stage_folder_and_from_the_hub(pushed_run, tmp_path):
+    result, output_dir, hub, _, _ = pushed_run
     pixel_values = to_tensor([row["image"] for row in TEST])
     for task in range(3):
         revision = stage_revision(task)
-        hub.snapshot_download(REPO, revision=revision, cache_dir=tmp_path)
         local = PeftModel.from_pretrained(tiny_model("vit", seed=2), output_dir / "tasks" / revision).eval()
+        calls = len(hub.calls)
         remote = PeftModel.from_pretrained(tiny_model("vit", seed=2), REPO, revision=revision, cache_dir=tmp_path)
+        assert ("resolve", revision) in hub.calls[calls:]  # downloaded over HTTP, the branch resolved by the Hub
         names = [name for t in result.record.tasks[: task + 1] for name in t]
         assert local.class_names() == remote.class_names() == names
         assert remote.config.id2label == dict(enumerate(names))
@@ -293,66 +215,106 @@ def test_every_revision_loads_from_its_stage_folder_and_from_the_hub_cache(pushe
 
 
 @pytest.mark.parametrize(
-    ("failure", "branches_left", "resumed"),
+    ("fault", "branches_left", "resumed"),
     [
-        (("create_commit", "task-1", "before"), ["task-0"], ["unchanged", "committed", "committed"]),
-        (("create_commit", "task-1", "after"), ["task-0"], ["unchanged", "branched", "committed"]),
-        (("create_branch", "task-1", "before"), ["task-0"], ["unchanged", "branched", "committed"]),
-        (("create_branch", "task-2", "after"), ["task-0", "task-1", "task-2"], ["unchanged"] * 3),
-        (("list_repo_refs", None, "before"), [], ["committed"] * 3),
+        (Fault("create_commit", "task-1", "500"), ["task-0"], ["unchanged", "committed", "committed"]),
+        (Fault("create_commit", "task-1", "after-500"), ["task-0"], ["unchanged", "branched", "committed"]),
+        (Fault("create_commit", "task-1", "401"), ["task-0"], ["unchanged", "committed", "committed"]),
+        (Fault("create_branch", "task-1", "500"), ["task-0"], ["unchanged", "branched", "committed"]),
+        (Fault("create_branch", "task-2", "after-500"), ["task-0", "task-1", "task-2"], ["unchanged"] * 3),
+        (Fault("list_repo_refs", None, "500"), [], ["committed"] * 3),
     ],
-    ids=["commit-not-made", "commit-made-response-lost", "branch-not-made", "branch-made-response-lost", "reading"],
+    ids=["commit-not-made", "commit-made-response-lost", "commit-unauthorized", "branch-not-made",
+         "branch-made-response-lost", "reading"],
 )
 def test_failed_push_keeps_the_local_output_and_a_rerun_resumes_without_duplicates(
-    pushed_run, tmp_path, failure, branches_left, resumed
+    pushed_run, hub, repo, tmp_path, fault, branches_left, resumed
 ):
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
     before = snapshot(output_dir)
-    hub = RecordingHub(fail=[failure])
+    hub.faults.append(fault)
     with pytest.raises(HubPushError, match="run the same push again to resume") as error:
-        push_to_hub(output_dir, REPO, api=hub)
-    assert "(ConnectionError: simulated network failure" in str(error.value)
+        push_to_hub(output_dir, repo)
+    assert f"(HfHubHTTPError: {'Client' if fault.action == '401' else 'Server'} error '{fault.action[-3:]}" in str(
+        error.value)
     assert snapshot(output_dir) == before
-    assert sorted(hub.branches) == ["main", *branches_left]
-    assert [p.action for p in push_to_hub(output_dir, REPO, api=hub)] == resumed
-    assert [title.split(":")[0] for title in hub.titles()] == ["initial commit", *[f"Add task-{t}" for t in range(3)]]
-    assert sorted(hub.branches) == ["main", "task-0", "task-1", "task-2"]
+    assert sorted(hub.branches_of(repo)) == ["main", *branches_left]
+    assert [p.action for p in push_to_hub(output_dir, repo)] == resumed
+    assert titles(hub, repo) == ["initial commit", "Add task-0", "Add task-1", "Add task-2"]
+    branches = hub.branches_of(repo)
+    assert sorted(branches) == ["main", "task-0", "task-1", "task-2"]
     for task in range(3):
-        assert hub.commits[hub.branches[f"task-{task}"]][1].startswith(f"Add task-{task}:")
+        assert hub.commit(repo, branches[f"task-{task}"])["title"].startswith(f"Add task-{task}:")
     assert snapshot(output_dir) == before
+
+
+def test_huggingface_hub_retries_a_transient_error_of_an_idempotent_call(pushed_run, hub, repo, tmp_path):
+    """`preupload` goes through `http_backoff`: one 500 is retried (after a second) and the push succeeds."""
+    output_dir = copy_run(pushed_run[1], tmp_path / "run")
+    hub.faults.append(Fault("preupload", "main", "500"))
+    calls = len(hub.calls)
+    assert [p.action for p in push_to_hub(output_dir, repo)] == ["committed"] * 3
+    assert [call for call in hub.calls[calls:] if call[0] == "preupload"] == [("preupload", "main")] * 4
+
+
+@pytest.mark.parametrize(
+    ("action", "resumed"),
+    [
+        ("hold-upload", ["unchanged", "committed", "committed"]),
+        ("hold-response", ["unchanged", "branched", "committed"]),
+    ],
+    ids=["killed-while-uploading", "killed-while-waiting-for-the-answer"],
+)
+def test_a_push_killed_mid_commit_resumes_without_duplicates(pushed_run, hub, repo, tmp_path, action, resumed):
+    """`python -m peft_nsp.hub push` killed (SIGKILL) while the Hub holds the commit of task 1."""
+    output_dir = copy_run(pushed_run[1], tmp_path / "run")
+    fault = Fault("create_commit", "task-1", action)
+    hub.faults.append(fault)
+    push = subprocess.Popen([sys.executable, "-m", "peft_nsp.hub", "push", str(output_dir), "--hub_model_id", repo],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert fault.reached.wait(120), "the push never reached the commit of task 1"
+    finally:
+        push.kill()
+        push.wait()
+        fault.release.set()
+    assert sorted(hub.branches_of(repo)) == ["main", "task-0"]
+    assert [p.action for p in push_to_hub(output_dir, repo)] == resumed
+    assert titles(hub, repo) == ["initial commit", "Add task-0", "Add task-1", "Add task-2"]
 
 
 def test_a_repository_holding_another_run_is_refused_before_any_upload(pushed_run, tmp_path):
-    _, output_dir, hub, _ = pushed_run
+    _, output_dir, hub, _, _ = pushed_run
     other = copy_run(output_dir, tmp_path / "other")
     metrics = other / "tasks" / "task-1" / "metrics.json"
     metrics.write_text(metrics.read_text() + " ")
     calls = len(hub.calls)
     with pytest.raises(ValueError, match="has a branch `task-1` at commit .* that is not the stage"):
-        push_to_hub(other, REPO, api=hub)
-    assert not [call for call in hub.calls[calls:] if call[0] in ("create_commit", "create_branch")]
+        push_to_hub(other, REPO)
+    assert not [call for call in hub.calls[calls:] if call[0] in ("preupload", "create_commit", "create_branch")]
 
 
-def test_token_never_appears_in_warnings_or_errors(tmp_path, pushed_run, caplog):
-    """A real `HfApi` against a closed local port: the failure is reported, the token is not."""
+def test_token_never_appears_in_warnings_or_errors(tmp_path, pushed_run, hub, repo, caplog, monkeypatch):
+    """The Hub answers 401 to a wrong token: the failure is reported, the token is not."""
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
+    monkeypatch.setattr(hub, "token", "hf_TheOneTheLocalHubAccepts")
     token = "hf_ThisIsNotARealTokenButMustNeverBePrinted"
-    api = HfApi(endpoint="http://127.0.0.1:1", token=token)
     with caplog.at_level(logging.WARNING, logger="peft_nsp.hub"):
-        push_after_each_task(REPO, token=token, api=api)(output_dir / "tasks" / "task-2", 2)
-    assert "Reading `someone/vpt-nsp-toy` failed (ConnectError" in caplog.text and token not in caplog.text
-    with pytest.raises(HubPushError) as error:
-        push_to_hub(output_dir, REPO, token=token, api=api)
+        push_after_each_task(repo, token=token)(output_dir / "tasks" / "task-2", 2)
+    assert f"Reading `{repo}` failed (HfHubHTTPError: Client error '401" in caplog.text and token not in caplog.text
+    with pytest.raises(HubPushError, match="Invalid credentials") as error:
+        push_to_hub(output_dir, repo, token=token)
     assert token not in str(error.value) and token not in repr(error.value.__cause__)
 
 
-def test_continuing_from_a_hub_revision_ends_like_the_uninterrupted_run(pushed_run, tmp_path, monkeypatch):
-    result, _, hub, _ = pushed_run
-    monkeypatch.setattr(hub, "cache_dir", tmp_path / "cache")  # where `HfApi.snapshot_download` would download
-    stage = materialize_stage(REPO, tmp_path / "continued", revision="task-1", api=hub)
+def test_continuing_from_a_hub_revision_ends_like_the_uninterrupted_run(pushed_run, hub, tmp_path):
+    result = pushed_run[0]
+    calls = len(hub.calls)
+    stage = materialize_stage(REPO, tmp_path / "continued", revision="task-1")  # `snapshot_download` over HTTP
+    assert ("repo_info", "task-1") in hub.calls[calls:]
     assert stage == tmp_path / "continued" / "tasks" / "task-1"
     assert (tmp_path / "continued" / "progress.json").read_bytes() == (stage / "sequence.json").read_bytes()
-    assert {path.name for path in stage.iterdir()} == STAGE_FILES
+    assert {path.name for path in stage.iterdir()} == STAGE_FILES | {".sha256"}
     continued = run(tmp_path / "continued", run_info=RUN_INFO)
     reference_metrics, reference_prompts = final_state(result)
     metrics, prompts = final_state(continued)
@@ -360,7 +322,7 @@ def test_continuing_from_a_hub_revision_ends_like_the_uninterrupted_run(pushed_r
     for a, b in zip(prompts, reference_prompts, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="already holds a run"):
-        materialize_stage(REPO, tmp_path / "continued", revision="task-1", api=hub)
+        materialize_stage(REPO, tmp_path / "continued", revision="task-1")
 
 
 def test_materialize_copies_a_local_stage(pushed_run, tmp_path):
@@ -372,19 +334,24 @@ def test_materialize_copies_a_local_stage(pushed_run, tmp_path):
         materialize_stage(source, tmp_path / "other", revision="task-0")
 
 
-def test_cli_pushes_and_reports_failures(pushed_run, tmp_path, monkeypatch, capsys):
+def test_cli_pushes_and_reports_failures(pushed_run, hub, repo, tmp_path):
+    """`python -m peft_nsp.hub` in its own process, `HF_ENDPOINT` and `HF_TOKEN` from the environment."""
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
-    hub = RecordingHub(fail=[("create_branch", "task-0", "before")])
-    monkeypatch.setattr("peft_nsp.hub.push.HfApi", lambda token=None: hub)
-    monkeypatch.setattr("peft_nsp.hub.__main__.set_client_factory", lambda factory: None)
-    with pytest.raises(SystemExit, match="Pushing `task-0` to `someone/vpt-nsp-toy` failed"):
-        main(["push", str(output_dir), "--hub_model_id", REPO, "--private"])
-    main(["push", str(output_dir), "--hub_model_id", REPO])
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" (")[0] for line in lines] == ["task-0: branched", "task-1: committed", "task-2: committed"]
-    assert hub.private is True
-    main(["materialize", str(output_dir / "tasks" / "task-2"), str(tmp_path / "continued")])
-    assert capsys.readouterr().out.strip() == str(tmp_path / "continued" / "tasks" / "task-2")
+    hub.faults.append(Fault("create_branch", "task-0", "500"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "peft_nsp.hub", *args], capture_output=True, text=True)
+
+    failed = cli("push", str(output_dir), "--hub_model_id", repo, "--private")
+    assert failed.returncode == 1 and f"Pushing `task-0` to `{repo}` failed (HfHubHTTPError" in failed.stderr
+    pushed = cli("push", str(output_dir), "--hub_model_id", repo)
+    assert [line.split(" (")[0] for line in pushed.stdout.splitlines()] == [
+        "task-0: branched", "task-1: committed", "task-2: committed"
+    ]
+    assert hub.visibility(repo) == "private"
+    materialized = cli("materialize", repo, str(tmp_path / "continued"), "--revision", "task-2")
+    assert materialized.stdout.strip() == str(tmp_path / "continued" / "tasks" / "task-2")
+    assert set(snapshot(tmp_path / "continued" / "tasks" / "task-2")) == STAGE_FILES | {".sha256"}
 
 
 def test_a_missing_card_template_is_a_clear_error(pushed_run, tmp_path):
@@ -409,54 +376,62 @@ def test_the_wheel_ships_the_card_template(tmp_path):
     assert shipped == (root / "model_cards" / "vpt_nsp.md").read_bytes()
 
 
-def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_repository(pushed_run, tmp_path):
-    """Stage task-0 of the pushed run continued on the other classes: the new stages land as task-1, task-2 of the
-    repository, with cards describing the longer sequence."""
+def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_repository(pushed_run, hub, repo, tmp_path):
+    """A repository holding task-0 only; a run continued from `<repo>@task-0` (downloaded over HTTP) on the other
+    classes lands as task-1, task-2 of the same repository, with cards describing the longer sequence."""
     from peft_nsp.continual.loop import run_class_incremental
     from peft_nsp.trainer import NSPConfig
     from test_loop import TRAIN
 
-    result, output_dir, _, _ = pushed_run
-    hub = RecordingHub()
-    push_to_hub(copy_run(output_dir, tmp_path / "first-only"), REPO, api=hub)  # task-0 … task-2 of the first run
-    for branch in ("task-1", "task-2"):  # keep only task-0 on the Hub, as if the first run had stopped there
-        del hub.branches[branch]
-    hub.branches["main"] = hub.branches["task-0"]
+    result, output_dir = pushed_run[:2]
+    materialize_stage(output_dir / "tasks" / "task-0", tmp_path / "first-only")  # a run that stopped after task 0
+    push_to_hub(tmp_path / "first-only", repo)
     args = NSPConfig(output_dir=str(tmp_path / "continued"), num_train_epochs=1, per_device_train_batch_size=4,
                      learning_rate=0.05, report_to="none", use_cpu=True, disable_tqdm=True, seed=5,
                      save_strategy="no")
+    calls = len(hub.calls)
     continued = run_class_incremental(
         tiny_model("vit", seed=2), None, args, TRAIN, TEST, num_tasks=2, train_transform=to_tensor,
-        continue_from=output_dir / "tasks" / "task-0", run_info=RUN_INFO,
-        on_stage_saved=push_after_each_task(REPO, api=hub),
+        continue_from=f"{repo}@task-0", run_info=RUN_INFO, on_stage_saved=push_after_each_task(repo),
     )
+    assert ("resolve", "task-0") in hub.calls[calls:]
     assert continued.record.tasks[0] == result.record.tasks[0] and len(continued.record.tasks) == 3
-    assert sorted(hub.branches) == ["main", "task-0", "task-1", "task-2"]
-    card = hub.tree("task-2")["README.md"].decode()
+    assert continued.record.continued_from == f"{repo}@task-0"
+    assert sorted(hub.branches_of(repo)) == ["main", "task-0", "task-1", "task-2"]
+    card = hub.tree(repo, "task-2")["README.md"].decode()
     assert "continued `" in card and "| `task-2` | task 2 |" in card and "(3 of 3 tasks)" in card
     assert len(continued.metrics.total[-1]) == 3  # the accuracy matrix covers the continued adapter's task too
 
 
-def test_pipeline_loads_a_hub_revision_by_name(pushed_run, tmp_path, monkeypatch):
-    """`pipeline(model=<repo>, revision="task-1")` from the Hub cache (offline): the classes of tasks 0 and 1."""
+def test_pipeline_of_a_hub_revision(pushed_run, hub, repo, tmp_path):
+    """`pipeline` over HTTP, the base model from its own repository. transformers 5.23 resolves the adapter's
+    ``revision`` in the base model's repository too (`pipelines/__init__.py`, `resolve_revision`), so
+    `pipeline(model=<repo>, revision="task-1")` fails unless the base repository has that branch; the adapter loaded
+    with `PeftModel.from_pretrained(base, <repo>, revision="task-1")` goes into `pipeline` with the classes of tasks
+    0 and 1."""
     from PIL import Image
-    from transformers import ViTImageProcessor, pipeline
+    from transformers import AutoModel, ViTImageProcessor, pipeline
 
-    result, output_dir, hub, _ = pushed_run
-    base_dir = tmp_path / "base"
+    result, output_dir = pushed_run[:2]
+    base_dir, base_repo = tmp_path / "base", f"{repo}-base"
     tiny_model("vit", seed=2).save_pretrained(base_dir)
     ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
         base_dir)
-    cache = tmp_path / "cache"
-    folder = Path(hub.snapshot_download(REPO, revision="task-1", cache_dir=cache))
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base_dir)}))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    classify = pipeline("image-classification", model=REPO, revision="task-1",
-                        image_processor=ViTImageProcessor.from_pretrained(base_dir))
+    api = HfApi()
+    api.create_repo(base_repo)
+    api.upload_folder(folder_path=base_dir, repo_id=base_repo)
+    adapter_run = copy_run(output_dir, tmp_path / "run")
+    for task in range(3):  # the adapters name the base model's repository (the run used a model made in memory)
+        path = adapter_run / "tasks" / f"task-{task}" / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base_repo}))
+    push_to_hub(adapter_run, repo)
+    processor = ViTImageProcessor.from_pretrained(base_repo)
+    with pytest.raises(OSError, match=f"task-1 is not a valid git identifier .* for this model name.*{base_repo}"):
+        pipeline("image-classification", model=repo, revision="task-1", image_processor=processor)
+    calls = len(hub.calls)
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_repo), repo, revision="task-1")
+    assert ("resolve", "task-1") in hub.calls[calls:]
+    classify = pipeline("image-classification", model=model, image_processor=processor)
     labels = {answer["label"] for answer in classify(Image.new("RGB", (16, 16)), top_k=10)}
     assert labels == {name for task in result.record.tasks[:2] for name in task}
 

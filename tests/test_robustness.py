@@ -11,8 +11,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
-import threading
 import time
 
 import pytest
@@ -22,6 +20,7 @@ from filelock import FileLock
 from peft import PeftModel, get_peft_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from hub_server import Fault, LocalHub
 from test_hub import REPO
 from test_loop import TEST, TRAIN, Interrupt, final_state, run
 from transformers import TrainerCallback, ViTModel
@@ -209,7 +208,7 @@ def _save_file_hitting(limit: str, where: str, real):
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        ("task-1/checkpoint-2", r"while writing a checkpoint of task 1 .*a half-written checkpoint is set aside on the next"),
+        ("task-1/checkpoint-2", r"while writing a checkpoint of task 1 .*a half-written checkpoint is set aside"),
         (".task-1.partial", r"while writing the stage of task 1 .*the half-written stage folder was removed"),
     ],
     ids=["checkpoint", "stage"],
@@ -266,42 +265,90 @@ def test_a_resume_with_changed_settings_is_refused_or_recorded(tmp_path):
     assert "from task 2: `learning_rate` 0.05 → 0.1" in card
 
 
+def _killed_copies(tmp_path, names, task, step=0):
+    """A run killed in task ``task`` (at ``step``; 0: as it begins), copied to the folders ``names``."""
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", num_train_epochs=1, callbacks=[Interrupt(task, step)])
+    return [shutil.copytree(tmp_path / "killed", tmp_path / name) for name in names]
+
+
+def _adapter(stage):
+    return json.loads((stage / "adapter_config.json").read_text()), load_file(stage / "adapter_model.safetensors")
+
+
+def test_a_changed_eta_applies_from_the_next_task_and_a_prompt_length_change_is_refused(tmp_path):
+    changed, unchanged = _killed_copies(tmp_path, ["changed", "unchanged"], task=1)
+    with pytest.raises(ValueError, match=r"`prompt_length`: 2 \(run\) → 3 \(now\).*`prompt_length` cannot change on "
+                                         r"resume.*start a new `output_dir`"):
+        run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=3), resume_with_changed_settings=True)
+    result = run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5),
+                 resume_with_changed_settings=True)
+    reference = run(unchanged, num_train_epochs=1)
+    assert result.record.settings_changes == [{"task": 1, "changed": {"eta1": [0.97, 0.5], "eta2": [0.97, 0.5]}}]
+    assert result.record.settings["eta1"] == 0.97 and result.record.method == "VPT-NSP²"
+    assert "from task 1: `eta1` 0.97 → 0.5" in (changed / "tasks" / "task-1" / "README.md").read_text()
+    # Task 1 trained with the projectors of task 0's fold (η 0.97 in both); its own fold used η 0.5.
+    config, weights = _adapter(changed / "tasks" / "task-1")
+    reference_config, reference_weights = _adapter(unchanged / "tasks" / "task-1")
+    assert (config["eta1"], config["eta2"], reference_config["eta1"]) == (0.5, 0.5, 0.97)
+    assert _adapter(changed / "tasks" / "task-0")[0]["eta1"] == 0.97
+    for key, value in weights.items():
+        if "prompt_projector" in key or "key_projector" in key:
+            assert not torch.equal(value, reference_weights[key]), key
+        else:
+            torch.testing.assert_close(value, reference_weights[key], rtol=0, atol=1e-6, msg=key)
+    assert any(not torch.equal(a, b) for a, b in zip(final_state(result)[1], final_state(reference)[1]))
+
+
+def test_a_resume_without_the_projection_names_both_methods_in_the_record(tmp_path):
+    (folder,) = _killed_copies(tmp_path, ["seq"], task=1)
+    result = run(folder, num_train_epochs=1, projection=False, resume_with_changed_settings=True)
+    assert result.record.method == "VPT-NSP², then VPT-Seq from task 1"
+    sequences = [json.loads((folder / "tasks" / f"task-{t}" / "sequence.json").read_text()) for t in range(3)]
+    assert [sequence["method"] for sequence in sequences] == ["VPT-NSP²", *["VPT-NSP², then VPT-Seq from task 1"] * 2]
+    assert json.loads((folder / "progress.json").read_text())["method"] == result.record.method
+
+
+def test_settings_changed_inside_a_task_apply_from_its_beginning(tmp_path, caplog):
+    """Killed at step 3 of task 2 (a checkpoint at step 2), resumed with another learning rate and epoch count: task 2
+    restarts and ends exactly as when the same change is made after task 1."""
+    inside, between = _killed_copies(tmp_path, ["inside", "between"], task=2, step=3)
+    assert (inside / "training" / "task-2" / "checkpoint-2").is_dir()
+    shutil.rmtree(between / "training")  # the state of a run killed as task 2 began
+    change = dict(learning_rate=0.1, num_train_epochs=2, resume_with_changed_settings=True)
+    with caplog.at_level(logging.WARNING, logger="peft_nsp.continual.loop"):
+        result = run(inside, **change)
+    assert "Task 2 restarts from its beginning with the changed settings" in caplog.text
+    reference = run(between, **change)
+    expected = [{"task": 2, "changed": {"learning_rate": [0.05, 0.1], "num_train_epochs": [1, 2]}}]
+    assert result.record.settings_changes == reference.record.settings_changes == expected
+    metrics, prompts = final_state(result)
+    reference_metrics, reference_prompts = final_state(reference)
+    assert metrics == reference_metrics
+    for a, b in zip(prompts, reference_prompts, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ the Hub
-@pytest.fixture
-def stalled_endpoint():
-    """A local server that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    connections = []
-
-    def accept():
-        while True:
-            try:
-                connections.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    server.close()
-
-
-def test_a_stalled_hub_never_blocks_training_longer_than_the_timeout(tmp_path, stalled_endpoint, caplog):
+def test_a_stalled_hub_never_blocks_training_longer_than_the_timeout(tmp_path, caplog):
+    """The local Hub takes every request and never answers (`huggingface_hub`'s default client waits forever)."""
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=stalled_endpoint, token="hf_fake")
-    result = run(tmp_path, num_train_epochs=1)
-    hook = push_after_each_task(REPO, api=api, timeout=1.0)
-    start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="peft_nsp.hub"):
-        hook(tmp_path / "tasks" / "task-2", 2)
-        hook(tmp_path / "tasks" / "task-2", 2)  # the stalled push still holds its slot: reported, not waited for
-    assert time.perf_counter() - start < 10
-    assert "did not finish within 1 s" in caplog.text and "task-0, task-1, task-2" in caplog.text
-    assert "The previous push is still running" in caplog.text
-    with pytest.raises(HubPushError, match="did not finish within 0.5 s.*python -m peft_nsp.hub push"):
-        push_with_deadline(tmp_path, REPO, timeout=0.5, api=api)
+    result = run(tmp_path / "run", num_train_epochs=1)
+    with LocalHub(tmp_path / "hub").running() as hub:
+        hub.faults.append(Fault("create_repo", action="stall", times=10))
+        api = HfApi(endpoint=hub.url, token="hf_fake")
+        hook = push_after_each_task(REPO, api=api, timeout=1.0)
+        start = time.perf_counter()
+        with caplog.at_level(logging.WARNING, logger="peft_nsp.hub"):
+            hook(tmp_path / "run" / "tasks" / "task-2", 2)
+            hook(tmp_path / "run" / "tasks" / "task-2", 2)  # the stalled push still holds its slot: reported
+        assert time.perf_counter() - start < 10
+        assert "did not finish within 1 s" in caplog.text and "task-0, task-1, task-2" in caplog.text
+        assert "The previous push is still running" in caplog.text
+        with pytest.raises(HubPushError, match="did not finish within 0.5 s.*python -m peft_nsp.hub push"):
+            push_with_deadline(tmp_path / "run", REPO, timeout=0.5, api=api)
+        assert hub.calls == [("create_repo", None)] * 2
     assert result.metrics.num_tasks == 3
 
 
