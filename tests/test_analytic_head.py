@@ -314,3 +314,21 @@ def _processor():
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def test_only_ridges_the_float64_solve_can_take_are_tried():
+    """90 samples, 5000 random features: G has rank ≤ 90, and λ below 10⁻¹² of trace(G) makes its solve singular."""
+    rng = np.random.default_rng(0)
+    features = torch.tensor(rng.normal(size=(90, 384)) * 10, dtype=torch.float32)
+    columns = torch.tensor(rng.integers(0, 2, 90))
+    floor = 1e-12 * float((AnalyticClassifier(384, 5000, seed=0).features(features).double() ** 2).sum())
+    tiny = AnalyticClassifier(384, 5000, ridge_grid=(floor / 100,), seed=0).eval()
+    tiny.add_task(2)
+    with pytest.raises(ValueError, match="below .* give larger candidates"):
+        tiny.fit_task(features, columns)
+    assert tiny.fitted_tasks == 0
+    head = AnalyticClassifier(384, 5000, ridge_grid=(floor / 100, floor * 10), seed=0).eval()
+    head.add_task(2)
+    head.fit_task(features, columns)
+    assert float(head.state.ridge) == pytest.approx(floor * 10)
+    assert torch.isfinite(head.ridge_outputs(features)).all()

@@ -76,6 +76,28 @@ def ridge_solution(gram: torch.Tensor, targets: torch.Tensor, ridge: float) -> t
     return torch.cholesky_solve(targets.double(), factor)
 
 
+#: The smallest λ tried, relative to ``trace(G)``: above it ``G + λI`` is well enough conditioned (≤ 10¹²) for a
+#: float64 Cholesky factorisation.
+RIDGE_FLOOR = 1e-12
+
+
+def solvable_ridges(ridges: Sequence[float], gram: torch.Tensor) -> list[float]:
+    """The candidates λ ≥ `RIDGE_FLOOR` · trace(G): smaller ones would make the float64 solve numerically singular
+    when G has fewer samples than dimensions (a small task, many random features).
+
+    Raises:
+        ValueError: no candidate is large enough.
+    """
+    floor = RIDGE_FLOOR * float(torch.diagonal(gram).sum())
+    kept = [ridge for ridge in ridges if ridge >= floor]
+    if not kept:
+        raise ValueError(
+            f"Every `analytic_ridge_grid` value is below {floor:.3g} (10⁻¹² of the trace of G), where the solve becomes "
+            "numerically singular: give larger candidates."
+        )
+    return kept
+
+
 def held_out_errors(
     fit_features: torch.Tensor,
     fit_targets: torch.Tensor,
@@ -281,13 +303,14 @@ class AnalyticClassifier(TaskHeads):
             raise ValueError(f"Task {task} has {size} classes; got sample columns outside 0 … {size - 1} (or none).")
         features = self.features(pooled).double()
         targets = one_hot(columns.to(features.device), size)
+        gram = unpack_symmetric(self.state.gram.double(), self.width).to(features.device) + features.T @ features
         scale = float(self.state.scale)
         if self.fixed_ridge is None:
-            ridge, predictions = select_ridge(features, targets, held_out.to(features.device), self.ridge_grid)
+            ridge, predictions = select_ridge(features, targets, held_out.to(features.device),
+                                              solvable_ridges(self.ridge_grid, gram))
             scale = fit_softmax_scale(predictions, columns[held_out.to(columns.device)].to(features.device))
         else:
             ridge = self.fixed_ridge
-        gram = unpack_symmetric(self.state.gram.double(), self.width).to(features.device) + features.T @ features
         block = features.T @ targets
         blocks = [task.targets.to(features.device) for task in self.tasks[:task]] + [block]
         solution = ridge_solution(gram, torch.cat(blocks, dim=1), ridge)
