@@ -70,11 +70,26 @@ def test_ridge_is_chosen_by_the_held_out_error_of_a_fit_on_the_rest():
     for ridge in DEFAULT_RIDGE_GRID:
         w = np.linalg.solve(h[~held].T @ h[~held] + ridge * np.eye(WIDTH), h[~held].T @ targets[~held])
         errors.append(((h[held] @ w - targets[held]) ** 2).mean())
-    chosen, predictions = select_ridge(torch.tensor(h), torch.tensor(targets), torch.tensor(held), DEFAULT_RIDGE_GRID)
+    chosen = select_ridge(torch.tensor(h), torch.tensor(targets), torch.tensor(held), DEFAULT_RIDGE_GRID)
     assert chosen == DEFAULT_RIDGE_GRID[int(np.argmin(errors))]
-    best = np.linalg.solve(h[~held].T @ h[~held] + chosen * np.eye(WIDTH), h[~held].T @ targets[~held])
-    np.testing.assert_allclose(predictions.numpy(), h[held] @ best, rtol=1e-6, atol=1e-8)
     assert held.sum() == 12  # every fifth sample
+
+
+def test_the_softmax_scale_is_fitted_on_held_out_samples_left_out_of_the_solution():
+    tasks = task_data(num_tasks=2, per_task=40)
+    head = AnalyticClassifier(12, WIDTH, ridge=0.5, seed=3).eval()
+    projection = head.state.projection.double().numpy()
+    for t, (features, columns) in enumerate(tasks):
+        head.add_task(3)
+        head.fit_task(torch.tensor(features, dtype=torch.float32), torch.tensor(columns))
+    x = np.concatenate([f.astype(np.float32).astype(np.float64) for f, _ in tasks])
+    y = np.concatenate([c + 3 * t for t, (_, c) in enumerate(tasks)])
+    held = np.zeros(len(y), bool)
+    held[40:][holdout_mask(torch.arange(40)).numpy()] = True  # the newest task's held-out samples
+    without = reference_solution(x[~held], y[~held], projection, 0.5)
+    outputs = np.maximum(x[held] @ projection, 0) @ without
+    expected = fit_softmax_scale(torch.tensor(outputs), torch.tensor(y[held]))
+    assert float(head.state.scale) == pytest.approx(expected)
 
 
 def test_softmax_scale_minimises_the_held_out_cross_entropy():

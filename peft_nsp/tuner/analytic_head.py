@@ -130,7 +130,7 @@ def held_out_errors(
 
 def select_ridge(
     features: torch.Tensor, targets: torch.Tensor, held_out: torch.Tensor, ridges: Sequence[float]
-) -> tuple[float, torch.Tensor]:
+) -> float:
     """Choose λ among ``ridges`` by the held-out error of a fit on the other samples.
 
     Args:
@@ -139,7 +139,7 @@ def select_ridge(
         ridges: candidates.
 
     Returns:
-        The chosen λ and the ``(v, C)`` held-out predictions of the fit with it (to fit the softmax scale).
+        The chosen λ.
     """
     if not bool(held_out.any()) or bool(held_out.all()):
         raise ValueError(
@@ -148,9 +148,7 @@ def select_ridge(
         )
     fit, check = features[~held_out], features[held_out]
     errors = held_out_errors(fit, targets[~held_out], check, targets[held_out], ridges)
-    ridge = float(ridges[int(errors.argmin())])
-    weights = ridge_solution(fit.double().T @ fit.double(), fit.double().T @ targets[~held_out].double(), ridge)
-    return ridge, check.double() @ weights
+    return float(ridges[int(errors.argmin())])
 
 
 def fit_softmax_scale(outputs: torch.Tensor, columns: torch.Tensor) -> float:
@@ -211,8 +209,9 @@ class AnalyticClassifier(TaskHeads):
     """Closed-form continual classifier: ridge regression on random ReLU features of the pooled feature.
 
     Evaluation (``model.eval()``): ``logits = s · relu(x R) W``, columns in task order, ``W`` the joint ridge solution
-    over every fitted task (a task's columns are 0 until it is fitted) and ``s`` a softmax scale fitted on held-out
-    samples, so ``softmax(logits)`` are calibrated probabilities (the argmax is the ridge classifier's). Training
+    over every fitted task (a task's columns are 0 until it is fitted) and ``s`` a softmax scale fitted on the newest
+    task's held-out samples, scored over every seen class by the solution without them, so ``softmax(logits)`` are
+    calibrated probabilities (the argmax is the ridge classifier's). Training
     (``model.train()``): the logits of ``training_heads``, one linear head per task as [`ContinualClassifier`], which
     give the prompts their training signal; the ridge solution is refit by [`~AnalyticClassifier.commit`] after the
     task. Usable on its own, on any features (e.g. a frozen backbone's, no prompts).
@@ -304,19 +303,26 @@ class AnalyticClassifier(TaskHeads):
         features = self.features(pooled).double()
         targets = one_hot(columns.to(features.device), size)
         gram = unpack_symmetric(self.state.gram.double(), self.width).to(features.device) + features.T @ features
-        scale = float(self.state.scale)
+        held = held_out.to(features.device)
         if self.fixed_ridge is None:
-            ridge, predictions = select_ridge(features, targets, held_out.to(features.device),
-                                              solvable_ridges(self.ridge_grid, gram))
-            scale = fit_softmax_scale(predictions, columns[held_out.to(columns.device)].to(features.device))
+            ridge = select_ridge(features, targets, held, solvable_ridges(self.ridge_grid, gram))
         else:
             ridge = self.fixed_ridge
         block = features.T @ targets
         blocks = [task.targets.to(features.device) for task in self.tasks[:task]] + [block]
-        solution = ridge_solution(gram, torch.cat(blocks, dim=1), ridge)
+        all_targets = torch.cat(blocks, dim=1)
+        solution = ridge_solution(gram, all_targets, ridge)
         weights = list(solution.float().split([b.shape[1] for b in blocks], dim=1))
         if not all(bool(torch.isfinite(w).all()) for w in weights):
             raise ValueError(f"The analytic head's solution for task {task} is not finite; nothing was changed.")
+        scale = float(self.state.scale)
+        if bool(held.any()):
+            # The softmax scale: the held-out samples scored over every seen class by the solution without them.
+            check = features[held]
+            check_columns = columns.to(features.device)[held] + sum(self.task_sizes[:task])
+            without = ridge_solution(gram - check.T @ check,
+                                     all_targets - check.T @ one_hot(check_columns, all_targets.shape[1]), ridge)
+            scale = fit_softmax_scale(check @ without, check_columns)
         return AnalyticTaskFit(gram, block, weights, ridge, scale, len(columns))
 
     @torch.no_grad()
