@@ -5,9 +5,10 @@
     peft-nsp-classify me/vpt-nsp-cifar100-10@task-3 cat.png        # a Hub revision (or: --revision task-3)
     python -m peft_nsp.classify ...                                 # the same, without the console script
 
-The model is what `pipeline("image-classification", model=<stage>, revision=<revision>)` loads after
-``import peft_nsp``: the base model, the prompts and heads, the class names and the image processor saved with the
-stage. A run's ``output_dir`` stands for its last finished stage; a folder stands for the images under it.
+The model is what `pipeline("image-classification", model=<stage folder>)` loads after ``import peft_nsp``: the
+base model named in the adapter, the prompts and heads, the class names and the image processor saved with the stage
+(a Hub revision is downloaded first). A run's ``output_dir`` stands for its last finished stage; a folder stands for
+the images under it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants
-from PIL import Image, UnidentifiedImageError
+from huggingface_hub import constants, snapshot_download
+from PIL import Image
 from transformers import logging as transformers_logging
 from transformers import pipeline
-
-import peft_nsp  # noqa: F401 (registers `vpt_nsp` with PEFT before the pipeline reads the adapter)
 
 from .continual.stages import read_progress, stage_dir
 from .scripts.run import hub_unreachable
@@ -41,8 +40,8 @@ def resolve_model(model: str, revision: str | None = None) -> tuple[str, str | N
     path = Path(model).expanduser()
     if path.is_dir():
         if revision is not None:
-            raise ValueError(f"`--revision {revision}` selects a revision of a Hub repository, but `{model}` is a local "
-                             "folder: give the stage folder itself (`<output_dir>/tasks/task-<t>`).")
+            raise ValueError(f"`--revision {revision}` selects a revision of a Hub repository, but `{model}` is a "
+                             "local folder: give the stage folder itself (`<output_dir>/tasks/task-<t>`).")
         if (path / ADAPTER_CONFIG).is_file():
             return str(path), None
         record = read_progress(path)
@@ -84,11 +83,19 @@ def image_files(paths: Sequence[str]) -> list[Path]:
 
 
 def load_classifier(model: str, revision: str | None = None, device: str | None = None) -> Any:
-    """`pipeline("image-classification")` for a stage folder or Hub repository (see [`resolve_model`])."""
+    """`pipeline("image-classification")` for a stage folder or Hub repository (see [`resolve_model`]); this module
+    is part of `peft_nsp`, whose import registered `vpt_nsp` with PEFT.
+
+    A Hub revision is downloaded first (`snapshot_download`): given ``revision=``, transformers would also ask the
+    base model's repository for that revision, which it does not have.
+    """
+    folder = model
     try:
-        return pipeline("image-classification", model=model, revision=revision, device=device)
-    except OSError as error:  # transformers and huggingface_hub report missing files and failed requests as OSError
-        raise ValueError(_load_error(model, revision, error)) from error
+        if not Path(model).is_dir():
+            folder = snapshot_download(model, revision=revision)
+        return pipeline("image-classification", model=folder, device=device)
+    except (OSError, ValueError) as error:  # missing files and failed requests are OSErrors, a bad config a ValueError
+        raise ValueError(_load_error(model, revision, folder, error)) from error
 
 
 def classify_files(classifier: Any, files: Sequence[Path], top_k: int = 5, batch_size: int = 8) -> list[Prediction]:
@@ -110,10 +117,12 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    examples = __doc__.split("\n\n")[1]
     parser = argparse.ArgumentParser(
-        prog="peft-nsp-classify", description=__doc__.split("\n\n")[0],
-        epilog="Without a network, give a stage folder whose base model is on this machine (or HF_HUB_OFFLINE=1 "
-        "with both in the Hugging Face cache).",
+        prog="peft-nsp-classify", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Class names and probabilities for images, from a VPT-NSP² stage (a folder or a Hub revision).",
+        epilog=f"examples:\n{examples}\n\nWithout a network, give a stage folder whose base model is on this "
+        "machine\n(or set HF_HUB_OFFLINE=1 with both in the Hugging Face cache).",
     )
     parser.add_argument("model", help="a stage folder (`<output_dir>/tasks/task-<t>`), a run's `output_dir` (its "
                         "last stage), a Hub repository `user/repo`, or `user/repo@task-<t>`")
@@ -145,22 +154,24 @@ def _open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
+    except OSError as error:  # PIL's UnidentifiedImageError included
         raise ValueError(f"`{path}` is not an image this machine can read: {error}") from error
 
 
-def _load_error(model: str, revision: str | None, error: OSError) -> str:
-    """Why ``model`` did not load: no network (naming what is missing), or the loader's own message."""
+def _load_error(model: str, revision: str | None, folder: str, error: Exception) -> str:
+    """Why ``model`` did not load from ``folder`` (the stage on this machine, or still ``model``): no network,
+    naming what is missing (the stage or its base model), or the loader's own message."""
     named = f"`{model}`" + (f" (revision `{revision}`)" if revision else "")
-    local = Path(model).is_dir()
-    needed = json.loads((Path(model) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] if local else model
+    config = Path(folder) / ADAPTER_CONFIG
+    stage_here = config.is_file()
+    needed = json.loads(config.read_text())["base_model_name_or_path"] if stage_here else model
     if constants.HF_HUB_OFFLINE or hub_unreachable(needed):
-        what = "its base model" if local else "it"
-        fetch = f"hf download {needed}" + ("" if local or revision is None else f" --revision {revision}")
-        return (f"Could not load {named}: {what} (`{needed}`) is not on this machine and the Hugging Face Hub cannot "
-                f"be reached (offline: no network, or HF_HUB_OFFLINE is set). Where there is a network, `{fetch}` puts "
-                "it in the Hugging Face cache; copy the cache here and run with HF_HUB_OFFLINE=1.")
-    hint = "" if local else f" There is no local folder `{model}` either."
+        what = "its base model" if stage_here else "it"
+        fetch = f"hf download {needed}" + ("" if stage_here or revision is None else f" --revision {revision}")
+        return (f"Could not load {named}: {what} (`{needed}`) is not on this machine and the Hugging Face Hub "
+                "cannot be reached (offline: no network, or HF_HUB_OFFLINE is set). Where there is a network, "
+                f"`{fetch}` puts it in the Hugging Face cache; copy the cache here and run with HF_HUB_OFFLINE=1.")
+    hint = "" if Path(model).is_dir() else f" There is no local folder `{model}` either."
     return f"Could not load {named}: {error}{hint}"
 
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from datasets import ClassLabel
+from hub_server import LocalHub
+from huggingface_hub import HfApi
 from peft import PeftModel
 from PIL import Image
 from transformers import ViTImageProcessor, ViTModel
@@ -102,6 +104,37 @@ def test_a_run_folder_stands_for_its_last_stage_and_the_module_runs(stage, image
     (entry,) = json.loads(result.stdout)
     want = expected_probabilities(folder, base, paths[2:])[0]
     assert {answer["label"]: answer["score"] for answer in entry["predictions"]} == pytest.approx(want, abs=1e-5)
+
+
+def test_a_hub_revision_by_name_or_flag(stage, images, tmp_path, monkeypatch, capsys):
+    """`user/repo@task-0` and `user/repo --revision task-0` over HTTP (test_hub's local Hub), the base model from its
+    own repository; a revision that does not exist is named."""
+    folder, base = stage
+    _, paths = images
+    with LocalHub(tmp_path / "hub").running() as hub:
+        hub.point_huggingface_hub_here(monkeypatch, tmp_path / "cache")
+        api = HfApi()
+        api.create_repo("someone/base")
+        api.upload_folder(folder_path=base, repo_id="someone/base")
+        published = shutil.copytree(folder, tmp_path / "published")
+        config = published / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "someone/base"}))
+        api.create_repo("someone/stages")
+        api.upload_folder(folder_path=published, repo_id="someone/stages")
+        api.create_branch("someone/stages", branch="task-0")
+        renamed = {**json.loads(config.read_text()), "class_names": [name.upper() for name in NAMES]}
+        api.upload_file(path_or_fileobj=json.dumps(renamed).encode(), path_in_repo="adapter_config.json",
+                        repo_id="someone/stages")  # `main` moves on; `task-0` keeps the first names
+        want = expected_probabilities(folder, base, paths[:1])[0]
+        for argv, names in ((["someone/stages@task-0"], NAMES), (["someone/stages", "--revision", "task-0"], NAMES),
+                            (["someone/stages"], [name.upper() for name in NAMES])):
+            main([*argv, str(paths[0]), "--json"])
+            (entry,) = json.loads(capsys.readouterr().out)
+            got = {answer["label"]: answer["score"] for answer in entry["predictions"]}
+            assert got == pytest.approx({new: want[old] for old, new in zip(NAMES, names)}, abs=1e-5)
+        with pytest.raises(SystemExit):
+            main(["someone/stages@task-7", str(paths[0])])
+        assert "Could not load `someone/stages` (revision `task-7`)" in " ".join(capsys.readouterr().err.split())
 
 
 def test_errors_name_the_problem_and_the_fix(stage, images, tmp_path, monkeypatch, capsys):

@@ -113,7 +113,8 @@ def split_classes(
     else:
         order = [int(c) for c in class_order]
         if len(set(order)) != len(order) or not set(order) <= set(range(num_classes)):
-            raise ValueError(f"`class_order` must list distinct class ids of range({num_classes}), got {order}.")
+            raise ValueError(f"`class_order` must be a permutation of range({num_classes}) or of a subset of it, got "
+                             f"{order}.")
     count = len(order)
     if count % num_tasks or count // num_tasks < 2:
         valid = [d for d in range(1, count // 2 + 1) if count % d == 0]
@@ -136,7 +137,8 @@ def select_classes(dataset: Dataset, label_column: str, classes: Sequence[int], 
         raise ValueError(f"`{name}` has no samples of classes {list(classes)}: this task would be empty.")
     absent = sorted(set(int(c) for c in classes) - set(np.unique(labels[indices]).tolist()))
     if absent:
-        warnings.warn(f"`{name}` has no samples of classes {absent}; the task keeps them but cannot learn or test them.")
+        warnings.warn(f"`{name}` has no samples of classes {absent}; the task keeps them but cannot learn or test "
+                      "them.", stacklevel=2)
     return dataset.select(indices)
 
 
@@ -152,7 +154,9 @@ class ClassIdLabels:
         ValueError (when called): a row's class is unknown to the model.
     """
 
-    def __init__(self, feature: ClassLabel, class_ids: Mapping[str, int], image_column: str, label_column: str) -> None:
+    def __init__(
+        self, feature: ClassLabel, class_ids: Mapping[str, int], image_column: str, label_column: str
+    ) -> None:
         self.names = list(feature.names)
         self.class_ids = dict(class_ids)
         self.image_column, self.label_column = image_column, label_column

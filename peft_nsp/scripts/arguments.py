@@ -73,6 +73,8 @@ class Benchmark:
     """The shipped prompt templates for ``--classifier text`` (default: the family's)."""
     training: Mapping[str, Any] = field(default_factory=dict)
     """Training defaults replacing the authors' (your own data); none for the paper's benchmarks."""
+    description: str = "Defaults: the authors' configuration of this benchmark (their code, zugexiaodui/VPTinNSforCL)."
+    """Where the defaults come from (the recipe's ``--help``)."""
 
     @property
     def family(self) -> str:
@@ -110,7 +112,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                   dataset_help=f"Required: your images, as {_IMAGEFOLDER_HELP}, or a Hub dataset id with an image and "
                   "a `ClassLabel` column.",
                   training={"num_train_epochs": 5, "dataset_repeats": 1, "per_device_train_batch_size": 32,
-                            "classifier_alignment": True}),
+                            "classifier_alignment": True},
+                  description="Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's; "
+                  "the quickstart chose it on validation data), η 0.97 (VPTNSPConfig's), 5 tasks, 5 epochs without "
+                  "repeats, batch 32 and classifier alignment (the quickstart's); evaluation resizes to the model's "
+                  "input size as its image processor does. Backbone, optimizer, schedule shape, augmentation and "
+                  "prompts: the authors'."),
     )
 }
 
@@ -325,7 +332,9 @@ def recipe_parser(spec: Benchmark, argv: Sequence[str]) -> HfArgumentParser:
     fp16 mixed precision is on by default on CUDA unless ``--bf16`` is given; memory is pinned only for CUDA.
     """
     epilog = "Every other `transformers.TrainingArguments` option works too: `--help_all` lists them."
+    dataset = "[--dataset DATASET]" if spec.dataset else "--dataset DATASET"
     parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig), formatter_class=_HelpFormatter,
+                              usage=f"%(prog)s {dataset} [--num_tasks N] [option ...]", description=spec.description,
                               epilog=epilog)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     clip = _pre_parse(argv, "--classifier", str) == "text"
