@@ -551,7 +551,7 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
     sizes = sorted({r["projection_size"] for r in runs if "projection_size" in r})
     if sizes:
         out += [f"The analytic head's rows use M = {', '.join(map(str, sizes))} random ReLU features (`G`: a packed "
-                "M(M+1)/2 float32 in the adapter, 48 MiB for M = 5000), λ chosen per task on every fifth training "
+                "M(M+1)/2 float64 in the adapter, 95 MiB for M = 5000), λ chosen per task on every fifth training "
                 "sample.", ""]
     out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _drift_cost(runs, datasets), "",
             _eta_sweep(runs, datasets)]

@@ -64,8 +64,8 @@ def test_analytic_head_smoke_measures_size_precision_and_cost(smoke_results):
     data = json.loads((smoke_results / "analytic-head.json").read_text())
     assert set(data["sizes"]) == {"0", "64"}
     for runs in data["sizes"].values():
-        assert all(run["seconds_per_fit"] > 0 and run["gram_rounding"] < 1e-6 for run in runs)
-        assert all(abs(run["test_float64"] - run["test"]) <= 0.05 for run in runs)
+        assert all(run["seconds_per_fit"] > 0 and 0 < run["gram_rounding"] < 1e-6 for run in runs)
+        assert all(abs(run["test_float32"] - run["test"]) <= 0.05 for run in runs if run["float32_solvable"])
 
 
 def test_classifier_alignment_rows_on_the_30_class_sequence(smoke_results):

@@ -7,7 +7,7 @@ RanPAC-style (McDonnell et al., NeurIPS 2023, https://huggingface.co/papers/2307
 Both sums run over every task seen so far, so after task t the solution equals the joint solution on all the
 features it saw (with the current λ). λ is chosen per task on a held-out part of the task's training data (every
 fifth sample), as RanPAC does, by the squared error of a ridge fit on the rest. The math lives in pure functions;
-[`AnalyticClassifier`] keeps the sums as buffers of the adapter.
+[`AnalyticClassifier`] keeps the sums as buffers of the adapter (``G`` packed, in float64).
 """
 
 from __future__ import annotations
@@ -177,8 +177,10 @@ class AnalyticTaskFit:
 
 
 class _AnalyticState(DeviceOnlyBuffers):
-    """Buffers shared by all tasks: ``projection`` ``(F, M)`` float32 (fixed), ``gram`` ``(M(M+1)/2,)`` float32
-    (packed lower triangle of ``G``), ``ridge`` and ``scale`` ``()`` float64, ``samples`` ``()`` float64."""
+    """Buffers shared by all tasks: ``projection`` ``(F, M)`` float32 (fixed), ``gram`` ``(M(M+1)/2,)`` float64
+    (packed lower triangle of ``G``: float32 rounding would perturb its small eigenvalues by ~10⁻⁷ of the largest and
+    make the small λ a small task selects unsolvable), ``ridge`` and ``scale`` ``()`` float64, ``samples`` ``()``
+    float64."""
 
     def __init__(self, in_features: int, projection_size: int, seed: int) -> None:
         super().__init__()
@@ -186,7 +188,7 @@ class _AnalyticState(DeviceOnlyBuffers):
         projection = torch.randn(in_features, projection_size, generator=generator) if projection_size else None
         width = projection_size or in_features
         self.register_buffer("projection", projection if projection is not None else torch.zeros(0))
-        self.register_buffer("gram", torch.zeros(width * (width + 1) // 2))
+        self.register_buffer("gram", torch.zeros(width * (width + 1) // 2, dtype=torch.float64))
         self.register_buffer("ridge", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("samples", torch.zeros((), dtype=torch.float64))
@@ -335,7 +337,7 @@ class AnalyticClassifier(TaskHeads):
         self.tasks[task].samples.fill_(fit.samples)
         for block, weight in zip(self.tasks, fit.weights):
             block.weight.copy_(weight.to(device))
-        self.state.gram.copy_(pack_symmetric(fit.gram).to(device, torch.float32))
+        self.state.gram.copy_(pack_symmetric(fit.gram).to(device))
         self.state.ridge.fill_(fit.ridge)
         self.state.scale.fill_(fit.scale)
         self.state.samples += fit.samples

@@ -93,7 +93,7 @@ class VPTNSPConfig(PeftConfig):
             [`NSPTrainer`] from `NSPConfig.temperature` when it creates the adapter (paper: 28, 25 or 30).
         analytic_projection_size (`int`, defaults to `5000`):
             `"analytic"` only: M, the number of random ReLU features (0: ridge regression on the pooled features).
-            The adapter keeps `G` as a packed M(M+1)/2 float32 (50 MB for M = 5000) and the F × M projection.
+            The adapter keeps `G` as a packed M(M+1)/2 float64 (100 MB for M = 5000) and the F × M projection.
         analytic_ridge (`float`, *optional*):
             `"analytic"` only: λ of the ridge regression. Defaults to choosing it per task among
             `analytic_ridge_grid` by the squared error on every fifth training sample of a fit on the others.
