@@ -89,13 +89,16 @@ def load_classifier(model: str, revision: str | None = None, device: str | None 
     A Hub revision is downloaded first (`snapshot_download`): given ``revision=``, transformers would also ask the
     base model's repository for that revision, which it does not have.
     """
-    folder = model
+    folder, verbosity = model, transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # a backbone base's load report lists its unused classifier (README)
     try:
         if not Path(model).is_dir():
             folder = snapshot_download(model, revision=revision)
         return pipeline("image-classification", model=folder, device=device)
     except (OSError, ValueError) as error:  # missing files and failed requests are OSErrors, a bad config a ValueError
         raise ValueError(_load_error(model, revision, folder, error)) from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def classify_files(classifier: Any, files: Sequence[Path], top_k: int = 5, batch_size: int = 8) -> list[Prediction]:
@@ -136,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("`--top_k` and `--batch_size` must be ≥ 1.")
-    transformers_logging.set_verbosity_error()  # the base checkpoint's unused classifier is expected (README)
     try:
         model, revision = resolve_model(args.model, args.revision)
         files = image_files(args.images)
