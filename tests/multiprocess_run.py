@@ -19,11 +19,11 @@ from testing_utils import blob_images, prompted_layers, tiny_model, to_tensor  #
 
 from peft_nsp import VPTNSPConfig  # noqa: E402
 from peft_nsp.continual import run_class_incremental  # noqa: E402
-from peft_nsp.trainer import NSPTrainingArguments  # noqa: E402
+from peft_nsp.trainer import NSPConfig  # noqa: E402
 
 
 def main(output_dir: str, per_device_batch: int) -> None:
-    args = NSPTrainingArguments(
+    args = NSPConfig(
         output_dir=output_dir, num_train_epochs=3, per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=5, statistics_batch_size=3, learning_rate=0.05, report_to="none",
         use_cpu=True, disable_tqdm=True, seed=1, save_strategy="no", logging_steps=50,

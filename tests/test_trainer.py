@@ -13,8 +13,8 @@ from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
-from peft_nsp.continual.data import ImageCollator, TaskCollator
-from peft_nsp.trainer import NSPConfig, NSPTrainer, NSPTrainingArguments, NullSpaceTrainer
+from peft_nsp.continual.data import ImageCollator
+from peft_nsp.trainer import NSPConfig, NSPTrainer
 
 
 def second_task_model(temperature: float = 1.0):
@@ -206,8 +206,6 @@ def test_trainer_input_errors(tmp_path):
         NSPConfig(output_dir=str(tmp_path), projection_mode="both")
     with pytest.raises(ValueError, match="`weight_decay_mode='l2'` builds `torch.optim.Adam`"):
         NSPConfig(output_dir=str(tmp_path), weight_decay_mode="l2", optim="sgd")
-    with pytest.raises(ValueError, match=r"Labels \[0\] are not classes of the task"):
-        TaskCollator(to_tensor, task_classes=[2, 3])(list(blob_images(1, 1)))
 
 
 def test_plain_training_arguments_are_converted_as_trl_does(tmp_path):
@@ -218,24 +216,6 @@ def test_plain_training_arguments_are_converted_as_trl_does(tmp_path):
                          train_dataset=task_two_data(), train_transform=to_tensor)
     assert isinstance(trainer.args, NSPConfig) and trainer.args.learning_rate == 0.123
     assert trainer.args.label_names == ["labels"] and trainer.args.temperature == 1.0
-
-
-def test_deprecated_names_keep_their_behaviour(tmp_path):
-    """`NullSpaceTrainer` trains a head the caller added, on task-local labels, and leaves the fold to the caller."""
-    with pytest.warns(FutureWarning, match="`NSPTrainingArguments` is deprecated"):
-        args = NSPTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no",
-                                    disable_tqdm=True, max_steps=2, per_device_train_batch_size=2)
-    model = second_task_model()
-    model.add_task([2, 3])
-    with pytest.warns(FutureWarning, match="`NullSpaceTrainer` is deprecated"):
-        trainer = NullSpaceTrainer(model, args, train_dataset=task_two_data(),
-                                   data_collator=TaskCollator(to_tensor, task_classes=[2, 3]))
-    trainer.train()
-    assert trainer.projection.steps_projected == 2
-    assert model.base_model.tasks_seen() == 1 and model.base_model.num_tasks == 2  # not folded: the caller's call
-    with pytest.raises(ValueError, match="no task head"):
-        with pytest.warns(FutureWarning):
-            NullSpaceTrainer(get_peft_model(tiny_model("vit"), VPTNSPConfig()), args)
 
 
 class RecordLearningRate(TrainerCallback):

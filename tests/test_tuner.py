@@ -214,7 +214,6 @@ def test_unsupported_model_lists_supported_ones():
         ({"task_classes": [[0, 1]], "class_names": ["a"]}, "`class_names` names 1 classes but `task_classes` holds 2"),
         ({"eta1": 1.2}, r"`eta1` must be in \[0, 1\]"),
         ({"eta2": -0.1}, r"`eta2` must be in \[0, 1\]"),
-        ({"accumulation": "max"}, "`accumulation` must be one of"),
         ({"ln_loss_weight": -1}, "`ln_loss_weight` must be a finite number ≥ 0"),
         ({"prompt_layers": [0], "projected_layers": [1]}, "`projected_layers` \\[1\\] are not in `prompt_layers`"),
         ({"task_classes": [[]]}, "`task_classes` must be a list of non-empty lists"),

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -197,12 +196,3 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     def refinement_arguments(self) -> HeadRefinementArguments:
         """The classifier-alignment settings as [`HeadRefinementArguments`]."""
         return HeadRefinementArguments(**{f.name: getattr(self, f.name) for f in fields(HeadRefinementArguments)})
-
-
-@dataclass
-class NSPTrainingArguments(NSPConfig):
-    """Deprecated name of [`NSPConfig`] (peft-nsp 0.1); behaves the same."""
-
-    def __post_init__(self) -> None:
-        warnings.warn("`NSPTrainingArguments` is deprecated: use `NSPConfig`.", FutureWarning, stacklevel=3)
-        super().__post_init__()

@@ -321,39 +321,6 @@ class NSPTrainer(Trainer):
         return metrics
 
 
-class NullSpaceTrainer(NSPTrainer):
-    """Deprecated (peft-nsp 0.1): use [`NSPTrainer`].
-
-    Trains the newest head of a model whose task the caller added, on *task-local* labels (``TaskCollator`` with
-    ``task_classes``), and does not fold the task at the end (call `model.update_null_space` yourself).
-    """
-
-    def __init__(self, model: PeftModel, args: NSPConfig | None = None, **kwargs: Any) -> None:
-        warnings.warn("`NullSpaceTrainer` is deprecated: use `NSPTrainer`, which owns the whole task.", FutureWarning,
-                      stacklevel=2)
-        args = _nsp_config(args)
-        _check_vpt_nsp(model)
-        if model.base_model.num_tasks == 0:
-            raise ValueError("The model has no task head: call `model.add_task(classes)` before training a task.")
-        self.task_dataset, self._train_collator, self._eval_collator = None, None, None
-        Trainer.__init__(self, model=model, args=args, **kwargs)
-        self.projection = None
-        self.model.add_model_tags(self._tag_names)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss = F.cross_entropy(outputs.logits[:, self.nsp_model.task_columns()], labels)
-        weight = self.ln_loss_weight()
-        if weight > 0:
-            loss = loss + weight * self.nsp_model.layernorm_consistency_loss()
-        return (loss, outputs) if return_outputs else loss
-
-    def train(self, *args: Any, **kwargs: Any):
-        return Trainer.train(self, *args, **kwargs)
-
-
-# ---------------------------------------------------------------------- helpers
 def _nsp_config(args: NSPConfig | TrainingArguments | None) -> NSPConfig:
     if args is None:
         return NSPConfig(output_dir="nsp-trainer-output")

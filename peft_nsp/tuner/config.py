@@ -20,8 +20,6 @@ from .heads import HEAD_INITS
 PROMPT_INITS = ("uniform", "zeros")
 THRESHOLD_MODES = ("adaptive", "times")
 CLASSIFIERS = ("linear", "text", "analytic")
-#: The deprecated `accumulation` values and the `task_weighting` each meant.
-_ACCUMULATION_TO_TASK_WEIGHTING = {"sum": "equal", "mean": "size"}
 
 
 @dataclass
@@ -69,8 +67,6 @@ class VPTNSPConfig(PeftConfig):
             task weighs by its size: the authors' accumulation, whose per-batch-normalised sums differ from it only by
             a scale and the weight of each task's last partial batch) or `"equal"` (each task's per-row mean is
             added, so every task weighs the same).
-        accumulation (`str`, *optional*):
-            Deprecated: `"sum"` is `task_weighting="equal"`, `"mean"` is `task_weighting="size"`.
         ln_loss_weight (`float`, defaults to `1.0`):
             λ, weight of the LayerNorm consistency loss (tasks after the first).
         projected_layers (`list[int]`, *optional*):
@@ -155,9 +151,6 @@ class VPTNSPConfig(PeftConfig):
         default="size",
         metadata={"help": "How the statistics of successive tasks combine.", "choices": list(TASK_WEIGHTINGS)},
     )
-    accumulation: Optional[str] = field(
-        default=None, metadata={"help": "Deprecated: `sum` is `task_weighting='equal'`, `mean` is `'size'`."}
-    )
     ln_loss_weight: float = field(default=1.0, metadata={"help": "λ, weight of the LayerNorm consistency loss."})
     projected_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
@@ -227,15 +220,6 @@ class VPTNSPConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         _check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
         _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
-        if self.accumulation is not None:
-            _check_choice("accumulation", self.accumulation, tuple(_ACCUMULATION_TO_TASK_WEIGHTING))
-            warnings.warn(
-                f"`accumulation={self.accumulation!r}` is deprecated: use `task_weighting="
-                f"{_ACCUMULATION_TO_TASK_WEIGHTING[self.accumulation]!r}` (same behaviour).",
-                FutureWarning,
-                stacklevel=3,
-            )
-            self.task_weighting, self.accumulation = _ACCUMULATION_TO_TASK_WEIGHTING[self.accumulation], None
         _check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)
         _check_choice("head_init", self.head_init, HEAD_INITS)
         _check_choice("classifier", self.classifier, CLASSIFIERS)
