@@ -75,7 +75,10 @@ class Fault:
 
 
 class LocalHub:
-    """The hub; ``url`` is its endpoint once started. ``calls`` lists ``(route, subject)`` of every request."""
+    """The hub, at ``url`` while `running()`, optionally accepting one ``token`` only (others get a 401).
+
+    ``faults`` are applied in order; ``calls`` lists ``(route, subject)`` of every request served.
+    """
 
     def __init__(self, folder: Path, token: str | None = None):
         self.folder, self.token = Path(folder), token
@@ -134,9 +137,8 @@ class LocalHub:
 
     def tree(self, repo: str, revision: str) -> dict[str, bytes]:
         """The files of a revision."""
-        blobs = self.folder / "blobs"
-        return {path: (blobs / sha).read_bytes() for path, sha in self.commit(repo, self.resolve(repo, revision))
-                ["tree"].items()}
+        shas = self.commit(repo, self.resolve(repo, revision))["tree"]
+        return {path: (self.folder / "blobs" / sha).read_bytes() for path, sha in shas.items()}
 
     def history(self, repo: str, revision: str = "main") -> list[tuple[str, dict[str, Any]]]:
         """``(oid, commit)`` from ``revision`` back to the first commit."""
@@ -188,6 +190,7 @@ class LocalHub:
                       "authors": [{"user": "someone"}]} for oid, commit in self.history(repo, revision)]
 
     def list_repo_tree(self, repo: str, revision: str, **_: Any) -> tuple[int, Any]:
+        """Every file of the revision (the recursive listing of the root, which is all `list_repo_files` asks)."""
         tree = self.commit(repo, self.resolve(repo, revision))["tree"]
         return 200, [{"type": "file", "path": path, "oid": sha, "size": (self.folder / "blobs" / sha).stat().st_size}
                      for path, sha in sorted(tree.items())]

@@ -278,9 +278,11 @@ def _adapter(stage):
 
 def test_a_changed_eta_applies_from_the_next_task_and_a_prompt_length_change_is_refused(tmp_path):
     changed, unchanged = _killed_copies(tmp_path, ["changed", "unchanged"], task=1)
-    with pytest.raises(ValueError, match=r"`prompt_length`: 2 \(run\) → 3 \(now\).*`prompt_length` cannot change on "
-                                         r"resume.*start a new `output_dir`"):
-        run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=3), resume_with_changed_settings=True)
+    for allowed in (False, True):  # no flag makes the prompts' length changeable
+        with pytest.raises(ValueError, match=r"`prompt_length`: 2 \(run\) → 3 \(now\).*`prompt_length` cannot "
+                                             r"change on resume.*start a new `output_dir`"):
+            run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=3),
+                resume_with_changed_settings=allowed)
     result = run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5),
                  resume_with_changed_settings=True)
     reference = run(unchanged, num_train_epochs=1)
@@ -395,7 +397,7 @@ def test_a_damaged_run_folder_names_the_file_and_the_fix(tmp_path, damage):
     elif damage == "truncated-weights-no-checksums":  # a stage written before stages had `.sha256`
         (tmp_path / "tasks" / "task-0" / ".sha256").unlink()
         weights.write_bytes(weights.read_bytes()[:100])
-        message = r"Loading the stage `.*task-0` failed .*truncated or damaged"
+        message = r"Loading the stage `.*task-0` failed.*damaged"
     else:
         progress = tmp_path / "progress.json"
         progress.write_text(progress.read_text()[:50])

@@ -409,7 +409,7 @@ def _check_settings(
     listed = "; ".join(f"`{name}`: {old!r} (run) → {new!r} (now)" for name, (old, new) in changed.items())
     task = record.finished_tasks
     fixed = [name for name in changed if name in _ADAPTER_SETTINGS and name not in _CHANGEABLE_ADAPTER_SETTINGS]
-    if args.resume_with_changed_settings and fixed:
+    if fixed:
         raise ValueError(
             f"`{output_dir}` holds a run with other settings: {listed}. {', '.join(f'`{n}`' for n in fixed)} cannot "
             "change on resume: the stage's prompts, null-space statistics and heads were built with the run's value. "
