@@ -14,8 +14,9 @@ GPU machine, from the repository root (the `device` tool's ``run`` with ``carry=
         PYTHONPATH=/tmp/site:. python3 benchmarks/gpu.py run --output $OUT
 
 which runs (1) `speed.py`: ViT-B/16 at 224 px, batch 256, bf16: images/s, peak memory, projection overhead,
-fraction of peak FLOP/s; (2) `forgetting.py` on the 30-class sequence at 224 px with all the data, VPT-Seq, VPT-NSP²,
-VPT-NSP² + CA and joint training, seed 2024, bf16. The JSON files land in ``--output``; copy them to
+fraction of peak FLOP/s; (2) `forgetting.py` on the 30-class sequence at 224 px with all the data: the rows a user
+would pick instead (SimpleCIL, RanPAC, RanPAC with first-task adaptation), VPT-Seq, VPT-NSP², VPT-NSP² + CA,
+VPT-NSP² with the analytic head and joint training, seed 2024, bf16. The JSON files land in ``--output``; copy them to
 ``benchmarks/results/`` and run ``python benchmarks/report.py``. ``run --device cpu --smoke`` checks the whole
 path here in a minute.
 """
@@ -74,7 +75,8 @@ def run(folder: Path, output: Path, device: str, smoke: bool) -> None:
     steps = [
         [*python, str(HERE / "speed.py"), "--device", device, *speed, "--output", str(output / "speed-gpu.json")],
         [*python, str(HERE / "forgetting.py"), "--device", device, "--datasets", "digits-fashion-animals",
-         "--methods", "seq", "nsp", "nsp-ca", "joint", "--seeds", "2024", "--etas", *forgetting,
+         "--methods", "simplecil", "ranpac", "ranpac-fta", "seq", "nsp", "nsp-ca", "nsp-analytic", "joint",
+         "--seeds", "2024", "--etas", *forgetting,
          "--output", str(output / "forgetting-digits-fashion-animals-gpu.json")],
     ]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
