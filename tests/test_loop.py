@@ -207,8 +207,7 @@ def test_deprecated_module_paths_and_functions_still_work(tmp_path):
 
     from accelerate import Accelerator
 
-    for old, new in (("peft_nsp.recipes", "peft_nsp.scripts"), ("peft_nsp.hub.card", "peft_nsp.continual.card"),
-                     ("peft_nsp.hub.stages", "peft_nsp.continual.stages"), ("peft_nsp.tuner.head", "peft_nsp.tuner.heads")):
+    for old, new in (("peft_nsp.hub.card", "peft_nsp.continual.card"), ("peft_nsp.hub.stages", "peft_nsp.continual.stages")):
         sys.modules.pop(old, None)
         with pytest.warns(FutureWarning, match=f"import from `{new}`"):
             importlib.import_module(old)
