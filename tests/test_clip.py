@@ -40,7 +40,7 @@ from peft_nsp.continual.class_names import (
     readable_class_names,
 )
 from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head, sample_class_features
-from peft_nsp.trainer import NSPTrainingArguments
+from peft_nsp.trainer import NSPConfig
 
 VOCAB = {"<|startoftext|>": 0, "<|endoftext|>": 1}
 for _char in "abcdefghijklmnopqrstuvwxyz0123456789.":
@@ -473,7 +473,7 @@ def test_shipped_class_name_lists():
 
 def test_two_task_clip_run_end_to_end(tmp_path):
     train, test = blob_images(4, 4), blob_images(4, 2, seed=1)
-    args = NSPTrainingArguments(
+    args = NSPConfig(
         output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=0.01,
         report_to="none", use_cpu=True, disable_tqdm=True, seed=3, save_strategy="no", logging_steps=50,
     )

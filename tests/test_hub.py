@@ -140,7 +140,7 @@ def test_each_task_commit_holds_exactly_its_stage_and_the_branch_names_it(pushed
         assert parent == (branches[f"task-{task - 1}"] if task else initial)
     card = hub.tree(REPO, "task-2")["README.md"].decode()
     assert 'PeftModel.from_pretrained(base, "someone/vpt-nsp-toy", revision="task-2")' in card
-    assert 'pipeline("image-classification", model="someone/vpt-nsp-toy", revision="task-2")' in card
+    assert 'pipeline("image-classification", model=snapshot_download("someone/vpt-nsp-toy", revision="task-2"))' in card
     local_card = (output_dir / "tasks" / "task-2" / "README.md").read_text()
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-2")' in local_card  # the local card is untouched
 

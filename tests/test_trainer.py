@@ -262,3 +262,11 @@ def test_a_peft_model_of_another_method_is_refused_with_the_fix(tmp_path):
     lora = get_peft_model(tiny_model("vit"), LoraConfig(target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="PeftModel with a `vpt_nsp` adapter"):
         NSPTrainer(lora, config(tmp_path), train_dataset=task_two_data(), train_transform=to_tensor)
+
+
+def test_no_pin_memory_warning_on_a_machine_without_cuda(tmp_path, recwarn):
+    trainer = make_trainer(tmp_path, num_train_epochs=1, use_cpu=False)
+    trainer.train()
+    trainer.evaluate(eval_dataset=task_two_data())
+    assert trainer.args.dataloader_pin_memory == torch.cuda.is_available()
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]

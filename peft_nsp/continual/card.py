@@ -47,7 +47,8 @@ def build_model_card(
     dataset = _hub_id(record.run_info.get("dataset"))
     benchmark = record.run_info.get("benchmark")
     model_name = repo_id.split("/")[-1] if repo_id else f"{record.method} ({stage_revision(task)})"
-    eval_results = _eval_results(metrics, dataset, benchmark, task) if dataset else None
+    measured = metrics.num_tasks > 0  # `NSPTrainer.save_model` records the tasks, not an accuracy matrix
+    eval_results = _eval_results(metrics, dataset, benchmark, task) if dataset and measured else None
     card_data = ModelCardData(
         model_name=model_name if eval_results else None,  # only `model-index` has a model name on the Hub
         base_model=base_model,
@@ -57,7 +58,7 @@ def build_model_card(
         datasets=[dataset] if dataset else None,
         eval_results=eval_results,
     )
-    summary = metrics.summary()
+    summary = metrics.summary() if measured else None
     class_ids = record.class_ids
     return ModelCard.from_template(
         card_data,
@@ -76,6 +77,7 @@ def build_model_card(
         paper_title=PAPER_TITLE,
         seed=record.seed,
         continued_from=record.continued_from,
+        class_order=", ".join(f"{c}: {name}" for c, name in enumerate(record.class_names)),
         task_rows=[
             {"task": k, "revision": stage_revision(k),
              "classes": ", ".join(f"{_cell(name)} ({c})" for name, c in zip(names, class_ids[k]))}
@@ -84,14 +86,14 @@ def build_model_card(
         hyperparameters=record.settings,
         settings_changes=record.settings_changes,
         adapter_settings={key: value for key, value in adapter.items() if key not in _ADAPTER_BOOKKEEPING},
-        matrix_rows=_matrix_rows(metrics),
+        matrix_rows=_matrix_rows(metrics) if measured else [],
         results=comparison_rows(
             summary["final_accuracy"],
             None if math.isnan(summary["forgetting"]) else summary["forgetting"],
             benchmark,
             f"{record.method}, after task {task} ({task + 1} of {len(record.tasks)} tasks)",
-        ),
-        average_incremental_accuracy=f"{100 * summary['average_incremental_accuracy']:.2f}",
+        ) if measured else [],
+        average_incremental_accuracy=f"{100 * summary['average_incremental_accuracy']:.2f}" if measured else None,
     )
 
 

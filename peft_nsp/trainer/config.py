@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+import torch
 from transformers import TrainingArguments
 
 from ..continual.refinement import HeadRefinementArguments
@@ -22,8 +23,9 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     r"""[`transformers.TrainingArguments`] plus the knobs of VPT-NSP² training (one task per [`NSPTrainer`]).
 
     > [!NOTE]
-    > Changed defaults: `remove_unused_columns=False` (image columns are transformed by the collator) and
-    > `label_names=["labels"]` (class ids, also for a backbone without a classifier).
+    > Changed defaults: `remove_unused_columns=False` (image columns are transformed by the collator),
+    > `label_names=["labels"]` (class ids, also for a backbone without a classifier) and `dataloader_pin_memory`
+    > on only where CUDA is available (pinning without it only warns, once per DataLoader).
 
     > Parameters that control the loss
 
@@ -134,6 +136,10 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     )
     label_names: Optional[list[str]] = field(
         default_factory=lambda: ["labels"], metadata={"help": "The batch key holding the class ids (changed default)."}
+    )
+    dataloader_pin_memory: bool = field(
+        default_factory=torch.cuda.is_available,
+        metadata={"help": "Pin data-loader memory (changed default: only where CUDA is available)."},
     )
 
     def __post_init__(self) -> None:
