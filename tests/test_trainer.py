@@ -270,3 +270,19 @@ def test_no_pin_memory_warning_on_a_machine_without_cuda(tmp_path, recwarn):
     trainer.evaluate(eval_dataset=task_two_data())
     assert trainer.args.dataloader_pin_memory == torch.cuda.is_available()
     assert not [w for w in recwarn if "pin_memory" in str(w.message)]
+
+
+def test_save_model_writes_our_model_card_not_a_blank_one(tmp_path):
+    trainer = make_trainer(tmp_path / "run", num_train_epochs=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "stage"))
+    card = (tmp_path / "stage" / "README.md").read_text()
+    assert "More Information Needed" not in card and "trained from scratch" not in card
+    assert "library_name: peft" in card and "import peft_nsp" in card.split("```python")[0]
+    for name in ("class_0", "class_1", "class_2", "class_3"):
+        assert name in card  # the classes of both tasks
+    assert "trainer.evaluate()" in card  # the card says how to measure what it does not record
+    record = json.loads((tmp_path / "stage" / "sequence.json").read_text())
+    assert record["tasks"] == [["class_0", "class_1"], ["class_2", "class_3"]] and record["finished_tasks"] == 2
+    with pytest.raises(ValueError, match="No adapter in"):
+        trainer.create_model_card(output_dir=str(tmp_path / "empty"))

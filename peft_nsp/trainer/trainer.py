@@ -7,6 +7,7 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,11 @@ from ..continual.data import (
     processor_transform,
     with_class_ids,
 )
+from .._io import write_atomically
+from ..continual.card import write_model_card
 from ..continual.metrics import count_correct
 from ..continual.refinement import refine_head
+from ..continual.stages import SEQUENCE_FILE, RunRecord, method_name
 from ..tuner.config import VPTNSPConfig
 from ..tuner.model import VPTNSPModel
 from ..tuner.null_space_update import NonFiniteError
@@ -272,6 +276,40 @@ class NSPTrainer(Trainer):
         output = super().train(*args, **kwargs)
         self.finish_task()
         return output
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model` (adapter, class names, image processor), then, outside checkpoints, the record of the
+        adapter's tasks (``sequence.json``) and its model card (``README.md``), as the continual loop writes them."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            self.create_model_card(output_dir=output_dir)
+
+    def create_model_card(self, output_dir: str | None = None, **kwargs: Any) -> None:
+        """Write peft-nsp's model card (classes of every task, how to load, classify and continue; `library_name:
+        peft`, the base model, our tags) for the adapter saved in ``output_dir`` (default: `args.output_dir`),
+        replacing PEFT's and transformers' generic cards. ``kwargs`` (transformers' card fields) are not used."""
+        if not self.args.should_save:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"No adapter in `{folder}` to describe: call `trainer.save_model({str(folder)!r})` first.")
+        tuner = self.nsp_model
+        config = tuner.peft_config[tuner.active_adapters[0]]
+        tasks, start = [], 0
+        for classes in config.task_classes:
+            tasks.append(config.class_names[start : start + len(classes)])
+            start += len(classes)
+        record = RunRecord(
+            tasks=tasks,
+            seed=self.args.seed,
+            method=method_name(self.args.projection, False, config.classifier, self.args.classifier_alignment),
+            finished_tasks=tuner.tasks_seen(),
+            settings=self.args.recorded_settings(),
+            run_info={"base_model": config.base_model_name_or_path},
+        )
+        write_atomically(folder / SEQUENCE_FILE, record.to_json().encode())
+        write_model_card(folder)
 
     # ------------------------------------------------------------------ the end of a task
     def finish_task(self) -> None:
