@@ -20,13 +20,22 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, mean_std, run_facts, tiny_vit
-from common import write_results
+from common import (
+    RESULTS_DIR,
+    facts_line,
+    greyscale_transform,
+    markdown_table,
+    mean_std,
+    run_facts,
+    tiny_vit,
+    write_results,
+)
 from forgetting import NUM_TASKS, Settings, cls_features, load_splits, pixels
+
 from peft_nsp.continual import split_classes
 from peft_nsp.tuner.analytic_head import AnalyticClassifier, holdout_mask, random_relu_features, ridge_solution
-from peft_nsp.tuner.class_statistics import pack_symmetric, unpack_symmetric
+from peft_nsp.tuner.class_statistics import unpack_symmetric
+
 
 DATASET = "digits-fashion-animals"
 
@@ -55,8 +64,11 @@ def incremental_run(
         weights32 = ridge_solution(gram32, targets, float(head.state.ridge))
     except ValueError:
         weights32 = None  # the float32-rounded G is not positive definite at the chosen λ
-    result = {"seconds_per_fit": float(np.mean(seconds)), "ridge": float(head.state.ridge),
-              "float32_solvable": weights32 is not None}
+    result = {
+        "seconds_per_fit": float(np.mean(seconds)),
+        "ridge": float(head.state.ridge),
+        "float32_solvable": weights32 is not None,
+    }
     for split, (x, y) in features.items():
         if split == "train":
             continue
@@ -75,8 +87,10 @@ def incremental_run(
 def adapter_bytes(in_features: int, projection_size: int) -> dict[str, int]:
     """``R`` (F × M float32) and the packed float64 ``G`` per adapter; ``Q`` (float64) and ``W`` (float32) columns."""
     width = projection_size or in_features
-    return {"per_adapter": 4 * in_features * projection_size + 8 * width * (width + 1) // 2,
-            "per_class": (8 + 4) * width}
+    return {
+        "per_adapter": 4 * in_features * projection_size + 8 * width * (width + 1) // 2,
+        "per_class": (8 + 4) * width,
+    }
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -84,28 +98,45 @@ def markdown(results: dict[str, Any]) -> str:
     for size, runs in results["sizes"].items():
         memory = adapter_bytes(results["in_features"], int(size))
         solvable = [r for r in runs if r["float32_solvable"]]
-        rows.append([
-            size if int(size) else f"0 (features, F = {results['in_features']})",
-            mean_std([r["validation"] for r in runs], 100), mean_std([r["test"] for r in runs], 100),
-            f"{len(solvable)} of {len(runs)}",
-            mean_std([r["test_float32"] - r["test"] for r in solvable], 100) if solvable else "n/a",
-            mean_std([r["seconds_per_fit"] for r in runs], 1, 2),
-            f"{memory['per_adapter'] / 2**20:.1f} MiB", f"{memory['per_class'] / 2**10:.1f} KiB",
-        ])
-    return "\n".join([
-        "## The analytic head: projection size, precision, cost (frozen features)",
-        "",
-        facts_line(results["facts"]),
-        "",
-        f"30-class digits/fashion/animals sequence, 6 tasks, frozen DINOv2-S/14 CLS features at "
-        f"{results['image_size']} px, seeds {results['seeds']} (class orders and the projection's seed); λ chosen "
-        "per task on every fifth training sample. Accuracy after the last task over all 30 classes (%). The adapter "
-        "stores `G` packed in float64; the float32 columns redo the run with `G` rounded to float32 after every "
-        "task (half the bytes): whether `G + λI` still solves at the chosen λ, and the accuracy change when it does.",
-        "",
-        markdown_table(["M", "validation", "test", "float32 G solvable", "float32 G − float64 (test)",
-                        "s per task fit", "adapter: R + G", "per class: Q + W"], rows),
-    ])
+        rows.append(
+            [
+                size if int(size) else f"0 (features, F = {results['in_features']})",
+                mean_std([r["validation"] for r in runs], 100),
+                mean_std([r["test"] for r in runs], 100),
+                f"{len(solvable)} of {len(runs)}",
+                mean_std([r["test_float32"] - r["test"] for r in solvable], 100) if solvable else "n/a",
+                mean_std([r["seconds_per_fit"] for r in runs], 1, 2),
+                f"{memory['per_adapter'] / 2**20:.1f} MiB",
+                f"{memory['per_class'] / 2**10:.1f} KiB",
+            ]
+        )
+    return "\n".join(
+        [
+            "## The analytic head: projection size, precision, cost (frozen features)",
+            "",
+            facts_line(results["facts"]),
+            "",
+            f"30-class digits/fashion/animals sequence, 6 tasks, frozen DINOv2-S/14 CLS features at "
+            f"{results['image_size']} px, seeds {results['seeds']} (class orders and the projection's seed); λ chosen "
+            "per task on every fifth training sample. Accuracy after the last task over all 30 classes (%). The adapter "
+            "stores `G` packed in float64; the float32 columns redo the run with `G` rounded to float32 after every "
+            "task (half the bytes): whether `G + λI` still solves at the chosen λ, and the accuracy change when it does.",
+            "",
+            markdown_table(
+                [
+                    "M",
+                    "validation",
+                    "test",
+                    "float32 G solvable",
+                    "float32 G − float64 (test)",
+                    "s per task fit",
+                    "adapter: R + G",
+                    "per class: Q + W",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -120,8 +151,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.sizes, args.seeds, args.image_size = [0, 64], args.seeds[:1], 16
-    settings = Settings(args.image_size, 10 if args.smoke else 100, 4 if args.smoke else 50, 0.1, 3, 20, 0.01, 1.0,
-                        tuple(args.seeds), "", False, False)
+    settings = Settings(
+        args.image_size,
+        10 if args.smoke else 100,
+        4 if args.smoke else 50,
+        0.1,
+        3,
+        20,
+        0.01,
+        1.0,
+        tuple(args.seeds),
+        "",
+        False,
+        False,
+    )
     data = load_splits(DATASET, settings, args.smoke)
     if args.smoke:
         backbone = tiny_vit(image_size=args.image_size)
@@ -130,11 +173,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         backbone = load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
     transform = greyscale_transform(args.image_size)
-    features = {name: (cls_features(backbone, pixels(split, transform)[0], "cpu"), torch.tensor(split["label"]))
-                for name, split in data.items()}
+    features = {
+        name: (cls_features(backbone, pixels(split, transform)[0], "cpu"), torch.tensor(split["label"]))
+        for name, split in data.items()
+    }
     num_classes = len(data["train"].features["label"].names)
-    results = {"facts": run_facts("cpu"), "image_size": args.image_size, "seeds": args.seeds,
-               "in_features": int(features["train"][0].shape[1]), "sizes": {}}
+    results = {
+        "facts": run_facts("cpu"),
+        "image_size": args.image_size,
+        "seeds": args.seeds,
+        "in_features": int(features["train"][0].shape[1]),
+        "sizes": {},
+    }
     for size in args.sizes:
         runs = []
         for seed in args.seeds:

@@ -20,6 +20,7 @@ from transformers import ViTConfig, ViTModel
 
 from peft_nsp._io import write_atomically
 
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +53,11 @@ def tiny_vit(image_size: int = 16, patch_size: int = 4, seed: int = 0, attn_impl
     """A seeded 2-layer, hidden-32 random `ViTModel` for the seconds-long smoke runs."""
     torch.manual_seed(seed)
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=image_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=image_size,
         patch_size=patch_size,
     )
     config._attn_implementation = attn_implementation
@@ -100,4 +105,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def facts_line(facts: dict[str, Any]) -> str:
-    return f"Machine: {facts['machine']}; date: {facts['date']}; torch {facts['torch']}.\nCommand: `{facts['command']}`"
+    return (
+        f"Machine: {facts['machine']}; date: {facts['date']}; torch {facts['torch']}.\nCommand: `{facts['command']}`"
+    )

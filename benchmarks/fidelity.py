@@ -30,11 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import get_peft_model
-from PIL import Image, ImageEnhance, ImageOps
-from torch.nn import functional as F
-
-import peft_nsp
 from common import (
     RESULTS_DIR,
     facts_line,
@@ -45,6 +40,11 @@ from common import (
     tiny_vit,
     write_results,
 )
+from peft import get_peft_model
+from PIL import Image, ImageEnhance, ImageOps
+from torch.nn import functional as F
+
+import peft_nsp
 from peft_nsp.continual.augment import AutoAugment
 from peft_nsp.nullspace.collector import StatisticsCollector
 from peft_nsp.nullspace.projector import null_space_projector
@@ -93,18 +93,25 @@ def projectors(key: torch.Tensor, prompt: torch.Tensor) -> tuple[Any, Any]:
 
 def compare(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     (k1, p1), (k2, p2) = projectors(*first), projectors(*second)
-    return {"proj1": relative(k1.matrix, k2.matrix), "proj2": relative(p1.matrix, p2.matrix),
-            "null_dims": [[k1.null_dim, p1.null_dim], [k2.null_dim, p2.null_dim]]}
+    return {
+        "proj1": relative(k1.matrix, k2.matrix),
+        "proj2": relative(p1.matrix, p2.matrix),
+        "null_dims": [[k1.null_dim, p1.null_dim], [k2.null_dim, p2.null_dim]],
+    }
 
 
 def measure_weighting(model, images: torch.Tensor) -> dict[str, Any]:
     """Layer 0: per-sample mean vs the authors' per-batch means, and `size` vs `equal` weighting of two tasks."""
     per_batch = [layer[0] for layer in batch_sums(model, images[:250], 100)]
     weight = per_batch[0][1]
-    per_sample = (sum(s.key_covariance(weight) for s, _ in per_batch) / sum(float(s.rows) for s, _ in per_batch),
-                  sum(s.prompt_gram for s, _ in per_batch) / sum(float(s.rows) for s, _ in per_batch))
-    authors = (sum(s.key_covariance(weight) / float(s.rows) for s, _ in per_batch),
-               sum(s.prompt_gram / float(s.rows) for s, _ in per_batch))
+    per_sample = (
+        sum(s.key_covariance(weight) for s, _ in per_batch) / sum(float(s.rows) for s, _ in per_batch),
+        sum(s.prompt_gram for s, _ in per_batch) / sum(float(s.rows) for s, _ in per_batch),
+    )
+    authors = (
+        sum(s.key_covariance(weight) / float(s.rows) for s, _ in per_batch),
+        sum(s.prompt_gram / float(s.rows) for s, _ in per_batch),
+    )
     big = batch_sums(model, images[:150], 150)[0][0][0]  # two tasks of 150 and 50 images: 3:1 rows
     small = batch_sums(model, images[150:200], 50)[0][0][0]
     mean = lambda s: (s.key_covariance(weight) / float(s.rows), s.prompt_gram / float(s.rows))  # noqa: E731
@@ -112,12 +119,15 @@ def measure_weighting(model, images: torch.Tensor) -> dict[str, Any]:
     rows_b, rows_s = float(big.rows), float(small.rows)
     size = ((kb * rows_b + ks * rows_s) / (rows_b + rows_s), (pb * rows_b + ps * rows_s) / (rows_b + rows_s))
     equal = (kb + ks, pb + ps)
-    return {"per_sample_vs_authors": compare(per_sample, authors), "size_vs_equal": compare(size, equal),
-            "task_rows": [rows_b, rows_s]}
+    return {
+        "per_sample_vs_authors": compare(per_sample, authors),
+        "size_vs_equal": compare(size, equal),
+        "task_rows": [rows_b, rows_s],
+    }
 
 
 def measure_eigendecomposition(model, images: torch.Tensor) -> dict[str, Any]:
-    (sums, weight), = [batch_sums(model, images[:200], 200)[0][0]]
+    ((sums, weight),) = [batch_sums(model, images[:200], 200)[0][0]]
     key = sums.key_covariance(weight) / float(sums.rows)
     ours = null_space_projector(key, 0.97)
     # The authors: torch.linalg.svd of the float32 statistic, the same split rule on its singular values.
@@ -136,8 +146,10 @@ def measure_attention(make, images: torch.Tensor) -> dict[str, Any]:
         model = prompted(make(attn))
         with torch.no_grad():
             logits[attn] = model.eval()(pixel_values=images[:32]).logits
-    return {"max_abs_logit_difference": float((logits["eager"] - logits["sdpa"]).abs().max()),
-            "relative": relative(logits["eager"], logits["sdpa"])}
+    return {
+        "max_abs_logit_difference": float((logits["eager"] - logits["sdpa"]).abs().max()),
+        "relative": relative(logits["eager"], logits["sdpa"]),
+    }
 
 
 def measure_optimizer(make, images: torch.Tensor, steps: int = 20) -> dict[str, Any]:
@@ -150,8 +162,11 @@ def measure_optimizer(make, images: torch.Tensor, steps: int = 20) -> dict[str, 
         prompts = [layer.vpt_nsp_prompt["default"] for layer in model.base_model.prompted_layers()]
         start = [p.detach().clone() for p in prompts]
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = (torch.optim.Adam(trainable, lr=0.01, weight_decay=5e-5) if name == "adam_l2"
-                     else torch.optim.AdamW(trainable, lr=0.01, weight_decay=5e-5))
+        optimizer = (
+            torch.optim.Adam(trainable, lr=0.01, weight_decay=5e-5)
+            if name == "adam_l2"
+            else torch.optim.AdamW(trainable, lr=0.01, weight_decay=5e-5)
+        )
         model.attach_null_space_projection(optimizer)
         generator = torch.Generator().manual_seed(1)
         model.train()
@@ -164,8 +179,7 @@ def measure_optimizer(make, images: torch.Tensor, steps: int = 20) -> dict[str, 
             loss.backward()
             optimizer.step()
         changes[name] = torch.cat([(p.detach() - s).flatten() for p, s in zip(prompts, start)])
-    return {"relative_difference_of_prompt_change": relative(changes["adam_l2"], changes["adamw"]),
-            "steps": steps}
+    return {"relative_difference_of_prompt_change": relative(changes["adam_l2"], changes["adamw"]), "steps": steps}
 
 
 def autoaugment_images(smoke: bool) -> list[Image.Image]:
@@ -179,7 +193,7 @@ def autoaugment_images(smoke: bool) -> list[Image.Image]:
         pixels = 128 + rows[..., None] * slopes[0] + columns[..., None] * slopes[1] - 16 * slopes.sum(0)
         pixels = pixels + rng.normal(0, 12, pixels.shape)
         top, left = rng.integers(4, 20, 2)
-        pixels[top:top + 9, left:left + 9] = rng.integers(0, 256, 3)
+        pixels[top : top + 9, left : left + 9] = rng.integers(0, 256, 3)
         images.append(Image.fromarray(np.clip(pixels, 20, 235).astype(np.uint8)))
     if not smoke:
         from peft_nsp.offline import load_mnist_5k
@@ -207,8 +221,9 @@ def reference_operation(image: Image.Image, operation: str, magnitude: float) ->
         forward = centre @ rotation @ np.linalg.inv(centre)
     if operation in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
         coefficients = tuple(np.linalg.inv(forward)[:2].ravel())
-        return image.transform(image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR,
-                               fillcolor=(0, 0, 0))
+        return image.transform(
+            image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)
+        )
     pixels = np.asarray(image).astype(np.int64)
     if operation == "Posterize":  # keep the top int(m) bits
         return Image.fromarray((pixels & (256 - 2 ** (8 - int(magnitude)))).astype(np.uint8))
@@ -216,8 +231,12 @@ def reference_operation(image: Image.Image, operation: str, magnitude: float) ->
         return Image.fromarray(np.where(pixels >= magnitude, 255 - pixels, pixels).astype(np.uint8))
     if operation == "Invert":
         return Image.fromarray((255 - pixels).astype(np.uint8))
-    enhancers = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
-                 "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
+    enhancers = {
+        "Brightness": ImageEnhance.Brightness,
+        "Color": ImageEnhance.Color,
+        "Contrast": ImageEnhance.Contrast,
+        "Sharpness": ImageEnhance.Sharpness,
+    }
     if operation in enhancers:
         return enhancers[operation](image).enhance(1.0 + magnitude)
     return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize}[operation](image)
@@ -251,11 +270,15 @@ def measure_autoaugment(images: list[Image.Image], draws: int) -> dict[str, Any]
     counts = np.array(list(chosen.values()), dtype=np.float64)
     expected = len(images) * draws / 25
     return {
-        "draws": 2 * len(images) * draws, "images": len(images), "pixels_compared": compared,
-        "pixels_differing": differing, "max_abs_difference": largest,
+        "draws": 2 * len(images) * draws,
+        "images": len(images),
+        "pixels_compared": compared,
+        "pixels_differing": differing,
+        "max_abs_difference": largest,
         "differing_pixels_in_draws_with": dict(sorted(by_operation.items())),
         "positive_sign_fraction": signs[True] / max(1, signs[True] + signs[False]),
-        "subpolicy_chi_square": float(((counts - expected) ** 2 / expected).sum()), "subpolicy_chi_square_dof": 48,
+        "subpolicy_chi_square": float(((counts - expected) ** 2 / expected).sum()),
+        "subpolicy_chi_square_dof": 48,
     }
 
 
@@ -263,34 +286,53 @@ def table(results: dict[str, Any]) -> str:
     """The measured differences as a Markdown table (RESULTS.md and the README's fidelity section)."""
     w, e, a, o = (results[k] for k in ("weighting", "eigendecomposition", "attention", "optimizer"))
     rows = [
-        ["Adam + L2 (authors) vs AdamW, same decay 5e-5", f"prompt change after {o['steps']} projected steps",
-         f"{100 * o['relative_difference_of_prompt_change']:.1f} %"],
-        ["statistics: per-sample mean (ours) vs per-batch means (authors), 250 images in batches of 100",
-         "Proj1 / Proj2", f"{w['per_sample_vs_authors']['proj1']:.2e} / {w['per_sample_vs_authors']['proj2']:.2e}"],
-        [f"`task_weighting` size vs equal, tasks of {w['task_rows'][0] / w['task_rows'][1]:.0f}:1 rows",
-         "Proj1 / Proj2", f"{w['size_vs_equal']['proj1']:.3f} / {w['size_vs_equal']['proj2']:.3f}"],
+        [
+            "Adam + L2 (authors) vs AdamW, same decay 5e-5",
+            f"prompt change after {o['steps']} projected steps",
+            f"{100 * o['relative_difference_of_prompt_change']:.1f} %",
+        ],
+        [
+            "statistics: per-sample mean (ours) vs per-batch means (authors), 250 images in batches of 100",
+            "Proj1 / Proj2",
+            f"{w['per_sample_vs_authors']['proj1']:.2e} / {w['per_sample_vs_authors']['proj2']:.2e}",
+        ],
+        [
+            f"`task_weighting` size vs equal, tasks of {w['task_rows'][0] / w['task_rows'][1]:.0f}:1 rows",
+            "Proj1 / Proj2",
+            f"{w['size_vs_equal']['proj1']:.3f} / {w['size_vs_equal']['proj2']:.3f}",
+        ],
         ["float64 eigh (ours) vs float32 SVD (authors), same split", "Proj1", f"{e['proj1']:.2e}"],
-        ["SDPA vs eager attention", "logits, max |Δ| / relative",
-         f"{a['max_abs_logit_difference']:.2e} / {a['relative']:.2e}"],
+        [
+            "SDPA vs eager attention",
+            "logits, max |Δ| / relative",
+            f"{a['max_abs_logit_difference']:.2e} / {a['relative']:.2e}",
+        ],
     ]
     if "autoaugment" in results:
         u = results["autoaugment"]
-        rows.append([
-            "AutoAugment: ours (PIL, no torchvision) vs torchvision's definitions applied independently, same draws",
-            f"pixels after {u['draws']} sampled sub-policies ({u['images']} images, both policies): "
-            "differing / max |Δ| (of 255)",
-            f"{100 * u['pixels_differing'] / u['pixels_compared']:.2g} % / {u['max_abs_difference']}",
-        ])
+        rows.append(
+            [
+                "AutoAugment: ours (PIL, no torchvision) vs torchvision's definitions applied independently, same draws",
+                f"pixels after {u['draws']} sampled sub-policies ({u['images']} images, both policies): "
+                "differing / max |Δ| (of 255)",
+                f"{100 * u['pixels_differing'] / u['pixels_compared']:.2g} % / {u['max_abs_difference']}",
+            ]
+        )
     return markdown_table(["difference", "measured on", "relative difference"], rows)
 
 
 def markdown(results: dict[str, Any]) -> str:
-    return "\n".join([
-        "## Fidelity: what the deliberate differences from the authors' code change", "",
-        facts_line(results["facts"]), "",
-        f"Model: {results['model']}; relative differences are ‖a − b‖_F / ‖a‖_F.", "",
-        table(results),
-    ])
+    return "\n".join(
+        [
+            "## Fidelity: what the deliberate differences from the authors' code change",
+            "",
+            facts_line(results["facts"]),
+            "",
+            f"Model: {results['model']}; relative differences are ‖a − b‖_F / ‖a‖_F.",
+            "",
+            table(results),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

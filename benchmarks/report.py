@@ -16,26 +16,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import analytic_head
 import fidelity
 import forgetting
 import growth
+import numpy as np
 import speed
 from common import RESULTS_DIR, markdown_table, mean_std, read_results
+
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GPU_COMMANDS = (
     "python benchmarks/gpu.py prepare   # here: backbone, data and wheels into .gpu/ (56 MiB)",
-    "# on the GPU machine (the device tool's run, carry=[\".gpu\"]), under 10 minutes with the installs:",
+    '# on the GPU machine (the device tool\'s run, carry=[".gpu"]), under 10 minutes with the installs:',
     "python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl && "
     "PYTHONPATH=/tmp/site:. python3 benchmarks/gpu.py run --output $OUT",
 )
 #: What changed in the defaults since the results before this release (said in RESULTS.md).
 CHANGED_SETTINGS = (
     "Settings changed since the previous results (2026-11-23), all re-run: statistics of successive tasks are now "
-    "weighted by task size (`task_weighting=\"size\"`, the authors'; before: every task the same), new linear heads "
+    'weighted by task size (`task_weighting="size"`, the authors\'; before: every task the same), new linear heads '
     "start from a truncated normal (std 0.02, zero bias; before: `nn.Linear`'s own), classifier alignment's SGD uses "
     "Nesterov momentum and decays weights only (the authors'), and the classifier-alignment rows are new."
 )
@@ -43,8 +43,11 @@ CHANGED_SETTINGS = (
 
 def forgetting_files(results_dir: Path) -> list[Path]:
     """The results of `forgetting.py` in ``results_dir`` (``forgetting.json`` first, then by name)."""
-    files = [path for path in results_dir.glob("*.json")
-             if not path.name.startswith(("speed", "growth", "fidelity", "quickstart", "analytic-head"))]
+    files = [
+        path
+        for path in results_dir.glob("*.json")
+        if not path.name.startswith(("speed", "growth", "fidelity", "quickstart", "analytic-head"))
+    ]
     return sorted(files, key=lambda p: (p.name != "forgetting.json", p.name))
 
 
@@ -101,8 +104,12 @@ def readme_blocks(results_dir: Path) -> dict[str, str]:
     fidelity_results = read_results(results_dir / "fidelity.json")
     if fidelity_results:
         blocks["fidelity"] = fidelity.table(fidelity_results)
-    cpu_speed = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]
-                 if run["settings"]["device"] == "cpu" and "alignment" in run]
+    cpu_speed = [
+        run
+        for path in sorted(results_dir.glob("speed*.json"))
+        for run in read_results(path)["runs"]
+        if run["settings"]["device"] == "cpu" and "alignment" in run
+    ]
     if cpu_speed:
         blocks["ca-cost"] = _alignment_cost(cpu_speed[-1])
     sequence = read_results(results_dir / "digits-fashion-animals.json")
@@ -124,10 +131,14 @@ def _mean(results: dict[str, Any], dataset: str, method: str, key: str, split: s
     return 100 * float(np.mean(forgetting.collect(results["runs"], dataset, method, split, key) or [np.nan]))
 
 
-def _findings(small: dict[str, Any], sequence: dict[str, Any], speed_run: dict[str, Any], growth_run: dict[str, Any]) -> str:
+def _findings(
+    small: dict[str, Any], sequence: dict[str, Any], speed_run: dict[str, Any], growth_run: dict[str, Any]
+) -> str:
     """What the CPU benchmarks found, in sentences computed from their results (test split, means over seeds)."""
     dfa = "digits-fashion-animals"
-    final = {m: _mean(sequence, dfa, m, "final_accuracy") for m in ("seq", "seq-ca", "nsp", "nsp-ca", "probe-ca", "joint")}
+    final = {
+        m: _mean(sequence, dfa, m, "final_accuracy") for m in ("seq", "seq-ca", "nsp", "nsp-ca", "probe-ca", "joint")
+    }
     lines = [
         f"- **30-class sequence** ({sequence['settings']['image_size']} px): classifier alignment lifts VPT-NSP² from "
         f"{final['nsp']:.1f} % to {final['nsp-ca']:.1f} % final accuracy and VPT-Seq from {final['seq']:.1f} % to "
@@ -136,8 +147,10 @@ def _findings(small: dict[str, Any], sequence: dict[str, Any], speed_run: dict[s
         f"joint training {final['joint']:.1f} %).",
     ]
     for results, dataset in ((sequence, dfa), (small, "fashion-mnist"), (small, "mnist-5k")):
-        instead = {m: _mean(results, dataset, m, "final_accuracy") for m in ("simplecil", "ranpac", "ranpac-fta",
-                                                                             "nsp-analytic")}
+        instead = {
+            m: _mean(results, dataset, m, "final_accuracy")
+            for m in ("simplecil", "ranpac", "ranpac-fta", "nsp-analytic")
+        }
         if not any(np.isnan(v) for v in instead.values()):
             lines.append(
                 f"- **What a user would pick instead, {dataset}**: training-free classifiers on the frozen backbone "
@@ -192,16 +205,28 @@ def _baselines(sequence: dict[str, Any], small: dict[str, Any]) -> str:
         theirs = _chosen(results, dataset, BASELINES)
         if ours is None or theirs is None:
             continue
-        values = {m: (_mean(results, dataset, m, "final_accuracy"), _mean(results, dataset, m, "forgetting"))
-                  for m in (ours, theirs)}
+        values = {
+            m: (_mean(results, dataset, m, "final_accuracy"), _mean(results, dataset, m, "forgetting"))
+            for m in (ours, theirs)
+        }
         margin = values[ours][0] - values[theirs][0]
-        rows.append([dataset, forgetting.LABELS[ours], f"{values[ours][0]:.2f} / {values[ours][1]:.2f}",
-                     forgetting.LABELS[theirs], f"{values[theirs][0]:.2f} / {values[theirs][1]:.2f}",
-                     f"{margin:+.2f}", "won" if margin > 0 else "lost"])
+        rows.append(
+            [
+                dataset,
+                forgetting.LABELS[ours],
+                f"{values[ours][0]:.2f} / {values[ours][1]:.2f}",
+                forgetting.LABELS[theirs],
+                f"{values[theirs][0]:.2f} / {values[theirs][1]:.2f}",
+                f"{margin:+.2f}",
+                "won" if margin > 0 else "lost",
+            ]
+        )
         if dataset == "digits-fashion-animals":
-            met = {"final accuracy ≥ 86 %": values[ours][0] >= TARGET["final_accuracy"],
-                   "forgetting ≤ 5 %": values[ours][1] <= TARGET["forgetting"],
-                   "≥ 2 points above the best baseline": margin >= TARGET["margin"]}
+            met = {
+                "final accuracy ≥ 86 %": values[ours][0] >= TARGET["final_accuracy"],
+                "forgetting ≤ 5 %": values[ours][1] <= TARGET["forgetting"],
+                "≥ 2 points above the best baseline": margin >= TARGET["margin"],
+            }
             missed = [name for name, ok in met.items() if not ok]
             lines.append(
                 f"Target on the 30-class sequence (test, mean of seeds): {'met' if not missed else 'not met'}: "
@@ -209,17 +234,27 @@ def _baselines(sequence: dict[str, Any], small: dict[str, Any]) -> str:
                 f"{margin:+.2f} points against {forgetting.LABELS[theirs]}"
                 + (f"; missed: {', '.join(missed)}." if missed else ".")
             )
-    header = ["dataset", "best VPT-NSP² row (validation)", "final / forgetting", "best row without null-space prompts",
-              "final / forgetting", "difference", "result"]
-    return "\n".join([
-        "Each side's row is the one with the best validation final accuracy; the cells are the test split's final "
-        "accuracy / forgetting (%, mean of seeds). Rows without null-space prompts: "
-        + ", ".join(forgetting.LABELS[m] for m in BASELINES) + ".",
-        "",
-        markdown_table(header, rows),
-        "",
-        *lines,
-    ])
+    header = [
+        "dataset",
+        "best VPT-NSP² row (validation)",
+        "final / forgetting",
+        "best row without null-space prompts",
+        "final / forgetting",
+        "difference",
+        "result",
+    ]
+    return "\n".join(
+        [
+            "Each side's row is the one with the best validation final accuracy; the cells are the test split's final "
+            "accuracy / forgetting (%, mean of seeds). Rows without null-space prompts: "
+            + ", ".join(forgetting.LABELS[m] for m in BASELINES)
+            + ".",
+            "",
+            markdown_table(header, rows),
+            "",
+            *lines,
+        ]
+    )
 
 
 def _analytic_head(results: dict[str, Any]) -> str:
@@ -243,20 +278,28 @@ def _analytic_head(results: dict[str, Any]) -> str:
 
 def _quickstart(summary: dict[str, Any]) -> str:
     run, methods = summary["run"], summary["methods"]
-    rows = [[method, *(f"{100 * values[key]:.2f}%" for key in ("final_accuracy", "forgetting",
-                                                                   "average_incremental_accuracy"))]
-            for method, values in methods.items()]
+    rows = [
+        [
+            method,
+            *(f"{100 * values[key]:.2f}%" for key in ("final_accuracy", "forgetting", "average_incremental_accuracy")),
+        ]
+        for method, values in methods.items()
+    ]
     how = ""
     if "cpu_seconds" in run:
         versions = ", ".join(f"{name} {v}" for name, v in run["versions"].items())
-        how = (f" ({run['cpu_seconds'] / 60:.1f} min of CPU time; load average {run['load_average'][0]:.1f} at the "
-               f"start, {run['load_average'][1]:.1f} at the end; {versions})")
-    return "\n".join([
-        f"One run of `{run['command']}` ({run['machine']}, {run['date']}) took {run['wall_seconds'] / 60:.1f} min{how} "
-        "and printed (`benchmarks/results/quickstart.json`):",
-        "",
-        markdown_table(["method", "final accuracy", "forgetting", "average incremental accuracy"], rows),
-    ])
+        how = (
+            f" ({run['cpu_seconds'] / 60:.1f} min of CPU time; load average {run['load_average'][0]:.1f} at the "
+            f"start, {run['load_average'][1]:.1f} at the end; {versions})"
+        )
+    return "\n".join(
+        [
+            f"One run of `{run['command']}` ({run['machine']}, {run['date']}) took {run['wall_seconds'] / 60:.1f} min{how} "
+            "and printed (`benchmarks/results/quickstart.json`):",
+            "",
+            markdown_table(["method", "final accuracy", "forgetting", "average incremental accuracy"], rows),
+        ]
+    )
 
 
 def _alignment_cost(run: dict[str, Any]) -> str:
@@ -278,42 +321,56 @@ def _alignment_results(results: dict[str, Any]) -> str:
     dataset = "digits-fashion-animals"
     rows = []
     for method in forgetting.METHODS:
-        cells = [forgetting.collect(runs, dataset, method, split, key) for split, key in (
-            ("validation", "final_accuracy"), ("test", "final_accuracy"), ("test", "forgetting"),
-            ("test", "average_incremental_accuracy"))]
+        cells = [
+            forgetting.collect(runs, dataset, method, split, key)
+            for split, key in (
+                ("validation", "final_accuracy"),
+                ("test", "final_accuracy"),
+                ("test", "forgetting"),
+                ("test", "average_incremental_accuracy"),
+            )
+        ]
         if cells[0]:
             rows.append([forgetting.LABELS[method], *(mean_std(cell, 100) for cell in cells)])
     final = {m: _mean(results, dataset, m, "final_accuracy") for m in ("nsp-ca", "joint")}
     forgot = {m: _mean(results, dataset, m, "forgetting") for m in ("nsp-ca", "probe-ca")}
     gap = final["joint"] - final["nsp-ca"]
-    verdict = (f"VPT-NSP² + CA ends {abs(gap):.2f} points {'below' if gap > 0 else 'above'} joint training "
-               f"(target: within 5) with {forgot['nsp-ca']:.2f} % forgetting (target: ≤ 5 %). The probe + CA, whose "
-               f"features never change, forgets {forgot['probe-ca']:.2f} %: that much comes from old classes being "
-               "confused with the classes that arrive later, not from feature drift, and bounds what any protection of "
-               "the features can reach at this size.")
+    verdict = (
+        f"VPT-NSP² + CA ends {abs(gap):.2f} points {'below' if gap > 0 else 'above'} joint training "
+        f"(target: within 5) with {forgot['nsp-ca']:.2f} % forgetting (target: ≤ 5 %). The probe + CA, whose "
+        f"features never change, forgets {forgot['probe-ca']:.2f} %: that much comes from old classes being "
+        "confused with the classes that arrive later, not from feature drift, and bounds what any protection of "
+        "the features can reach at this size."
+    )
     seeds = sorted({r["seed"] for r in runs})
-    return "\n".join([
-        f"Measured (`benchmarks/forgetting.py`, `benchmarks/results/digits-fashion-animals.json`) on the harder offline "
-        f"sequence: 30 classes from MNIST-5k digits, Fashion-MNIST and Animal-MNIST in one shuffled class order, 6 tasks "
-        f"× 5 classes, DINOv2-S/14 at {s['image_size']} px (the images are 28 × 28: 56 px is a 2× upsampling, and "
-        f"larger sizes add only interpolation), {s['per_class']} training images per class (10 % held out for "
-        f"validation), {s['test_per_class']} test images, {s['epochs']} epochs per task, Adam lr {s['learning_rate']}, "
-        f"temperature {s['temperature']}, seeds {seeds} (mean ± std, %); the whole table took "
-        f"{results['seconds'] / 3600:.1f} h on 2 CPU cores. Settings were fixed before any run (the quickstart's, "
-        "chosen on validation data); the decision below reads the validation column only.",
-        "",
-        markdown_table(["method", "validation: final accuracy", "final accuracy", "forgetting",
-                        "avg. incremental accuracy"], rows),
-        "",
-        verdict,
-    ])
+    return "\n".join(
+        [
+            f"Measured (`benchmarks/forgetting.py`, `benchmarks/results/digits-fashion-animals.json`) on the harder offline "
+            f"sequence: 30 classes from MNIST-5k digits, Fashion-MNIST and Animal-MNIST in one shuffled class order, 6 tasks "
+            f"× 5 classes, DINOv2-S/14 at {s['image_size']} px (the images are 28 × 28: 56 px is a 2× upsampling, and "
+            f"larger sizes add only interpolation), {s['per_class']} training images per class (10 % held out for "
+            f"validation), {s['test_per_class']} test images, {s['epochs']} epochs per task, Adam lr {s['learning_rate']}, "
+            f"temperature {s['temperature']}, seeds {seeds} (mean ± std, %); the whole table took "
+            f"{results['seconds'] / 3600:.1f} h on 2 CPU cores. Settings were fixed before any run (the quickstart's, "
+            "chosen on validation data); the decision below reads the validation column only.",
+            "",
+            markdown_table(
+                ["method", "validation: final accuracy", "final accuracy", "forgetting", "avg. incremental accuracy"],
+                rows,
+            ),
+            "",
+            verdict,
+        ]
+    )
 
 
 def update_readme(path: Path, blocks: dict[str, str]) -> None:
     """Replace each ``<!-- results:NAME -->…<!-- /results:NAME -->`` block of the README by its rendering."""
     text = path.read_text(encoding="utf-8")
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S)
+        pattern = re.compile(
+            rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S
+        )
         if not pattern.search(text):
             raise ValueError(f"{path} has no block `<!-- results:{name} -->`.")
         text = pattern.sub(lambda match: match.group(1) + body + match.group(2), text)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS_DIR, facts_line, markdown_table, read_results, run_facts, write_results
 from peft import get_peft_model
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -44,17 +45,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig, ViTModel
 
 import peft_nsp
-from common import RESULTS_DIR, facts_line, markdown_table, read_results, run_facts, write_results
 from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.collector import StatisticsCollector
 from peft_nsp.tuner.architectures import attention_access
 
+
 MODELS = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=4),
-    "vit-s16": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                    patch_size=16),
-    "vit-b16": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                    patch_size=16),
+    "vit-s16": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=16
+    ),
+    "vit-b16": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16
+    ),
 }
 #: Dense bf16/fp16 tensor-core peak (TFLOP/s) by GPU name fragment, from the vendors' data sheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
@@ -134,9 +137,13 @@ def measure_projection_overhead(args, images, labels) -> dict[str, Any]:
     peak = gpu_peak_memory(lambda: train_step(model, optimizer, images, labels, dtype), args.device)
     without_s, with_s = statistics.median(without), statistics.median(with_projection)
     return {
-        "without_s": without_s, "with_s": with_s, "overhead": with_s / without_s - 1,
-        "images_per_s": args.batch_size / with_s, "flops_per_step": flops,
-        "achieved_tflops": flops / with_s / 1e12, "peak_memory_bytes": peak,
+        "without_s": without_s,
+        "with_s": with_s,
+        "overhead": with_s / without_s - 1,
+        "images_per_s": args.batch_size / with_s,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / with_s / 1e12,
+        "peak_memory_bytes": peak,
     }
 
 
@@ -243,7 +250,9 @@ def peak_memory(args: argparse.Namespace, kind: str, model, images) -> int:
     """Peak bytes of one statistics pass beyond the model and inputs (GPU allocator, or tensor tracking)."""
     if args.device.startswith("cuda"):
         baseline = torch.cuda.memory_allocated()
-        return gpu_peak_memory(lambda: statistics_pass(kind, model, images, DTYPES[args.dtype]), args.device) - baseline
+        return (
+            gpu_peak_memory(lambda: statistics_pass(kind, model, images, DTYPES[args.dtype]), args.device) - baseline
+        )
     tracker = PeakTensorMemory([*model.parameters(), *model.buffers(), images])
     with tracker:
         statistics_pass(kind, model, images, DTYPES[args.dtype])
@@ -278,8 +287,11 @@ def measure_attention(args, images, labels) -> dict[str, Any]:
     for attn in ("eager", "sdpa"):
         model = build_model(args.model, args.image_size, attn, args.device, 0, images)
         optimizer = torch.optim.Adam(trainable(model), lr=1e-3)
-        values = timed(lambda: train_step(model, optimizer, images, labels, DTYPES[args.dtype]), args.device,
-                       args.steps * args.repeats)
+        values = timed(
+            lambda: train_step(model, optimizer, images, labels, DTYPES[args.dtype]),
+            args.device,
+            args.steps * args.repeats,
+        )
         step = statistics.median(values)
         result[attn] = {"step_s": step, "images_per_s": args.batch_size / step}
     return result
@@ -300,8 +312,11 @@ def measure_task_scaling(args, images, labels) -> list[dict[str, Any]]:
         model = build_model(args.model, args.image_size, "sdpa", args.device, tasks - 1, images)
         optimizer = torch.optim.Adam(trainable(model), lr=1e-3)
         model.attach_null_space_projection(optimizer)
-        values = timed(lambda: train_step(model, optimizer, images, labels, DTYPES[args.dtype]), args.device,
-                       args.steps * args.repeats)
+        values = timed(
+            lambda: train_step(model, optimizer, images, labels, DTYPES[args.dtype]),
+            args.device,
+            args.steps * args.repeats,
+        )
         rows.append({"tasks": tasks, "steps_per_s": 1 / statistics.median(values), **state_bytes(model)})
     return rows
 
@@ -313,13 +328,17 @@ def measure_alignment(args, images) -> dict[str, Any]:
     labels = torch.arange(len(images), device=args.device) % len(classes)
     times = {kind: [] for kind in ("eval", "class statistics")}
     for _ in range(args.repeats):
-        times["eval"] += timed(lambda: statistics_pass("eval", model, images, DTYPES[args.dtype]), args.device,
-                               args.steps)
+        times["eval"] += timed(
+            lambda: statistics_pass("eval", model, images, DTYPES[args.dtype]), args.device, args.steps
+        )
         times["class statistics"] += timed(
-            lambda: model.update_class_statistics([{"pixel_values": images, "labels": labels}]), args.device,
-            args.steps)
-    per_class = sum(t.numel() * t.element_size() for name, t in model.state_dict().items()
-                    if "vpt_nsp_class_statistics" in name) / len(classes)
+            lambda: model.update_class_statistics([{"pixel_values": images, "labels": labels}]),
+            args.device,
+            args.steps,
+        )
+    per_class = sum(
+        t.numel() * t.element_size() for name, t in model.state_dict().items() if "vpt_nsp_class_statistics" in name
+    ) / len(classes)
     refinement = []
     for seen in (10, 50, 200):
         model = build_model(args.model, args.image_size, "sdpa", args.device, 0, images, class_statistics=True)
@@ -329,9 +348,12 @@ def measure_alignment(args, images) -> dict[str, Any]:
         for task, size in enumerate(model.base_model.task_heads().task_sizes):
             width = store.feature_size
             factors = torch.randn(size, width, width, generator=generator, dtype=torch.float64) / width
-            store.store(task, torch.full((size,), 100.0, dtype=torch.float64),
-                        torch.randn(size, width, generator=generator, dtype=torch.float64),
-                        factors @ factors.transpose(-1, -2))
+            store.store(
+                task,
+                torch.full((size,), 100.0, dtype=torch.float64),
+                torch.randn(size, width, generator=generator, dtype=torch.float64),
+                factors @ factors.transpose(-1, -2),
+            )
         start = time.perf_counter()
         refine_head(model, HeadRefinementArguments(), seed=0)
         synchronize(args.device)
@@ -366,48 +388,82 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             facts_line(run["facts"]),
             "",
-            markdown_table(["training step", "seconds", "images/s", "peak memory (MiB)", "TFLOP/s", "of peak"], [
-                ["without projection", f"{step['without_s']:.4f}", f"{s['batch_size'] / step['without_s']:.1f}",
-                 "", "", ""],
-                ["with projection", f"{step['with_s']:.4f}", f"{step['images_per_s']:.1f}",
-                 _mib(step["peak_memory_bytes"]), f"{step['achieved_tflops']:.3f}", fraction],
-                ["overhead", f"{100 * step['overhead']:+.2f} %", "", "", "", ""],
-            ]),
+            markdown_table(
+                ["training step", "seconds", "images/s", "peak memory (MiB)", "TFLOP/s", "of peak"],
+                [
+                    [
+                        "without projection",
+                        f"{step['without_s']:.4f}",
+                        f"{s['batch_size'] / step['without_s']:.1f}",
+                        "",
+                        "",
+                        "",
+                    ],
+                    [
+                        "with projection",
+                        f"{step['with_s']:.4f}",
+                        f"{step['images_per_s']:.1f}",
+                        _mib(step["peak_memory_bytes"]),
+                        f"{step['achieved_tflops']:.3f}",
+                        fraction,
+                    ],
+                    ["overhead", f"{100 * step['overhead']:+.2f} %", "", "", "", ""],
+                ],
+            ),
             "",
             f"FLOPs per training step (counted): {step['flops_per_step'] / 1e9:.2f} GFLOP.",
             "",
-            markdown_table(["statistics pass", "ms per image", "× eval", "peak memory per image (MiB)", "× eval"], [
-                [kind, f"{1e3 * time_of(kind):.3f}", f"{time_of(kind) / time_of('eval'):.2f}",
-                 _mib(memory_of(kind)), f"{memory_of(kind) / memory_of('eval'):.2f}"]
-                for kind in ("eval", "library", "naive")
-            ]),
+            markdown_table(
+                ["statistics pass", "ms per image", "× eval", "peak memory per image (MiB)", "× eval"],
+                [
+                    [
+                        kind,
+                        f"{1e3 * time_of(kind):.3f}",
+                        f"{time_of(kind) / time_of('eval'):.2f}",
+                        _mib(memory_of(kind)),
+                        f"{memory_of(kind) / memory_of('eval'):.2f}",
+                    ]
+                    for kind in ("eval", "library", "naive")
+                ],
+            ),
             "",
             f"library vs naive: {time_of('naive') / time_of('library'):.2f}× faster, "
             f"{memory_of('naive') / memory_of('library'):.2f}× less peak memory per image; their C1 agree to "
             f"{stats['naive_vs_library_max_relative_difference']:.1e} (max relative difference).",
             "",
-            markdown_table(["attention (training step)", "seconds", "images/s"], [
-                [attn, f"{run['attention'][attn]['step_s']:.4f}", f"{run['attention'][attn]['images_per_s']:.1f}"]
-                for attn in ("eager", "sdpa")
-            ]),
+            markdown_table(
+                ["attention (training step)", "seconds", "images/s"],
+                [
+                    [attn, f"{run['attention'][attn]['step_s']:.4f}", f"{run['attention'][attn]['images_per_s']:.1f}"]
+                    for attn in ("eager", "sdpa")
+                ],
+            ),
             "",
-            markdown_table(["tasks", "steps/s (projected)", "null-space state (MiB)", "heads (MiB)"], [
-                [row["tasks"], f"{row['steps_per_s']:.2f}", _mib(row["null_space_bytes"]), _mib(row["head_bytes"])]
-                for row in run["tasks"]
-            ]),
+            markdown_table(
+                ["tasks", "steps/s (projected)", "null-space state (MiB)", "heads (MiB)"],
+                [
+                    [row["tasks"], f"{row['steps_per_s']:.2f}", _mib(row["null_space_bytes"]), _mib(row["head_bytes"])]
+                    for row in run["tasks"]
+                ],
+            ),
             "",
         ]
         if "alignment" in run:
             alignment = run["alignment"]
             passes = alignment["seconds_per_image"]
             out += [
-                markdown_table(["classifier alignment", "value"], [
-                    ["class-statistics pass (ms per image)", f"{1e3 * passes['class statistics']:.3f}"],
-                    ["× a plain eval forward", f"{passes['class statistics'] / passes['eval']:.2f}"],
-                    ["adapter bytes per class (MiB)", _mib(alignment["bytes_per_class"])],
-                    *[[f"one refinement, {row['classes']} seen classes (s)", f"{row['seconds']:.2f}"]
-                      for row in alignment["refinement"]],
-                ]),
+                markdown_table(
+                    ["classifier alignment", "value"],
+                    [
+                        ["class-statistics pass (ms per image)", f"{1e3 * passes['class statistics']:.3f}"],
+                        ["× a plain eval forward", f"{passes['class statistics'] / passes['eval']:.2f}"],
+                        ["adapter bytes per class (MiB)", _mib(alignment["bytes_per_class"])],
+                        *[
+                            [f"one refinement, {row['classes']} seen classes (s)", f"{row['seconds']:.2f}"]
+                            for row in alignment["refinement"]
+                        ],
+                    ],
+                ),
                 "",
             ]
     return "\n".join(out)
@@ -430,7 +486,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny ViT, a few steps, seconds")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.image_size, args.batch_size, args.steps, args.repeats, args.tasks = "tiny", 16, 4, 1, 1, [2, 3]
+        args.model, args.image_size, args.batch_size, args.steps, args.repeats, args.tasks = (
+            "tiny",
+            16,
+            4,
+            1,
+            1,
+            [2, 3],
+        )
     return args
 
 
@@ -439,8 +502,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     facts = run_facts(args.device)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in facts["machine"]), None)
-    settings = {"model": args.model, "image_size": args.image_size, "batch_size": args.batch_size, "dtype": args.dtype,
-                "device": args.device, "threads": args.threads, "peak_tflops": peak}
+    settings = {
+        "model": args.model,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "device": args.device,
+        "threads": args.threads,
+        "peak_tflops": peak,
+    }
     images, labels = make_batch(args)
     run = {
         "settings": settings,

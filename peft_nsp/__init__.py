@@ -9,6 +9,7 @@ from ._registration import register_with_peft
 from .losses import layernorm_consistency_loss
 from .tuner import ContinualClassifier, NullSpaceLayerReport, VPTNSPConfig, VPTNSPLayer, VPTNSPModel, VPTNSPModelOutput
 
+
 register_with_peft(VPTNSPConfig, VPTNSPModel)
 
 
@@ -19,6 +20,7 @@ def __getattr__(name: str):
 
         return getattr(trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aenum import extend_enum
 from peft.utils.peft_types import PeftType
 
+
 METHOD_NAME = "vpt_nsp"
 
 if METHOD_NAME.upper() not in PeftType.__members__:

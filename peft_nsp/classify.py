@@ -28,6 +28,7 @@ from transformers import pipeline
 from .continual.stages import read_progress, stage_dir
 from .scripts.run import hub_unreachable
 
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 #: A prediction: ``(image path, [{"label": name, "score": probability}, ...])``, most probable first.
@@ -40,8 +41,10 @@ def resolve_model(model: str, revision: str | None = None) -> tuple[str, str | N
     path = Path(model).expanduser()
     if path.is_dir():
         if revision is not None:
-            raise ValueError(f"`--revision {revision}` selects a revision of a Hub repository, but `{model}` is a "
-                             "local folder: give the stage folder itself (`<output_dir>/tasks/task-<t>`).")
+            raise ValueError(
+                f"`--revision {revision}` selects a revision of a Hub repository, but `{model}` is a "
+                "local folder: give the stage folder itself (`<output_dir>/tasks/task-<t>`)."
+            )
         if (path / ADAPTER_CONFIG).is_file():
             return str(path), None
         record = read_progress(path)
@@ -49,16 +52,20 @@ def resolve_model(model: str, revision: str | None = None) -> tuple[str, str | N
             stage = stage_dir(path, record.finished_tasks - 1)
             print(f"Classifying with {stage}, the last finished stage of {model}.", file=sys.stderr)
             return str(stage), None
-        raise ValueError(f"`{model}` holds no adapter (`{ADAPTER_CONFIG}`) and no finished run: give a stage folder "
-                         "(`<output_dir>/tasks/task-<t>`), a run's `output_dir`, or a Hub repository (`user/repo` "
-                         "or `user/repo@task-<t>`).")
+        raise ValueError(
+            f"`{model}` holds no adapter (`{ADAPTER_CONFIG}`) and no finished run: give a stage folder "
+            "(`<output_dir>/tasks/task-<t>`), a run's `output_dir`, or a Hub repository (`user/repo` "
+            "or `user/repo@task-<t>`)."
+        )
     if "@" in model:
         if revision is not None:
             raise ValueError(f"`{model}` names a revision and so does `--revision {revision}`: give one of them.")
         model, revision = model.rsplit("@", 1)
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ValueError(f"No stage folder `{model}`: give a stage folder (`<output_dir>/tasks/task-<t>`), a run's "
-                         "`output_dir`, or a Hub repository (`user/repo@task-<t>`).")
+        raise ValueError(
+            f"No stage folder `{model}`: give a stage folder (`<output_dir>/tasks/task-<t>`), a run's "
+            "`output_dir`, or a Hub repository (`user/repo@task-<t>`)."
+        )
     return model, revision
 
 
@@ -72,8 +79,13 @@ def image_files(paths: Sequence[str]) -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in suffixes
-                           and not any(part.startswith(".") for part in file.relative_to(path).parts))
+            found = sorted(
+                file
+                for file in path.rglob("*")
+                if file.is_file()
+                and file.suffix.lower() in suffixes
+                and not any(part.startswith(".") for part in file.relative_to(path).parts)
+            )
             if not found:
                 raise ValueError(f"No images in `{name}` (files ending in {', '.join(sorted(suffixes)[:6])}, …).")
             files += found
@@ -122,19 +134,24 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     examples = __doc__.split("\n\n")[1]
     parser = argparse.ArgumentParser(
-        prog="peft-nsp-classify", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="peft-nsp-classify",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Class names and probabilities for images, from a VPT-NSP² stage (a folder or a Hub revision).",
         epilog=f"examples:\n{examples}\n\nWithout a network, give a stage folder whose base model is on this "
         "machine\n(or set HF_HUB_OFFLINE=1 with both in the Hugging Face cache).",
     )
-    parser.add_argument("model", help="a stage folder (`<output_dir>/tasks/task-<t>`), a run's `output_dir` (its "
-                        "last stage), a Hub repository `user/repo`, or `user/repo@task-<t>`")
+    parser.add_argument(
+        "model",
+        help="a stage folder (`<output_dir>/tasks/task-<t>`), a run's `output_dir` (its "
+        "last stage), a Hub repository `user/repo`, or `user/repo@task-<t>`",
+    )
     parser.add_argument("images", nargs="+", help="image files, or folders of images (searched recursively)")
     parser.add_argument("--revision", help="Hub revision, e.g. `task-3` (the model after task 3, counted from 0)")
     parser.add_argument("--top_k", type=int, default=5, help="classes shown per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print JSON: a list of `{image, predictions}`")
-    parser.add_argument("--device", help="`cpu`, `cuda`, `cuda:1`, `mps`, … (default: the first accelerator, else "
-                        "the CPU)")
+    parser.add_argument(
+        "--device", help="`cpu`, `cuda`, `cuda:1`, `mps`, … (default: the first accelerator, else the CPU)"
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: 8)")
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
@@ -142,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         model, revision = resolve_model(args.model, args.revision)
         files = image_files(args.images)
-        predictions = classify_files(load_classifier(model, revision, args.device), files, args.top_k,
-                                     args.batch_size)
+        predictions = classify_files(load_classifier(model, revision, args.device), files, args.top_k, args.batch_size)
     except ValueError as error:
         parser.error(str(error))
     if args.json:
@@ -170,9 +186,11 @@ def _load_error(model: str, revision: str | None, folder: str, error: Exception)
     if constants.HF_HUB_OFFLINE or hub_unreachable(needed):
         what = "its base model" if stage_here else "it"
         fetch = f"hf download {needed}" + ("" if stage_here or revision is None else f" --revision {revision}")
-        return (f"Could not load {named}: {what} (`{needed}`) is not on this machine and the Hugging Face Hub "
-                "cannot be reached (offline: no network, or HF_HUB_OFFLINE is set). Where there is a network, "
-                f"`{fetch}` puts it in the Hugging Face cache; copy the cache here and run with HF_HUB_OFFLINE=1.")
+        return (
+            f"Could not load {named}: {what} (`{needed}`) is not on this machine and the Hugging Face Hub "
+            "cannot be reached (offline: no network, or HF_HUB_OFFLINE is set). Where there is a network, "
+            f"`{fetch}` puts it in the Hugging Face cache; copy the cache here and run with HF_HUB_OFFLINE=1."
+        )
     hint = "" if Path(model).is_dir() else f" There is no local folder `{model}` either."
     return f"Could not load {named}: {error}{hint}"
 

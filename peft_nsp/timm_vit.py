@@ -24,12 +24,14 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 from transformers.image_utils import PILImageResampling
+
 
 __all__ = [
     "TIMM_VIT_ARCHITECTURES",
@@ -74,11 +76,26 @@ TIMM_VIT_ARCHITECTURES: dict[str, TimmViTArchitecture] = {
     **{
         f"vit_{width}_patch{patch}_{size}": _architecture(width, patch, size)
         for width, patch, size in [
-            ("tiny", 16, 224), ("tiny", 16, 384),
-            ("small", 32, 224), ("small", 32, 384), ("small", 16, 224), ("small", 16, 384), ("small", 8, 224),
-            ("base", 32, 224), ("base", 32, 384), ("base", 16, 224), ("base", 16, 384), ("base", 8, 224),
-            ("large", 32, 224), ("large", 32, 384), ("large", 16, 224), ("large", 16, 384), ("large", 14, 224),
-            ("huge", 14, 224), ("giant", 14, 224), ("gigantic", 14, 224),
+            ("tiny", 16, 224),
+            ("tiny", 16, 384),
+            ("small", 32, 224),
+            ("small", 32, 384),
+            ("small", 16, 224),
+            ("small", 16, 384),
+            ("small", 8, 224),
+            ("base", 32, 224),
+            ("base", 32, 384),
+            ("base", 16, 224),
+            ("base", 16, 384),
+            ("base", 8, 224),
+            ("large", 32, 224),
+            ("large", 32, 384),
+            ("large", 16, 224),
+            ("large", 16, 384),
+            ("large", 14, 224),
+            ("huge", 14, 224),
+            ("giant", 14, 224),
+            ("gigantic", 14, 224),
         ]
     },
     "vit_base_patch16_224_miil": _architecture("base", 16, 224),
@@ -92,8 +109,14 @@ TIMM_VIT_ARCHITECTURES: dict[str, TimmViTArchitecture] = {
     **{
         f"deit3_{width}_patch{patch}_{size}": _architecture(width, patch, size)
         for width, patch, size in [
-            ("small", 16, 224), ("small", 16, 384), ("medium", 16, 224), ("base", 16, 224), ("base", 16, 384),
-            ("large", 16, 224), ("large", 16, 384), ("huge", 14, 224),
+            ("small", 16, 224),
+            ("small", 16, 384),
+            ("medium", 16, 224),
+            ("base", 16, 224),
+            ("base", 16, 384),
+            ("large", 16, 224),
+            ("large", 16, 384),
+            ("huge", 14, 224),
         ]
     },
 }
@@ -115,12 +138,29 @@ _RESAMPLE = {
 }
 _TOP_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
 _BLOCK_KEYS = {
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
     "ls2.gamma",
 }
-_REQUIRED_BLOCK_KEYS = ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight", "mlp.fc1.weight",
-                        "mlp.fc2.weight")
+_REQUIRED_BLOCK_KEYS = (
+    "norm1.weight",
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
 _HEAD_PREFIXES = ("head.", "pre_logits.")  # the classifier: not converted
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 # timm linear / norm → ViTModel names, per layer (the fused qkv is split separately).
@@ -157,7 +197,9 @@ def _check_keys(state_dict: Mapping[str, torch.Tensor]) -> int:
     if blocks != set(range(depth)):
         raise ValueError(f"The timm state dict's blocks are not numbered 0..{depth - 1}: {sorted(blocks)}.")
     missing = [k for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight") if k not in state_dict]
-    missing += [key for i in range(depth) for k in _REQUIRED_BLOCK_KEYS if (key := f"blocks.{i}.{k}") not in state_dict]
+    missing += [
+        key for i in range(depth) for k in _REQUIRED_BLOCK_KEYS if (key := f"blocks.{i}.{k}") not in state_dict
+    ]
     if depth == 0 or missing:
         hint = " (a ViT without CLS token, e.g. class_token=False, is not supported)" if "cls_token" in missing else ""
         raise ValueError(f"Not a supported timm ViT state dict: missing {missing or 'blocks.*'}{hint}.")
@@ -170,8 +212,9 @@ def _patch_grid(num_positions: int) -> tuple[int, bool]:
         side = round((num_positions - has_cls) ** 0.5)
         if side > 0 and side * side == num_positions - has_cls:
             return side, has_cls
-    raise ValueError(f"timm `pos_embed` has {num_positions} positions: neither G² nor 1 + G² (non-square grids are "
-                     "not supported).")
+    raise ValueError(
+        f"timm `pos_embed` has {num_positions} positions: neither G² nor 1 + G² (non-square grids are not supported)."
+    )
 
 
 def timm_vit_config(
@@ -197,23 +240,31 @@ def timm_vit_config(
     depth = _check_keys(state_dict)
     name = str(timm_config.get("architecture", ""))
     if not name.startswith(_VIT_PREFIXES):
-        raise ValueError(f"timm architecture {name!r} is not a plain ViT (expected a name starting with "
-                         f"{' / '.join(_VIT_PREFIXES)}).")
+        raise ValueError(
+            f"timm architecture {name!r} is not a plain ViT (expected a name starting with "
+            f"{' / '.join(_VIT_PREFIXES)})."
+        )
     model_args = dict(timm_config.get("model_args") or {})
     if model_args.get("class_token") is False or model_args.get("reg_tokens"):
-        raise ValueError(f"timm {name} with class_token={model_args.get('class_token')}, reg_tokens="
-                         f"{model_args.get('reg_tokens')} is not supported: `ViTModel` has one CLS token.")
+        raise ValueError(
+            f"timm {name} with class_token={model_args.get('class_token')}, reg_tokens="
+            f"{model_args.get('reg_tokens')} is not supported: `ViTModel` has one CLS token."
+        )
     norm_layer = model_args.get("norm_layer")
     if norm_layer not in (None, "layernorm"):
         raise ValueError(f"timm {name} with norm_layer={norm_layer!r} is not supported (LayerNorm only).")
     activation = model_args.get("act_layer")
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"timm {name} with act_layer={activation!r} is not supported "
-                         f"(supported: {sorted(k for k in _ACTIVATIONS if k)}).")
+        raise ValueError(
+            f"timm {name} with act_layer={activation!r} is not supported "
+            f"(supported: {sorted(k for k in _ACTIVATIONS if k)})."
+        )
     global_pool = model_args.get("global_pool", timm_config.get("global_pool", "token"))
     if global_pool not in ("token", "", None):
-        warnings.warn(f"timm {name} pools its features with global_pool={global_pool!r}; the converted `ViTModel` "
-                      "is exact per token, but code that reads the CLS token gets different features than timm.")
+        warnings.warn(
+            f"timm {name} pools its features with global_pool={global_pool!r}; the converted `ViTModel` "
+            "is exact per token, but code that reads the CLS token gets different features than timm."
+        )
 
     patch_shape = tuple(state_dict["patch_embed.proj.weight"].shape)  # (D, C, P, P)
     if len(patch_shape) != 4 or patch_shape[2] != patch_shape[3]:
@@ -244,7 +295,7 @@ def timm_vit_config(
     if heads is None:
         raise ValueError(
             f"Unknown timm ViT architecture {name!r}: its number of attention heads cannot be read from the weights. "
-            "Pass `num_heads=` (or add it to config.json's \"model_args\"); known architectures: "
+            'Pass `num_heads=` (or add it to config.json\'s "model_args"); known architectures: '
             "peft_nsp.timm_vit.TIMM_VIT_ARCHITECTURES."
         )
     if hidden_size % heads:
@@ -271,9 +322,7 @@ def _or_zeros(state_dict: Mapping[str, torch.Tensor], key: str, like: torch.Tens
     return state_dict[key] if key in state_dict else like.new_zeros(like.shape[0])
 
 
-def convert_timm_vit_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: ViTConfig
-) -> dict[str, torch.Tensor]:
+def convert_timm_vit_state_dict(state_dict: Mapping[str, torch.Tensor], config: ViTConfig) -> dict[str, torch.Tensor]:
     """`ViTModel` weights (``add_pooling_layer=False``) from timm-layout ones.
 
     The fused ``blocks.<i>.attn.qkv.weight`` ``(3D, D)`` / ``.bias`` ``(3D,)`` is split (q, k, v in that order)
@@ -412,9 +461,11 @@ def _checkpoint_files(
 
 def _hub_error(repo_id: str, revision: str | None, error: Exception) -> str:
     at = f" at revision {revision}" if revision else ""
-    return (f"Could not get timm checkpoint {repo_id!r}{at} from the Hugging Face Hub ({type(error).__name__}: "
-            f"{error}). Without network access, pass a local folder holding its config.json and model.safetensors "
-            "instead (it is not a local folder here).")
+    return (
+        f"Could not get timm checkpoint {repo_id!r}{at} from the Hugging Face Hub ({type(error).__name__}: "
+        f"{error}). Without network access, pass a local folder holding its config.json and model.safetensors "
+        "instead (it is not a local folder here)."
+    )
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -453,13 +504,15 @@ def load_timm_vit(
     """
     unknown = sorted(set(from_pretrained_kwargs) - set(_HUB_KWARGS) - set(_MODEL_KWARGS))
     if unknown:
-        raise TypeError(f"load_timm_vit got unsupported keyword arguments {unknown}; supported: "
-                        f"{sorted(_HUB_KWARGS + _MODEL_KWARGS)}.")
+        raise TypeError(
+            f"load_timm_vit got unsupported keyword arguments {unknown}; supported: "
+            f"{sorted(_HUB_KWARGS + _MODEL_KWARGS)}."
+        )
     hub_kwargs = {k: from_pretrained_kwargs.pop(k) for k in _HUB_KWARGS if k in from_pretrained_kwargs}
     config_path, weights_path = _checkpoint_files(path_or_repo_id, revision, hub_kwargs)
     timm_config = _read_config(config_path)
     if timm_config is None or "architecture" not in timm_config:
-        raise ValueError(f"{config_path} is not a timm config.json (no \"architecture\" key).")
+        raise ValueError(f'{config_path} is not a timm config.json (no "architecture" key).')
     state_dict = _read_weights(weights_path)
     config = timm_vit_config(timm_config, state_dict, num_heads=num_heads)
     converted = convert_timm_vit_state_dict(state_dict, config)

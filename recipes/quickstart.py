@@ -86,6 +86,7 @@ class QuickstartArguments:
             raise ValueError("`--classifier_alignment` refines linear heads: use it with `--classifier linear`.")
         if self.classifier_alignment is None:
             self.classifier_alignment = self.classifier == "linear"
+
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is present."})
 
 
@@ -198,10 +199,16 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path, facts: dic
         )
     (nsp_name, nsp), (seq_name, seq) = metrics.items()
     verdict = "less" if nsp.forgetting < seq.forgetting else "MORE"
-    lines.append(f"\n{nsp_name} forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than "
-                 f"{seq_name}.")
-    summary = {"run": facts, "methods": {method: {**result.summary(json_safe=True), "accuracy_matrix": result.to_dict()}
-                                       for method, result in metrics.items()}}
+    lines.append(
+        f"\n{nsp_name} forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than {seq_name}."
+    )
+    summary = {
+        "run": facts,
+        "methods": {
+            method: {**result.summary(json_safe=True), "accuracy_matrix": result.to_dict()}
+            for method, result in metrics.items()
+        },
+    }
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False).encode())
     plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label=nsp_name, others={seq_name: seq})
     return "\n".join(lines)
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, ContinualMetrics]:
             "load_average": [load_start, os.getloadavg()[0]],
             "versions": {name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "datasets")},
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "machine": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.use_cpu
+            "machine": torch.cuda.get_device_name()
+            if torch.cuda.is_available() and not args.use_cpu
             else f"CPU, {os.cpu_count()} cores",
         }
         print(summarise(metrics, Path(args.output_dir), facts))

@@ -11,5 +11,6 @@ Defaults for data that is not a benchmark of the paper (see `--help`): 5 tasks, 
 
 from peft_nsp.scripts import run_recipe
 
+
 if __name__ == "__main__":
     run_recipe("imagefolder")

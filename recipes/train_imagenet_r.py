@@ -7,5 +7,6 @@ recipe.
 
 from peft_nsp.scripts import run_recipe
 
+
 if __name__ == "__main__":
     run_recipe("imagenet-r")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+
 sys.path.insert(0, str(Path(__file__).parent))
 from testing_utils import blob_images, prompted_layers, tiny_model, to_tensor  # noqa: E402
 
@@ -24,14 +25,28 @@ from peft_nsp.trainer import NSPConfig  # noqa: E402
 
 def main(output_dir: str, per_device_batch: int) -> None:
     args = NSPConfig(
-        output_dir=output_dir, num_train_epochs=3, per_device_train_batch_size=per_device_batch,
-        per_device_eval_batch_size=5, statistics_batch_size=3, learning_rate=0.05, report_to="none",
-        use_cpu=True, disable_tqdm=True, seed=1, save_strategy="no", logging_steps=50,
+        output_dir=output_dir,
+        num_train_epochs=3,
+        per_device_train_batch_size=per_device_batch,
+        per_device_eval_batch_size=5,
+        statistics_batch_size=3,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=1,
+        save_strategy="no",
+        logging_steps=50,
     )
     # 4 classes × 6 images: 12 training images per task; 7 test images per class (uneven last eval batches).
     result = run_class_incremental(
-        tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=2), args, blob_images(4, 6), blob_images(4, 7, seed=1),
-        num_tasks=2, train_transform=to_tensor,
+        tiny_model("vit", seed=3),
+        VPTNSPConfig(prompt_length=2),
+        args,
+        blob_images(4, 6),
+        blob_images(4, 7, seed=1),
+        num_tasks=2,
+        train_transform=to_tensor,
     )
     layers = prompted_layers(result.model)
     rank = PartialState().process_index

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from testing_utils import tiny_model, to_tensor, blob_images
+from testing_utils import blob_images, tiny_model, to_tensor
 
 import peft_nsp
 from peft_nsp.tuner import NonFiniteError

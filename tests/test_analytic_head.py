@@ -23,6 +23,7 @@ from peft_nsp.tuner.analytic_head import (
     select_ridge,
 )
 
+
 WIDTH = 48
 
 
@@ -290,7 +291,10 @@ def test_trainer_trains_fits_and_the_pipeline_names_calibrated_probabilities(tmp
     data = blob_images(4, 10)
     args = dict(num_train_epochs=1, per_device_train_batch_size=8, report_to="none", use_cpu=True, learning_rate=0.01)
     trainer = NSPTrainer(
-        tiny_model(), NSPConfig(str(tmp_path / "run"), **args), train_dataset=data, train_transform=to_tensor,
+        tiny_model(),
+        NSPConfig(str(tmp_path / "run"), **args),
+        train_dataset=data,
+        train_transform=to_tensor,
         peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH),
     )
     trainer.train()
@@ -310,16 +314,23 @@ def test_trainer_trains_fits_and_the_pipeline_names_calibrated_probabilities(tmp
 
 def test_classifier_alignment_with_an_analytic_head_is_refused(tmp_path):
     with pytest.raises(ValueError, match="analytic"):
-        NSPTrainer(tiny_model(), NSPConfig(str(tmp_path), classifier_alignment=True, report_to="none"),
-                   train_dataset=blob_images(2, 4), train_transform=to_tensor,
-                   peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH))
+        NSPTrainer(
+            tiny_model(),
+            NSPConfig(str(tmp_path), classifier_alignment=True, report_to="none"),
+            train_dataset=blob_images(2, 4),
+            train_transform=to_tensor,
+            peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH),
+        )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"analytic_projection_size": -1}, "analytic_projection_size"),
-    ({"analytic_ridge": float("nan")}, "analytic_ridge"),
-    ({"analytic_ridge_grid": []}, "analytic_ridge_grid"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"analytic_projection_size": -1}, "analytic_projection_size"),
+        ({"analytic_ridge": float("nan")}, "analytic_ridge"),
+        ({"analytic_ridge_grid": []}, "analytic_ridge_grid"),
+    ],
+)
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         peft_nsp.VPTNSPConfig(classifier="analytic", **overrides)

@@ -21,6 +21,7 @@ from peft_nsp.continual.augment import (
     normalize,
 )
 
+
 #: torchvision's ``_get_policies``, transcribed: "operation probability bin" pairs, one sub-policy per line.
 TORCHVISION_POLICIES = {
     "imagenet": """
@@ -86,18 +87,24 @@ THIRTIETHS = [0.0, 0.0333333, 0.0666667, 0.1, 0.1333333, 0.1666667, 0.2, 0.23333
 TORCHVISION_BINS = {
     "ShearX": (THIRTIETHS, True),
     "ShearY": (THIRTIETHS, True),
-    "TranslateX": ([0.0, 16.666667, 33.333333, 50.0, 66.666667, 83.333333, 100.0, 116.666667, 133.333333, 150.0],
-                   True),
-    "TranslateY": ([0.0, 33.333333, 66.666667, 100.0, 133.333333, 166.666667, 200.0, 233.333333, 266.666667, 300.0],
-                   True),
+    "TranslateX": (
+        [0.0, 16.666667, 33.333333, 50.0, 66.666667, 83.333333, 100.0, 116.666667, 133.333333, 150.0],
+        True,
+    ),
+    "TranslateY": (
+        [0.0, 33.333333, 66.666667, 100.0, 133.333333, 166.666667, 200.0, 233.333333, 266.666667, 300.0],
+        True,
+    ),
     "Rotate": ([0.0, 3.333333, 6.666667, 10.0, 13.333333, 16.666667, 20.0, 23.333333, 26.666667, 30.0], True),
     "Brightness": (TENTHS, True),
     "Color": (TENTHS, True),
     "Contrast": (TENTHS, True),
     "Sharpness": (TENTHS, True),
     "Posterize": ([8, 8, 7, 7, 6, 6, 5, 5, 4, 4], False),
-    "Solarize": ([255.0, 226.666667, 198.333333, 170.0, 141.666667, 113.333333, 85.0, 56.666667, 28.333333, 0.0],
-                 False),
+    "Solarize": (
+        [255.0, 226.666667, 198.333333, 170.0, 141.666667, 113.333333, 85.0, 56.666667, 28.333333, 0.0],
+        False,
+    ),
     "AutoContrast": (None, False),
     "Equalize": (None, False),
     "Invert": (None, False),
@@ -171,8 +178,12 @@ def independent(image: Image.Image, operation: str, magnitude: float) -> np.ndar
         return np.where(pixels < magnitude, pixels, 255 - pixels)
     if operation == "Invert":
         return 255 - pixels
-    enhancers = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
-                 "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
+    enhancers = {
+        "Brightness": ImageEnhance.Brightness,
+        "Color": ImageEnhance.Color,
+        "Contrast": ImageEnhance.Contrast,
+        "Sharpness": ImageEnhance.Sharpness,
+    }
     if operation in enhancers:
         return np.asarray(enhancers[operation](image).enhance(1.0 + magnitude))
     return np.asarray({"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize}[operation](image))
@@ -187,8 +198,11 @@ def test_every_operation_and_level_matches_an_independent_computation(image, ope
         for sign in (1, -1) if signed else (1,):
             ours = apply_operation(image, operation, sign * magnitude, "bilinear")
             assert ours.size == image.size and ours.mode == "RGB"
-            np.testing.assert_array_equal(np.asarray(ours), independent(image, operation, sign * magnitude),
-                                          err_msg=f"{operation} {sign * magnitude}")
+            np.testing.assert_array_equal(
+                np.asarray(ours),
+                independent(image, operation, sign * magnitude),
+                err_msg=f"{operation} {sign * magnitude}",
+            )
             changed += not np.array_equal(np.asarray(ours), np.asarray(image))
     assert changed > 0, operation  # the comparison is not vacuous
 
@@ -271,11 +285,13 @@ def test_a_call_applies_the_drawn_operations_in_order(image):
 
 def test_train_transform_crops_and_resizes_with_pil():
     pixels = np.random.default_rng(2).integers(0, 256, (10, 10, 3), dtype=np.uint8)
-    transform = AuthorsTrainTransform(6, [0.5] * 3, [0.25] * 3, interpolation="bicubic", auto_augment=False,
-                                      scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    transform = AuthorsTrainTransform(
+        6, [0.5] * 3, [0.25] * 3, interpolation="bicubic", auto_augment=False, scale=(1.0, 1.0), ratio=(1.0, 1.0)
+    )
     resized = Image.fromarray(pixels).resize((6, 6), Image.Resampling.BICUBIC)
-    expected = normalize(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255, [0.5] * 3,
-                         [0.25] * 3)
+    expected = normalize(
+        torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255, [0.5] * 3, [0.25] * 3
+    )
     torch.testing.assert_close(transform([pixels])[0], expected, rtol=0, atol=1e-6)
 
 
@@ -283,8 +299,11 @@ def test_probabilities_are_compared_in_float32_as_torchvision(monkeypatch):
     # torch.rand can return float32(0.6) = 0.6000000238…, which is ≤ 0.6 in float32 (torchvision applies the
     # operation) but not in float64.
     augment = AutoAugment("cifar10")
-    seed = next(seed for seed in range(1000)
-                if int(torch.randint(25, (1,), generator=torch.Generator().manual_seed(seed))) == 9)
+    seed = next(
+        seed
+        for seed in range(1000)
+        if int(torch.randint(25, (1,), generator=torch.Generator().manual_seed(seed))) == 9
+    )
     monkeypatch.setattr(torch, "rand", lambda *size, generator=None: torch.full(size, 0.6))
     index, operations = augment.draw(32, 32, torch.Generator().manual_seed(seed))
     assert index == 9 and [name for name, _ in operations] == ["Contrast", "Sharpness"]  # both 0.6

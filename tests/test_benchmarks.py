@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from testing_utils import tiny_model
 from peft import get_peft_model
+from testing_utils import tiny_model
 
 from peft_nsp import VPTNSPConfig
 from peft_nsp.nullspace.update import project
+
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -32,8 +33,19 @@ def run_script(name: str, *args: str) -> str:
 def smoke_results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
     run_script("forgetting.py", "--smoke", "--output", str(results / "forgetting.json"))
-    run_script("forgetting.py", "--smoke", "--datasets", "digits-fashion-animals", "--methods", "probe-ca", "seq-ca",
-               "nsp-ca", "--etas", "--output", str(results / "forgetting-digits-fashion-animals.json"))
+    run_script(
+        "forgetting.py",
+        "--smoke",
+        "--datasets",
+        "digits-fashion-animals",
+        "--methods",
+        "probe-ca",
+        "seq-ca",
+        "nsp-ca",
+        "--etas",
+        "--output",
+        str(results / "forgetting-digits-fashion-animals.json"),
+    )
     run_script("speed.py", "--smoke", "--threads", "1", "--output", str(results / "speed.json"))
     run_script("growth.py", "--smoke", "--output", str(results / "growth.json"))
     run_script("fidelity.py", "--smoke", "--output", str(results / "fidelity.json"))
@@ -55,8 +67,9 @@ def test_forgetting_smoke_writes_every_row(smoke_results):
     refit = by_method["nsp-analytic"]["refit"]
     assert 0 <= refit["test"] <= 1 and 0 <= refit["test_accumulated"] <= 1
     # The accumulated head is the run's own final accuracy over all seen test classes.
-    assert refit["test_accumulated"] == pytest.approx(forgetting.summary(by_method["nsp-analytic"], "test")[
-        "final_accuracy"])
+    assert refit["test_accumulated"] == pytest.approx(
+        forgetting.summary(by_method["nsp-analytic"], "test")["final_accuracy"]
+    )
     assert all(set(run["versions"]) >= {"torch", "transformers", "peft"} for run in data["runs"])
 
 

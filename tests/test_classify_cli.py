@@ -13,17 +13,18 @@ import sys
 import huggingface_hub
 import pytest
 import torch
-from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from datasets import ClassLabel
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from peft import PeftModel
 from PIL import Image
+from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp import NSPConfig, NSPTrainer, VPTNSPConfig
 from peft_nsp.classify import main
 from peft_nsp.continual.stages import RunRecord, write_stage
+
 
 NAMES = ["cat", "dog", "sea urchin"]
 
@@ -34,14 +35,28 @@ def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("classify")
     base = root / "base"
     tiny_model("vit", seed=5).save_pretrained(base)
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(base)
+    ViTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(base)
     data = blob_images(3, 6, seed=0).cast_column("label", ClassLabel(names=NAMES))
-    args = NSPConfig(str(root / "out"), num_train_epochs=2, per_device_train_batch_size=6, learning_rate=0.05,
-                     report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no", seed=1)
-    trainer = NSPTrainer(ViTModel.from_pretrained(base, add_pooling_layer=False), args, train_dataset=data,
-                         processing_class=ViTImageProcessor.from_pretrained(base),
-                         peft_config=VPTNSPConfig(prompt_length=2))
+    args = NSPConfig(
+        str(root / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=6,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=1,
+    )
+    trainer = NSPTrainer(
+        ViTModel.from_pretrained(base, add_pooling_layer=False),
+        args,
+        train_dataset=data,
+        processing_class=ViTImageProcessor.from_pretrained(base),
+        peft_config=VPTNSPConfig(prompt_length=2),
+    )
     trainer.train()
     folder = root / "stage"
     trainer.save_model(str(folder))
@@ -98,8 +113,12 @@ def test_a_run_folder_stands_for_its_last_stage_and_the_module_runs(stage, image
     _, paths = images
     record = RunRecord(tasks=[NAMES], seed=0, method="VPT-NSP²", finished_tasks=1)
     write_stage(tmp_path, 0, record, lambda partial: shutil.copytree(folder, partial, dirs_exist_ok=True))
-    result = subprocess.run([sys.executable, "-m", "peft_nsp.classify", str(tmp_path), str(paths[2]), "--json"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "peft_nsp.classify", str(tmp_path), str(paths[2]), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"the last finished stage of {tmp_path}" in result.stderr
     (entry,) = json.loads(result.stdout)
     want = expected_probabilities(folder, base, paths[2:])[0]
@@ -123,11 +142,15 @@ def test_a_hub_revision_by_name_or_flag(stage, images, tmp_path, monkeypatch, ca
         api.upload_folder(folder_path=published, repo_id="someone/stages")
         api.create_branch("someone/stages", branch="task-0")
         renamed = {**json.loads(config.read_text()), "class_names": [name.upper() for name in NAMES]}
-        api.upload_file(path_or_fileobj=json.dumps(renamed).encode(), path_in_repo="adapter_config.json",
-                        repo_id="someone/stages")  # `main` moves on; `task-0` keeps the first names
+        api.upload_file(
+            path_or_fileobj=json.dumps(renamed).encode(), path_in_repo="adapter_config.json", repo_id="someone/stages"
+        )  # `main` moves on; `task-0` keeps the first names
         want = expected_probabilities(folder, base, paths[:1])[0]
-        for argv, names in ((["someone/stages@task-0"], NAMES), (["someone/stages", "--revision", "task-0"], NAMES),
-                            (["someone/stages"], [name.upper() for name in NAMES])):
+        for argv, names in (
+            (["someone/stages@task-0"], NAMES),
+            (["someone/stages", "--revision", "task-0"], NAMES),
+            (["someone/stages"], [name.upper() for name in NAMES]),
+        ):
             main([*argv, str(paths[0]), "--json"])
             (entry,) = json.loads(capsys.readouterr().out)
             got = {answer["label"]: answer["score"] for answer in entry["predictions"]}

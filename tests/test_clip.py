@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing_utils import IMAGE_SIZE, blob_images, prompted_layers, randomize_layernorms, to_tensor
 from peft import PeftModel, get_peft_model
 from test_nullspace_math import BlockInputs, assert_close, brute_force_sums
+from testing_utils import IMAGE_SIZE, blob_images, prompted_layers, randomize_layernorms, to_tensor
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -42,13 +42,20 @@ from peft_nsp.continual.class_names import (
 from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head, sample_class_features
 from peft_nsp.trainer import NSPConfig
 
+
 VOCAB = {"<|startoftext|>": 0, "<|endoftext|>": 1}
 for _char in "abcdefghijklmnopqrstuvwxyz0123456789.":
     VOCAB[_char] = len(VOCAB)
     VOCAB[_char + "</w>"] = len(VOCAB)
 
-VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-              image_size=IMAGE_SIZE, patch_size=4)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=IMAGE_SIZE,
+    patch_size=4,
+)
 TEMPLATES = ["a photo of a {}.", "art of the {}."]
 
 
@@ -58,8 +65,17 @@ def tokenizer() -> CLIPTokenizer:
 
 
 def clip_config(attn: str = "eager") -> CLIPConfig:
-    text = dict(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=32, max_position_embeddings=48, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text = dict(
+        vocab_size=len(VOCAB),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=48,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     config = CLIPConfig(text_config=text, vision_config=VISION, projection_dim=20)
     config._attn_implementation = attn
     return config
@@ -79,8 +95,15 @@ def tiny_clip(kind: str = "clip", seed: int = 0, attn: str = "eager", **vision_o
         config._attn_implementation = attn
         model = SiglipVisionModel(config)
     else:
-        text = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                    max_position_embeddings=48, projection_size=32)
+        text = dict(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=48,
+            projection_size=32,
+        )
         config = SiglipConfig(text_config=text, vision_config=VISION)
         config._attn_implementation = attn
         model = SiglipModel(config)
@@ -93,8 +116,13 @@ def images(count: int = 6, seed: int = 1) -> torch.Tensor:
 
 def text_clip(seed: int = 0, attn: str = "eager", **config) -> PeftModel:
     """A `CLIPModel` with prompts in its first 3 image blocks and the text classifier."""
-    config = {"prompt_length": 3, "prompt_layers": [0, 1, 2], "classifier": "text", "text_templates": TEMPLATES,
-              **config}
+    config = {
+        "prompt_length": 3,
+        "prompt_layers": [0, 1, 2],
+        "classifier": "text",
+        "text_templates": TEMPLATES,
+        **config,
+    }
     return get_peft_model(tiny_clip("clip", seed, attn), VPTNSPConfig(**config))
 
 
@@ -373,12 +401,14 @@ def test_refinement_reduces_the_loss_and_trains_only_the_projection_copy():
     assert torch.equal(projection.weight, base_projection)
     means, covariances = model.class_feature_statistics()
     before_state = {k: v.clone() for k, v in model.state_dict().items() if "projection" not in k}
-    before = held_out_loss(means, covariances, head.class_embeddings, head.logit_scale.detach(),
-                           projection.weight.detach())
+    before = held_out_loss(
+        means, covariances, head.class_embeddings, head.logit_scale.detach(), projection.weight.detach()
+    )
     arguments = HeadRefinementArguments(refine_epochs=8, refine_learning_rate=0.2, refine_batch_size=1024)
     losses = refine_head(model, arguments, seed=3)
-    after = held_out_loss(means, covariances, head.class_embeddings, head.logit_scale.detach(),
-                          projection.weight.detach())
+    after = held_out_loss(
+        means, covariances, head.class_embeddings, head.logit_scale.detach(), projection.weight.detach()
+    )
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert after < 0.9 * before
     assert not torch.equal(projection.weight, base_projection)
@@ -465,7 +495,9 @@ def test_shipped_class_name_lists():
     for dataset in ("cifar100", "imagenet_r", "domainnet"):
         assert all(template.count("{}") == 1 for template in benchmark_text_templates(dataset))
     assert readable_class_names(["n01443537", "aquarium_fish", "The_Eiffel_Tower"]) == [
-        "goldfish", "aquarium fish", "The Eiffel Tower"
+        "goldfish",
+        "aquarium fish",
+        "The Eiffel Tower",
     ]
     with pytest.raises(ValueError, match="No class-name list for `cifar10`"):
         benchmark_class_names("cifar10")
@@ -474,14 +506,30 @@ def test_shipped_class_name_lists():
 def test_two_task_clip_run_end_to_end(tmp_path):
     train, test = blob_images(4, 4), blob_images(4, 2, seed=1)
     args = NSPConfig(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=0.01,
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=3, save_strategy="no", logging_steps=50,
+        output_dir=str(tmp_path),
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        learning_rate=0.01,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=3,
+        save_strategy="no",
+        logging_steps=50,
     )
-    config = VPTNSPConfig(prompt_length=2, prompt_layers=[0, 1, 2], classifier="text", text_templates=TEMPLATES,
-                          eta1=0.98, eta2=0.98)
+    config = VPTNSPConfig(
+        prompt_length=2, prompt_layers=[0, 1, 2], classifier="text", text_templates=TEMPLATES, eta1=0.98, eta2=0.98
+    )
     result = run_class_incremental(
-        tiny_clip("clip"), config, args, train, test, num_tasks=2, train_transform=to_tensor,
-        tokenizer=tokenizer(), refinement=HeadRefinementArguments(refine_epochs=2, refine_samples_per_class=16),
+        tiny_clip("clip"),
+        config,
+        args,
+        train,
+        test,
+        num_tasks=2,
+        train_transform=to_tensor,
+        tokenizer=tokenizer(),
+        refinement=HeadRefinementArguments(refine_epochs=2, refine_samples_per_class=16),
     )
     assert result.metrics.num_tasks == 2
     stage = tmp_path / "tasks" / "task-1"
@@ -497,8 +545,9 @@ def test_two_task_clip_run_end_to_end(tmp_path):
     names = [f"class {c}" for c in order]
     with torch.no_grad():
         expected = direct_text_embeddings(loaded.base_model.model, names)
-    torch.testing.assert_close(loaded.base_model.vpt_nsp_head["default"].class_embeddings, expected, rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        loaded.base_model.vpt_nsp_head["default"].class_embeddings, expected, rtol=1e-5, atol=1e-6
+    )
     # The refined projection of the last stage is the one in the returned model.
     torch.testing.assert_close(
         loaded.base_model.vpt_nsp_projection["default"].weight,

@@ -16,6 +16,7 @@ import pytest
 
 from peft_nsp.continual.continual_learning_metric import CONTINUAL_METRIC_PATH, load_continual_metric
 
+
 TASKS = [[0, 1], [2, 3], [4, 5]]
 
 # (after_task, reference, prediction) of every test sample; wrong predictions include classes of other tasks.

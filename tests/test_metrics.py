@@ -13,6 +13,7 @@ import torch
 
 from peft_nsp.continual import ContinualMetrics, count_correct, plot_accuracy_curve, plot_accuracy_matrix
 
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Three tasks of two classes each; test sets of 4, 2 and 5 samples, so sample weighting matters.

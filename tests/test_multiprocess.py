@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+
 SCRIPT = Path(__file__).with_name("multiprocess_run.py")
 
 
@@ -21,9 +22,23 @@ def test_two_processes_hold_identical_projectors_equal_to_one_process(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run([sys.executable, str(SCRIPT), str(single), "12"], check=True, capture_output=True)
     launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-        "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-        str(SCRIPT), str(multi), "6",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--multi_gpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        str(SCRIPT),
+        str(multi),
+        "6",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(launch, capture_output=True, text=True, env=env)

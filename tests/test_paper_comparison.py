@@ -15,26 +15,42 @@ import pytest
 from peft_nsp.continual.stages import RunRecord
 from peft_nsp.scripts.paper_comparison import main
 
+
 #: The paper's Table 1, VPT-NSP² on 10-split CIFAR-100 (final accuracy, forgetting; %).
 PAPER_CIFAR100_10_NSP = (91.74, 3.28)
 RESULTS = {2024: (0.9102, 0.0351), 2025: (0.9188, 0.0297), 2026: (0.9135, 0.0330)}  # fractions, as summary.json
 
 
 def write_run(
-    root: Path, seed: int, accuracy: float, forgetting: float | None, benchmark: str = "cifar100-10",
-    method: str = "VPT-NSP²", folder: str = "nsp", tasks: int = 10, finished: int | None = None,
+    root: Path,
+    seed: int,
+    accuracy: float,
+    forgetting: float | None,
+    benchmark: str = "cifar100-10",
+    method: str = "VPT-NSP²",
+    folder: str = "nsp",
+    tasks: int = 10,
+    finished: int | None = None,
     seed_in_summary: bool = False,
 ) -> Path:
     """A run folder as the recipes leave it: ``summary.json`` and the run record ``progress.json``."""
     run = root / f"{benchmark}-{folder}-seed{seed}"
     run.mkdir(parents=True)
-    summary = {"benchmark": benchmark, "method": method, "output_dir": str(run),
-               "metrics": {"final_accuracy": accuracy, "forgetting": forgetting, "final_mean_accuracy": accuracy}}
+    summary = {
+        "benchmark": benchmark,
+        "method": method,
+        "output_dir": str(run),
+        "metrics": {"final_accuracy": accuracy, "forgetting": forgetting, "final_mean_accuracy": accuracy},
+    }
     if seed_in_summary:
         summary["seed"] = seed
     (run / "summary.json").write_text(json.dumps(summary))
-    record = RunRecord(tasks=[[f"class {i}"] for i in range(tasks)], seed=seed, method=method,
-                       finished_tasks=tasks if finished is None else finished)
+    record = RunRecord(
+        tasks=[[f"class {i}"] for i in range(tasks)],
+        seed=seed,
+        method=method,
+        finished_tasks=tasks if finished is None else finished,
+    )
     (run / "progress.json").write_text(record.to_json())
     return run
 
@@ -65,8 +81,12 @@ def test_three_seeds_mean_and_std_next_to_the_paper(tmp_path, capsys):
 def test_run_folders_or_summary_files_in_any_order_and_the_module_entry_point(tmp_path):
     runs = [write_run(tmp_path, seed, *RESULTS[seed], seed_in_summary=seed == 2025) for seed in (2026, 2024, 2025)]
     runs[2] = runs[2] / "summary.json"
-    done = subprocess.run([sys.executable, "-m", "peft_nsp.scripts.paper_comparison", *map(str, runs)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "peft_nsp.scripts.paper_comparison", *map(str, runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "seeds 2024, 2025, 2026" in done.stdout and "VPT-NSP² (paper, mean of 3)" in done.stdout
 
@@ -102,8 +122,10 @@ def test_repeated_seeds_missing_runs_and_another_benchmark_are_refused(tmp_path,
     assert "has no `summary.json`" in capsys.readouterr().err
     write_run(tmp_path, 2026, 0.9, 0.03)
     with pytest.raises(SystemExit):
-        main([str(tmp_path / f"cifar100-10-nsp-seed{seed}") for seed in (2024, 2025, 2026)] +
-             ["--benchmark", "domainnet-10"])
+        main(
+            [str(tmp_path / f"cifar100-10-nsp-seed{seed}") for seed in (2024, 2025, 2026)]
+            + ["--benchmark", "domainnet-10"]
+        )
     assert "not 'domainnet-10'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--benchmark", "cifar100-10"])  # neither runs nor --runs_root
@@ -112,11 +134,25 @@ def test_repeated_seeds_missing_runs_and_another_benchmark_are_refused(tmp_path,
 
 def test_other_seeds_with_a_warning_joint_runs_and_methods_the_paper_did_not_run(tmp_path, capsys):
     for seed in (1, 2, 3):
-        write_run(tmp_path / "joint", seed, 0.93 + seed / 1000, None, method="Upper bound (joint)", folder="joint",
-                  tasks=1)
+        write_run(
+            tmp_path / "joint", seed, 0.93 + seed / 1000, None, method="Upper bound (joint)", folder="joint", tasks=1
+        )
     with pytest.warns(UserWarning, match="not the paper's"):
-        data = main(["--runs_root", str(tmp_path / "joint"), "--benchmark", "cifar100-10", "--method", "joint",
-                     "--seeds", "1", "2", "3", "--allow_other_seeds"])
+        data = main(
+            [
+                "--runs_root",
+                str(tmp_path / "joint"),
+                "--benchmark",
+                "cifar100-10",
+                "--method",
+                "joint",
+                "--seeds",
+                "1",
+                "2",
+                "3",
+                "--allow_other_seeds",
+            ]
+        )
     assert data["forgetting"] is None and data["paper"] == {"final_accuracy": 93.87, "forgetting": None}
     assert data["final_accuracy"] == {"mean": pytest.approx(93.2), "std": pytest.approx(0.1)}
     assert "| 93.20 ± 0.10 | – |" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-from testing_utils import prompted_layers, prompts, randomize_layernorms, tiny_model
 from peft import get_peft_model
+from testing_utils import prompted_layers, prompts, randomize_layernorms, tiny_model
 
 from peft_nsp import VPTNSPConfig
 
@@ -43,17 +43,17 @@ def test_adam_update_is_replaced_by_its_projection(images):
         loss_on(m, images).backward()
         opt.step()
     assert projection.steps_projected == 1
-    for layer, start, free in zip(
-        prompted_layers(model), before, prompts(twin)
-    ):
+    for layer, start, free in zip(prompted_layers(model), before, prompts(twin)):
         state = layer.vpt_nsp_null_space["default"]
         update = (free - start).double()
         expected = start.double() + state.prompt_projector.double() @ update @ state.key_projector.double()
         torch.testing.assert_close(layer.vpt_nsp_prompt["default"].double(), expected, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(layer.vpt_nsp_prompt["default"], free)
     # The head of the current task trains freely: identical to the twin's.
-    torch.testing.assert_close(model.base_model.vpt_nsp_head["default"].heads[1].weight,
-                               twin.base_model.vpt_nsp_head["default"].heads[1].weight)
+    torch.testing.assert_close(
+        model.base_model.vpt_nsp_head["default"].heads[1].weight,
+        twin.base_model.vpt_nsp_head["default"].heads[1].weight,
+    )
 
 
 def test_sgd_gradient_mode_equals_update_mode(images):
@@ -129,7 +129,9 @@ def test_attaching_twice_is_refused_and_remove_detaches(images):
 # ---------------------------------------------------------------------------------------------- the claim
 def _claim_setup():
     torch.manual_seed(0)
-    base = tiny_model("vit", seed=11, hidden_size=64, num_attention_heads=4, num_hidden_layers=3, intermediate_size=128)
+    base = tiny_model(
+        "vit", seed=11, hidden_size=64, num_attention_heads=4, num_hidden_layers=3, intermediate_size=128
+    )
     randomize_layernorms(base, seed=5)
     generator = torch.Generator().manual_seed(7)
     old_images = torch.randn(48, 3, 16, 16, generator=generator)
@@ -181,8 +183,10 @@ def test_projection_protects_old_task_features_as_the_paper_claims():
         drift[project] = float((_old_features(run, old_images) - reference).norm(dim=-1).mean())
     equal_steps = drift[False] / drift[True]
     per_movement = (drift[False] / movement[False]) / (drift[True] / movement[True])
-    print(f"\nold-feature drift Seq/NSP at equal steps: {equal_steps:.1f}x; per unit of prompt movement: "
-          f"{per_movement:.1f}x (movement Seq {movement[False]:.3f}, NSP {movement[True]:.4f})")
+    print(
+        f"\nold-feature drift Seq/NSP at equal steps: {equal_steps:.1f}x; per unit of prompt movement: "
+        f"{per_movement:.1f}x (movement Seq {movement[False]:.3f}, NSP {movement[True]:.4f})"
+    )
     assert equal_steps >= 20
     assert per_movement >= 2
 

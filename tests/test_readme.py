@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

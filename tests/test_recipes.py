@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from hub_server import LocalHub
 from peft import PeftModel
 from PIL import Image
+from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp.continual.augment import AuthorsTrainTransform, EvalTransform, random_resized_crop_box
@@ -31,6 +31,7 @@ from peft_nsp.scripts.data import (
     most_frequent_classes,
     per_class_subset,
 )
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -81,11 +82,38 @@ def domainnet(tmp_path_factory):
 
 def quick_args(output_dir: Path, checkpoint: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", str(checkpoint), "--output_dir", str(output_dir), "--num_tasks", "2",
-        "--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
-        "--statistics_batch_size", "8", "--learning_rate", "0.05", "--use_cpu", "--report_to", "none",
-        "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true", "--prompt_length", "2",
-        "--logging_steps", "100", "--dataset_repeats", "1", *extra,
+        "--model_name_or_path",
+        str(checkpoint),
+        "--output_dir",
+        str(output_dir),
+        "--num_tasks",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--statistics_batch_size",
+        "8",
+        "--learning_rate",
+        "0.05",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--prompt_length",
+        "2",
+        "--logging_steps",
+        "100",
+        "--dataset_repeats",
+        "1",
+        *extra,
     ]
 
 
@@ -102,8 +130,9 @@ def run_script(script: str, argv: list[str], monkeypatch) -> None:
         ("train_domainnet.py", "domainnet", ("--data_layout", "domainnet", "--num_classes", "4"), "domainnet-2"),
     ],
 )
-def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmark, request, tmp_path, tiny_checkpoint,
-                                          monkeypatch, capsys):
+def test_recipe_runs_two_tasks_end_to_end(
+    script, data, extra, expected_benchmark, request, tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
     root = request.getfixturevalue(data)
     run_script(script, quick_args(tmp_path, tiny_checkpoint, "--dataset", str(root), *extra), monkeypatch)
     printed = capsys.readouterr().out
@@ -125,8 +154,9 @@ def test_recipe_runs_two_tasks_end_to_end(script, data, extra, expected_benchmar
     assert sorted(model.class_names()) == [f"class_{c}" for c in range(CLASSES)]
 
 
-def test_projection_off_runs_vpt_seq_and_the_paper_rows_are_printed(tmp_path, tiny_checkpoint, imagefolder,
-                                                                     monkeypatch, capsys):
+def test_projection_off_runs_vpt_seq_and_the_paper_rows_are_printed(
+    tmp_path, tiny_checkpoint, imagefolder, monkeypatch, capsys
+):
     argv = quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder), "--projection", "false")
     argv[argv.index("--num_tasks") + 1] = "10"
     with pytest.raises(ValueError, match="4 classes cannot be cut into 10 equal tasks"):
@@ -145,8 +175,11 @@ def test_projection_off_runs_vpt_seq_and_the_paper_rows_are_printed(tmp_path, ti
 
 def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monkeypatch, capsys):
     with pytest.raises(ValueError, match="Data directory `.*missing` not found"):
-        run_script("train_domainnet.py", quick_args(tmp_path, tiny_checkpoint, "--dataset", str(tmp_path / "missing")),
-                   monkeypatch)
+        run_script(
+            "train_domainnet.py",
+            quick_args(tmp_path, tiny_checkpoint, "--dataset", str(tmp_path / "missing")),
+            monkeypatch,
+        )
     with pytest.raises(ValueError, match="needs `--dataset`"):
         parse_recipe_arguments("imagenet-r", [])
     with pytest.raises(SystemExit):
@@ -155,8 +188,9 @@ def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monke
     with pytest.raises(ValueError, match="has no DomainNet split lists"):
         load_recipe_data(DataArguments(dataset=str(imagefolder), data_layout="domainnet"), seed=0)
     with pytest.raises(ValueError, match="does not hold the images of the authors' `imagenet_r` lists"):
-        run_script("train_imagenet_r.py", quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder)),
-                   monkeypatch)
+        run_script(
+            "train_imagenet_r.py", quick_args(tmp_path, tiny_checkpoint, "--dataset", str(imagefolder)), monkeypatch
+        )
     with pytest.raises(ValueError, match=r"Split `validation` not found .*\(splits: \['train', 'test'\]"):
         load_recipe_data(DataArguments(dataset=str(imagefolder), test_split="validation"), seed=0)
     with pytest.raises(ValueError, match="`--test_split` and `--train_split` are both `train`"):
@@ -170,8 +204,9 @@ def test_argument_errors_are_clear(tmp_path, tiny_checkpoint, imagefolder, monke
     without_processor = tmp_path / "bare"
     tiny_model("vit").save_pretrained(without_processor)
     with pytest.raises(ValueError, match="could not be loaded as a model with an image processor"):
-        run_script("train_cifar100.py", quick_args(tmp_path, without_processor, "--dataset", str(imagefolder)),
-                   monkeypatch)
+        run_script(
+            "train_cifar100.py", quick_args(tmp_path, without_processor, "--dataset", str(imagefolder)), monkeypatch
+        )
 
 
 @pytest.mark.parametrize("model", ["timm/vit_base_patch16_224.augreg_in21k", "google/vit-base-patch16-224-in21k"])
@@ -192,8 +227,8 @@ def test_missing_test_split_is_held_out_per_class(tmp_path):
     root = tmp_path / "flat"
     write_images(root, ".", 10, seed=0)
     data = load_recipe_data(DataArguments(dataset=str(root), test_fraction=0.2), seed=3)
-    assert Counter(data.test[data.label_column]) == {c: 2 for c in range(CLASSES)}
-    assert Counter(data.train[data.label_column]) == {c: 8 for c in range(CLASSES)}
+    assert Counter(data.test[data.label_column]) == dict.fromkeys(range(CLASSES), 2)
+    assert Counter(data.train[data.label_column]) == dict.fromkeys(range(CLASSES), 8)
 
 
 def test_domainnet_lists_are_read_with_class_names_from_paths(domainnet):
@@ -224,8 +259,9 @@ def test_class_selection_helpers_against_counting():
 
 def test_eval_transforms_match_pil_resizes_and_crops():
     """Each evaluation pipeline against PIL resize/crop and a hand normalisation (ToTensor: /255)."""
-    images = [row["image"] for row in blob_images(3, 1, size=20)] + [Image.fromarray(
-        np.random.default_rng(0).integers(0, 255, (30, 18, 3), dtype=np.uint8))]
+    images = [row["image"] for row in blob_images(3, 1, size=20)] + [
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 18, 3), dtype=np.uint8))
+    ]
     mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.4])
 
     def expected(image: Image.Image) -> torch.Tensor:
@@ -286,32 +322,83 @@ def test_authors_train_transform_is_reproducible_and_has_no_flip():
 #: The authors' configuration of every benchmark and variant, from their scripts and code (zugexiaodui/VPTinNSforCL:
 #: train_*.sh, train_eval.py, utils/mod_adam.py, utils/dataset_builder.py, utils/vit_builder.py).
 AUTHORS_PROTOCOL = {
-    ("cifar100", ()): dict(temperature=28.0, eta=(0.97, 0.97), train=("cifar10", "bicubic"), eval=(None, "bicubic"),
-                           splits="uoft-cs/cifar100"),
-    ("cifar100", ("--num_tasks", "20")): dict(temperature=25.0, eta=(0.95, 0.95), train=("cifar10", "bicubic"),
-                                              eval=(None, "bicubic"), splits="uoft-cs/cifar100"),
-    ("imagenet-r", ()): dict(temperature=30.0, eta=(0.94, 0.94), train=("imagenet", "bilinear"),
-                             eval=(256, "bilinear"), splits="authors' lists"),
-    ("domainnet", ()): dict(temperature=30.0, eta=(0.95, 0.95), train=("imagenet", "bilinear"),
-                            eval=(256, "bilinear"), splits="authors' lists"),
+    ("cifar100", ()): dict(
+        temperature=28.0,
+        eta=(0.97, 0.97),
+        train=("cifar10", "bicubic"),
+        eval=(None, "bicubic"),
+        splits="uoft-cs/cifar100",
+    ),
+    ("cifar100", ("--num_tasks", "20")): dict(
+        temperature=25.0,
+        eta=(0.95, 0.95),
+        train=("cifar10", "bicubic"),
+        eval=(None, "bicubic"),
+        splits="uoft-cs/cifar100",
+    ),
+    ("imagenet-r", ()): dict(
+        temperature=30.0,
+        eta=(0.94, 0.94),
+        train=("imagenet", "bilinear"),
+        eval=(256, "bilinear"),
+        splits="authors' lists",
+    ),
+    ("domainnet", ()): dict(
+        temperature=30.0,
+        eta=(0.95, 0.95),
+        train=("imagenet", "bilinear"),
+        eval=(256, "bilinear"),
+        splits="authors' lists",
+    ),
 }
-VIT_SHARED = dict(model="timm/vit_base_patch16_224.augreg_in21k", optimizer="Adam, L2 weight decay",
-                  weight_decay=5e-5, betas=(0.9, 0.999), learning_rate=0.01, batch_size=256, passes_over_data=100,
-                  lr_decays_after_pass=[40.0, 70.0], lr_decay_factor=0.1, max_grad_norm=0.0, threshold_mode="adaptive",
-                  prompt_length=4, prompt_layers=None, task_weighting="size", head_init="authors", ln_loss_weight=1.0,
-                  classifier_alignment=False, seed=2024)
-CLIP_SHARED = dict(VIT_SHARED, model="openai/clip-vit-base-patch16", learning_rate=0.001, batch_size=220,
-                   passes_over_data=20, lr_decays_after_pass=[8.0, 14.0], temperature=1.0, eta=(0.98, 0.98),
-                   prompt_layers=[0, 1, 2, 3], head_init="text embeddings", classifier_alignment=True,
-                   eval_transform="clip")
+VIT_SHARED = dict(
+    model="timm/vit_base_patch16_224.augreg_in21k",
+    optimizer="Adam, L2 weight decay",
+    weight_decay=5e-5,
+    betas=(0.9, 0.999),
+    learning_rate=0.01,
+    batch_size=256,
+    passes_over_data=100,
+    lr_decays_after_pass=[40.0, 70.0],
+    lr_decay_factor=0.1,
+    max_grad_norm=0.0,
+    threshold_mode="adaptive",
+    prompt_length=4,
+    prompt_layers=None,
+    task_weighting="size",
+    head_init="authors",
+    ln_loss_weight=1.0,
+    classifier_alignment=False,
+    seed=2024,
+)
+CLIP_SHARED = dict(
+    VIT_SHARED,
+    model="openai/clip-vit-base-patch16",
+    learning_rate=0.001,
+    batch_size=220,
+    passes_over_data=20,
+    lr_decays_after_pass=[8.0, 14.0],
+    temperature=1.0,
+    eta=(0.98, 0.98),
+    prompt_layers=[0, 1, 2, 3],
+    head_init="text embeddings",
+    classifier_alignment=True,
+    eval_transform="clip",
+)
 
 
 @pytest.mark.parametrize("variant", ["vpt-nsp", "clip-nsp"])
 @pytest.mark.parametrize(("benchmark_name", "argv"), list(AUTHORS_PROTOCOL))
 def test_every_recipe_resolves_to_the_authors_configuration(benchmark_name, argv, variant):
     row = AUTHORS_PROTOCOL[(benchmark_name, argv)]
-    expected = {**VIT_SHARED, "temperature": row["temperature"], "eta": row["eta"],
-                "train_transform": (*row["train"], "no flip"), "eval_transform": row["eval"], "splits": row["splits"]}
+    expected = {
+        **VIT_SHARED,
+        "temperature": row["temperature"],
+        "eta": row["eta"],
+        "train_transform": (*row["train"], "no flip"),
+        "eval_transform": row["eval"],
+        "splits": row["splits"],
+    }
     clip = ("--classifier", "text") if variant == "clip-nsp" else ()
     if clip:
         expected.update({**CLIP_SHARED, "train_transform": expected["train_transform"]})
@@ -342,8 +429,22 @@ def test_authors_split_lists_are_read_with_their_labels(tmp_path):
 
 def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     """The README's run command on a slice of MNIST-5k with a tiny backbone (the real one: test_offline)."""
-    argv = ["--output_dir", str(tmp_path), "--model_name_or_path", str(tiny_checkpoint), "--train_per_class", "4",
-            "--test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--use_cpu", "true"]  # CA on: the default
+    argv = [
+        "--output_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        str(tiny_checkpoint),
+        "--train_per_class",
+        "4",
+        "--test_per_class",
+        "2",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "8",
+        "--use_cpu",
+        "true",
+    ]  # CA on: the default
     run_script("quickstart.py", argv, monkeypatch)
     printed = capsys.readouterr().out
     assert "same predictions on 64 test images: True" in printed
@@ -367,8 +468,17 @@ def test_push_to_hub_flag_pushes_every_task(tmp_path, tiny_checkpoint, imagefold
     with pytest.raises(ValueError, match="`--push_to_hub` needs `--hub_model_id"):
         parse_recipe_arguments("cifar100", ["--push_to_hub"])
     repo = "someone/recipe-run"
-    argv = quick_args(tmp_path / "run", tiny_checkpoint, "--dataset", str(imagefolder), "--push_to_hub",
-                      "--hub_model_id", repo, "--hub_private_repo", "true")
+    argv = quick_args(
+        tmp_path / "run",
+        tiny_checkpoint,
+        "--dataset",
+        str(imagefolder),
+        "--push_to_hub",
+        "--hub_model_id",
+        repo,
+        "--hub_private_repo",
+        "true",
+    )
     with LocalHub(tmp_path / "hub").running() as hub:
         hub.point_huggingface_hub_here(monkeypatch, tmp_path / "cache")
         run_script("train_cifar100.py", argv, monkeypatch)
@@ -388,8 +498,22 @@ def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imag
     tiny_clip("clip", seed=2).save_pretrained(checkpoint)
     tokenizer().save_pretrained(checkpoint)
     CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE).save_pretrained(checkpoint)
-    argv = quick_args(tmp_path / "run", checkpoint, "--dataset", str(imagefolder), "--classifier", "text",
-                      "--refine_epochs", "2", "--refine_samples_per_class", "8", "--prompt_layers", "0", "1", "2")
+    argv = quick_args(
+        tmp_path / "run",
+        checkpoint,
+        "--dataset",
+        str(imagefolder),
+        "--classifier",
+        "text",
+        "--refine_epochs",
+        "2",
+        "--refine_samples_per_class",
+        "8",
+        "--prompt_layers",
+        "0",
+        "1",
+        "2",
+    )
     run_script("train_cifar100.py", argv, monkeypatch)
     assert "CLIP-NSP² (this run)" in capsys.readouterr().out
     stage = tmp_path / "run" / "tasks" / "task-1"
@@ -428,8 +552,9 @@ def test_recipe_with_a_timm_checkpoint_and_continue_from(tmp_path, imagefolder, 
     assert len(load_dataset("imagefolder", data_dir=str(imagefolder))["test"]) == sum(record["metrics"]["total"][-1])
 
 
-def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on_cpu(tmp_path, tiny_checkpoint,
-                                                                                     monkeypatch, capsys):
+def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on_cpu(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
     """Your own data: 5 classes do not cut into 2 tasks; the error's advice (`--num_classes 4`) runs; a re-run after an
     interruption says where it resumes; a run without CUDA emits no `pin_memory` warning (one per DataLoader
     before)."""
@@ -437,8 +562,9 @@ def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on
     write_images(images, "train", 4, seed=0, classes=5)
     write_images(images, "test", 2, seed=1, classes=5)
     run = tmp_path / "run"
-    argv = quick_args(run, tiny_checkpoint, "--dataset", str(images), "--refine_epochs", "2",
-                      "--refine_samples_per_class", "8")
+    argv = quick_args(
+        run, tiny_checkpoint, "--dataset", str(images), "--refine_epochs", "2", "--refine_samples_per_class", "8"
+    )
     argv.remove("--use_cpu")  # as on a laptop without CUDA: `use_cpu` alone turns pinning off
     with pytest.raises(ValueError, match=r"5 classes cannot be cut into 2 equal tasks.*`--num_classes 4`"):
         run_script("train_imagefolder.py", argv, monkeypatch)
@@ -456,8 +582,10 @@ def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on
     shutil.rmtree(run / "tasks" / "task-1")
     run_script("train_imagefolder.py", argv, monkeypatch)
     printed = capsys.readouterr().out
-    assert f"Resuming {run} after task 1 of 2 (last stage: {run / 'tasks' / 'task-0'}); task-1 continues from its " \
-           "start." in printed
+    assert (
+        f"Resuming {run} after task 1 of 2 (last stage: {run / 'tasks' / 'task-0'}); task-1 continues from its "
+        "start." in printed
+    )
     assert [len(row) for row in json.loads((run / "summary.json").read_text())["accuracy_matrix"]] == [1, 2]
     run_script("train_imagefolder.py", argv, monkeypatch)
     assert f"{run} holds a finished run of 2 tasks: nothing to train" in capsys.readouterr().out
@@ -501,8 +629,9 @@ def option_help(text: str, option: str) -> str:
 
 def test_help_is_per_recipe_short_and_leaves_the_training_stack_unloaded():
     scripts = ["train_cifar100.py", "train_imagenet_r.py", "train_domainnet.py", "train_imagefolder.py"]
-    result = subprocess.run([sys.executable, "-c", HELP_SCRIPT, *scripts], cwd=ROOT, capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_SCRIPT, *scripts], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     printed = json.loads(result.stdout)
     assert printed["loaded"] == []  # what made `--help` slow: the loop, the Trainer's plots
     helps = {script: " ".join(printed["texts"][f"{script} --help"].split()) for script in scripts}
@@ -510,8 +639,10 @@ def test_help_is_per_recipe_short_and_leaves_the_training_stack_unloaded():
     assert "Required: the ImageNet-R root" in helps["train_imagenet_r.py"]
     assert "Required: the DomainNet root" in helps["train_domainnet.py"]
     assert "Required: your images" in helps["train_imagefolder.py"]
-    assert "Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's;" in \
-        helps["train_imagefolder.py"]
+    assert (
+        "Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's;"
+        in helps["train_imagefolder.py"]
+    )
     assert "Defaults: the authors' configuration of this benchmark" in helps["train_domainnet.py"]
     for script, name in zip(scripts, ["cifar100-10", "imagenet-r-10", "domainnet-10", "imagefolder"]):
         text = helps[script]
@@ -520,8 +651,13 @@ def test_help_is_per_recipe_short_and_leaves_the_training_stack_unloaded():
         assert "--help_all" in text and "--torch_compile" not in text
         assert len(printed["texts"][f"{script} --help"].splitlines()) < 350
     own_data = printed["texts"]["train_imagefolder.py --help"]
-    for option, default in (("--num_tasks", "5"), ("--temperature", "1.0"), ("--num_train_epochs", "5"),
-                            ("--per_device_train_batch_size", "32"), ("--classifier_alignment", "True")):
+    for option, default in (
+        ("--num_tasks", "5"),
+        ("--temperature", "1.0"),
+        ("--num_train_epochs", "5"),
+        ("--per_device_train_batch_size", "32"),
+        ("--classifier_alignment", "True"),
+    ):
         assert option_help(own_data, option).endswith(f"(default: {default})"), option
     assert option_help(printed["texts"]["train_domainnet.py --help"], "--temperature").endswith("(default: 30.0)")
     assert "--torch_compile" in printed["texts"]["train_cifar100.py --help_all"]

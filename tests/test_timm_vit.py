@@ -26,6 +26,7 @@ from peft_nsp.timm_vit import (
     timm_vit_config,
 )
 
+
 HIDDEN, DEPTH, HEADS, PATCH, IMAGE, MLP = 32, 2, 4, 4, 16, 64
 GRID = IMAGE // PATCH
 MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
@@ -273,18 +274,42 @@ def test_architecture_table_and_shape_checks():
     """Real sizes from the table, on the meta device (no memory): ViT-B/16 at 224 with LayerScale."""
     assert TIMM_VIT_ARCHITECTURES["vit_base_patch16_224"] == (768, 12, 12, 16, 224)
     assert TIMM_VIT_ARCHITECTURES["vit_large_patch14_224"] == (1024, 24, 16, 14, 224)
-    for name in ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224", "vit_base_patch16_384",
-                 "vit_large_patch16_224", "vit_huge_patch14_224", "vit_small_patch32_384"]:
+    for name in [
+        "vit_tiny_patch16_224",
+        "vit_small_patch16_224",
+        "vit_base_patch32_224",
+        "vit_base_patch16_384",
+        "vit_large_patch16_224",
+        "vit_huge_patch14_224",
+        "vit_small_patch32_384",
+    ]:
         assert name in TIMM_VIT_ARCHITECTURES
     d, g, meta = 768, 14, torch.device("meta")
-    state = {"cls_token": torch.empty(1, 1, d, device=meta), "pos_embed": torch.empty(1, 1 + g * g, d, device=meta),
-             "patch_embed.proj.weight": torch.empty(d, 3, 16, 16, device=meta),
-             "patch_embed.proj.bias": torch.empty(d, device=meta), "norm.weight": torch.empty(d, device=meta),
-             "norm.bias": torch.empty(d, device=meta), "head.weight": torch.empty(21843, d, device=meta)}
-    shapes = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
-              "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "ls1.gamma": (d,), "ls2.gamma": (d,),
-              "norm2.weight": (d,), "norm2.bias": (d,), "mlp.fc1.weight": (4 * d, d), "mlp.fc1.bias": (4 * d,),
-              "mlp.fc2.weight": (d, 4 * d), "mlp.fc2.bias": (d,)}
+    state = {
+        "cls_token": torch.empty(1, 1, d, device=meta),
+        "pos_embed": torch.empty(1, 1 + g * g, d, device=meta),
+        "patch_embed.proj.weight": torch.empty(d, 3, 16, 16, device=meta),
+        "patch_embed.proj.bias": torch.empty(d, device=meta),
+        "norm.weight": torch.empty(d, device=meta),
+        "norm.bias": torch.empty(d, device=meta),
+        "head.weight": torch.empty(21843, d, device=meta),
+    }
+    shapes = {
+        "norm1.weight": (d,),
+        "norm1.bias": (d,),
+        "attn.qkv.weight": (3 * d, d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d),
+        "attn.proj.bias": (d,),
+        "ls1.gamma": (d,),
+        "ls2.gamma": (d,),
+        "norm2.weight": (d,),
+        "norm2.bias": (d,),
+        "mlp.fc1.weight": (4 * d, d),
+        "mlp.fc1.bias": (4 * d,),
+        "mlp.fc2.weight": (d, 4 * d),
+        "mlp.fc2.bias": (d,),
+    }
     for i in range(12):
         state.update({f"blocks.{i}.{k}": torch.empty(s, device=meta) for k, s in shapes.items()})
     config = timm_vit_config(timm_config("vit_base_patch16_224"), state)
@@ -315,8 +340,10 @@ def test_hub_download(tmp_path, pixels, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     model, _ = load_timm_vit("timm/vit_tiny_test_patch4_16.test", revision="abc")
-    assert calls == [("timm/vit_tiny_test_patch4_16.test", name, "abc")
-                     for name in ("config.json", "model.safetensors", "pytorch_model.bin")]
+    assert calls == [
+        ("timm/vit_tiny_test_patch4_16.test", name, "abc")
+        for name in ("config.json", "model.safetensors", "pytorch_model.bin")
+    ]
     with torch.no_grad():
         out = model(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(out.double(), timm_forward(state, pixels), atol=1e-5, rtol=1e-5)

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from testing_utils import blob_images, prompted_layers, prompts, tiny_model, to_tensor
 from peft import PeftModel, get_peft_model
+from testing_utils import blob_images, prompted_layers, prompts, tiny_model, to_tensor
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
@@ -32,18 +32,31 @@ def task_two_data(per_class: int = 4):
 
 def config(tmp_path, **kwargs) -> NSPConfig:
     defaults = dict(
-        output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
-        learning_rate=0.05, per_device_train_batch_size=2, logging_steps=1,
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        learning_rate=0.05,
+        per_device_train_batch_size=2,
+        logging_steps=1,
     )
     return NSPConfig(**{**defaults, **kwargs})
 
 
-def make_trainer(tmp_path, model=None, callbacks=(), optimizers=(None, None), optimizer_cls_and_kwargs=None,
-                 **kwargs) -> NSPTrainer:
+def make_trainer(
+    tmp_path, model=None, callbacks=(), optimizers=(None, None), optimizer_cls_and_kwargs=None, **kwargs
+) -> NSPTrainer:
     """An NSPTrainer for task 2 (classes `class_2`, `class_3`) of `second_task_model()`."""
-    return NSPTrainer(model or second_task_model(), config(tmp_path, **kwargs), train_dataset=task_two_data(),
-                      train_transform=to_tensor, callbacks=list(callbacks), optimizers=optimizers,
-                      optimizer_cls_and_kwargs=optimizer_cls_and_kwargs)
+    return NSPTrainer(
+        model or second_task_model(),
+        config(tmp_path, **kwargs),
+        train_dataset=task_two_data(),
+        train_transform=to_tensor,
+        callbacks=list(callbacks),
+        optimizers=optimizers,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+    )
 
 
 class CountSteps(TrainerCallback):
@@ -97,8 +110,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     """GA=4 × batch 2 must give the update of one batch of 8 (the per-batch-mean loss is divided by GA)."""
     big = prompts_after(make_trainer(tmp_path / "a", optim="sgd", max_steps=1, per_device_train_batch_size=8))
     accumulated = prompts_after(
-        make_trainer(tmp_path / "b", optim="sgd", max_steps=1, per_device_train_batch_size=2,
-                     gradient_accumulation_steps=4)
+        make_trainer(
+            tmp_path / "b", optim="sgd", max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=4
+        )
     )
     for a, b in zip(big, accumulated):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -108,12 +122,23 @@ def test_sgd_gradient_and_update_modes_agree_in_the_trainer(tmp_path):
     """Plain SGD: projecting the gradient or the update is the same step (up to float32 rounding); an unprojected run
     is far from both. Without the LayerNorm term: its L1 kinks turn rounding differences into sign flips."""
     runs = [
-        prompts_after(make_trainer(tmp_path / mode, optim="sgd", num_train_epochs=2, projection_mode=mode,
-                                   ln_loss_weight=0.0, learning_rate=5.0))
+        prompts_after(
+            make_trainer(
+                tmp_path / mode,
+                optim="sgd",
+                num_train_epochs=2,
+                projection_mode=mode,
+                ln_loss_weight=0.0,
+                learning_rate=5.0,
+            )
+        )
         for mode in ("gradient", "update")
     ]
-    free = prompts_after(make_trainer(tmp_path / "free", optim="sgd", num_train_epochs=2, projection=False,
-                                      ln_loss_weight=0.0, learning_rate=5.0))
+    free = prompts_after(
+        make_trainer(
+            tmp_path / "free", optim="sgd", num_train_epochs=2, projection=False, ln_loss_weight=0.0, learning_rate=5.0
+        )
+    )
     for a, b, c in zip(*runs, free):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert (a - c).abs().max() > 1e-4
@@ -136,8 +161,9 @@ def test_an_optimizer_built_before_the_new_head_is_refused_and_optimizer_cls_tra
     with pytest.raises(ValueError, match=r"does not hold 2 tensor\(s\).*optimizer_cls_and_kwargs"):
         trainer.train()
     model = second_task_model()
-    trainer = make_trainer(tmp_path / "cls", model=model, num_train_epochs=1,
-                           optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.5}))
+    trainer = make_trainer(
+        tmp_path / "cls", model=model, num_train_epochs=1, optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.5})
+    )
     head = trainer.model.base_model.task_heads().heads[1]
     before = head.weight.detach().clone()
     trainer.train()
@@ -163,13 +189,20 @@ def test_loss_is_temperature_scaled_ce_on_the_newest_head_plus_ln_term(tmp_path)
         ln = 0.0
         for layer in prompted_layers(model):
             p, old = layer.vpt_nsp_prompt["default"], layer.vpt_nsp_null_space["default"].previous_prompt
-            ln += (p.mean(-1) - old.mean(-1)).abs().mean() + (p.std(-1, correction=0) - old.std(-1, correction=0)).abs().mean()
+            ln += (p.mean(-1) - old.mean(-1)).abs().mean() + (
+                p.std(-1, correction=0) - old.std(-1, correction=0)
+            ).abs().mean()
     torch.testing.assert_close(loss, ce + 0.5 * ln)
 
 
 def test_the_adapter_records_the_temperature_and_its_logits_are_divided_by_it(tmp_path):
-    trainer = NSPTrainer(tiny_model("vit"), config(tmp_path, temperature=30.0), train_dataset=task_two_data(),
-                         train_transform=to_tensor, peft_config=VPTNSPConfig(prompt_length=2))
+    trainer = NSPTrainer(
+        tiny_model("vit"),
+        config(tmp_path, temperature=30.0),
+        train_dataset=task_two_data(),
+        train_transform=to_tensor,
+        peft_config=VPTNSPConfig(prompt_length=2),
+    )
     model = trainer.model.eval()
     assert model.peft_config["default"].temperature == 30.0
     x = to_tensor(task_two_data()["image"])
@@ -190,8 +223,12 @@ def test_trainer_input_errors(tmp_path):
     with pytest.raises(ValueError, match="already a PeftModel: pass `peft_config` only with a base model"):
         NSPTrainer(second_task_model(), config(tmp_path), peft_config=VPTNSPConfig())
     with pytest.raises(ValueError, match="one class.*a one-class task trains nothing"):
-        NSPTrainer(second_task_model(), config(tmp_path), train_transform=to_tensor,
-                   train_dataset=task_two_data().filter(lambda row: row["label"] == 2))
+        NSPTrainer(
+            second_task_model(),
+            config(tmp_path),
+            train_transform=to_tensor,
+            train_dataset=task_two_data().filter(lambda row: row["label"] == 2),
+        )
     with pytest.raises(ValueError, match=r"already learned: \['class_0', 'class_1'\]"):
         NSPTrainer(second_task_model(), config(tmp_path), train_transform=to_tensor, train_dataset=blob_images(2, 2))
     with pytest.raises(ValueError, match="pass `processing_class="):
@@ -211,9 +248,12 @@ def test_trainer_input_errors(tmp_path):
 def test_plain_training_arguments_are_converted_as_trl_does(tmp_path):
     from transformers import TrainingArguments
 
-    trainer = NSPTrainer(second_task_model(), TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                                                learning_rate=0.123, use_cpu=True),
-                         train_dataset=task_two_data(), train_transform=to_tensor)
+    trainer = NSPTrainer(
+        second_task_model(),
+        TrainingArguments(output_dir=str(tmp_path), report_to="none", learning_rate=0.123, use_cpu=True),
+        train_dataset=task_two_data(),
+        train_transform=to_tensor,
+    )
     assert isinstance(trainer.args, NSPConfig) and trainer.args.learning_rate == 0.123
     assert trainer.args.label_names == ["labels"] and trainer.args.temperature == 1.0
 
@@ -229,8 +269,9 @@ class RecordLearningRate(TrainerCallback):
 def test_step_schedule_decays_at_the_given_epochs(tmp_path):
     # 8 samples / batch 2 = 4 steps per epoch; 5 epochs, decay ×0.1 at epochs 2 and 4 → steps 8 and 16.
     recorder = RecordLearningRate()
-    trainer = make_trainer(tmp_path, callbacks=[recorder], num_train_epochs=5, lr_decay_epochs=[2, 4],
-                           lr_decay_factor=0.1, warmup_steps=3)  # the step schedule has no warm-up
+    trainer = make_trainer(
+        tmp_path, callbacks=[recorder], num_train_epochs=5, lr_decay_epochs=[2, 4], lr_decay_factor=0.1, warmup_steps=3
+    )  # the step schedule has no warm-up
     trainer.train()
     expected = [0.05 * 0.1 ** sum(step >= m for m in (8, 16)) for step in range(20)]
     assert recorder.rates == pytest.approx(expected)

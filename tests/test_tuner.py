@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import torch
-from testing_utils import IMAGE_SIZE, prompted_layers, tiny_config, tiny_model
 from peft import PeftModel, get_peft_model
+from testing_utils import IMAGE_SIZE, prompted_layers, tiny_config, tiny_model
 from transformers import ViTModel
 
 import peft_nsp
 from peft_nsp import VPTNSPConfig, VPTNSPLayer
+
 
 FAMILIES = ["vit", "deit", "dinov2"]
 
@@ -64,9 +65,7 @@ def test_disabled_adapter_and_unload_are_bit_identical_to_base(family, classific
 def test_prompts_are_appended_and_dropped(family, images):
     model = get_peft_model(tiny_model(family), VPTNSPConfig(prompt_length=3))
     seen = []
-    block = model.base_model.model.get_submodule(
-        "encoder.layer.0" if family == "dinov2" else "layers.0"
-    ).base_layer
+    block = model.base_model.model.get_submodule("encoder.layer.0" if family == "dinov2" else "layers.0").base_layer
     block.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[1], out.shape[1])))
     model.add_task(2)
     with torch.no_grad():
@@ -238,7 +237,9 @@ def test_adapter_on_a_model_with_another_hidden_size_is_a_clear_error(images, tm
     trained_two_task_model("vit", False, images).save_pretrained(tmp_path)
     torch.manual_seed(0)
     wider = ViTModel(tiny_config("vit", hidden_size=48, num_attention_heads=4))
-    with pytest.raises(ValueError, match="made on a `ViTModel` with 2 blocks.*hidden_size 32 \\(adapter\\) vs 48 \\(this model\\)"):
+    with pytest.raises(
+        ValueError, match="made on a `ViTModel` with 2 blocks.*hidden_size 32 \\(adapter\\) vs 48 \\(this model\\)"
+    ):
         PeftModel.from_pretrained(wider, tmp_path)
 
 

@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from testing_utils import IMAGE_SIZE, blob_images, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, Features, Image
 from peft import PeftModel, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
+from testing_utils import IMAGE_SIZE, blob_images, tiny_model, to_tensor
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from peft_nsp import NSPConfig, NSPTrainer, VPTNSPConfig
+
 
 BLOBS = blob_images(4, 6, seed=0)
 TEST_BLOBS = blob_images(4, 3, seed=1)
@@ -51,14 +52,25 @@ def checkpoint(tmp_path_factory):
     """A tiny ViT backbone saved with its image processor (the user's base model)."""
     path = tmp_path_factory.mktemp("base")
     tiny_model("vit", seed=7).save_pretrained(path)
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(path)
+    ViTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(path)
     return path
 
 
 def config(output_dir, **kwargs) -> NSPConfig:
-    defaults = dict(output_dir=str(output_dir), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=0.05,
-                    report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no", seed=3, logging_steps=100)
+    defaults = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=3,
+        logging_steps=100,
+    )
     return NSPConfig(**{**defaults, **kwargs})
 
 
@@ -85,8 +97,13 @@ def processor_pixels(dataset: Dataset) -> torch.Tensor:
 def first_task(checkpoint, tmp_path_factory):
     """Task A trained from the base model and saved as a user would: `train()` then `save_model()`."""
     folder = tmp_path_factory.mktemp("task-a")
-    trainer = NSPTrainer(base(checkpoint), config(folder / "out"), train_dataset=TASK_A,
-                         processing_class=processor(checkpoint), peft_config=VPTNSPConfig(prompt_length=2))
+    trainer = NSPTrainer(
+        base(checkpoint),
+        config(folder / "out"),
+        train_dataset=TASK_A,
+        processing_class=processor(checkpoint),
+        peft_config=VPTNSPConfig(prompt_length=2),
+    )
     trainer.train()
     trainer.save_model(str(folder))
     _point_at_base(folder, checkpoint)
@@ -104,8 +121,13 @@ def second_task(first_task, checkpoint, tmp_path_factory):
     """Task B trained on the reloaded task-A adapter with new named classes, evaluated on all seen classes."""
     folder = tmp_path_factory.mktemp("task-b")
     model = PeftModel.from_pretrained(base(checkpoint), first_task, is_trainable=True)
-    trainer = NSPTrainer(model, config(folder / "out"), train_dataset=TASK_B, eval_dataset=ALL_SEEN,
-                         processing_class=processor(checkpoint))
+    trainer = NSPTrainer(
+        model,
+        config(folder / "out"),
+        train_dataset=TASK_B,
+        eval_dataset=ALL_SEEN,
+        processing_class=processor(checkpoint),
+    )
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
@@ -137,8 +159,7 @@ def test_evaluate_reports_class_incremental_accuracy_with_class_ids(second_task,
     assert after["eval_accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth)]))
     task_a = [i for i, t in enumerate(truth) if t in ("cat", "dog")]
     assert after["eval_accuracy_task_0"] == pytest.approx(np.mean([predicted[i] == truth[i] for i in task_a]))
-    expected_loss = torch.nn.functional.cross_entropy(
-        logits, torch.tensor([model.config.label2id[t] for t in truth]))
+    expected_loss = torch.nn.functional.cross_entropy(logits, torch.tensor([model.config.label2id[t] for t in truth]))
     assert after["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-4)
 
 
@@ -152,14 +173,17 @@ def test_predict_returns_logits_over_all_seen_classes_and_class_ids(second_task)
 
 
 @pytest.mark.parametrize("classification", [False, True], ids=["ViTModel", "ViTForImageClassification"])
-def test_pipeline_names_the_classes_for_a_peft_model_and_for_the_adapter_folder(second_task, checkpoint,
-                                                                              classification):
+def test_pipeline_names_the_classes_for_a_peft_model_and_for_the_adapter_folder(
+    second_task, checkpoint, classification
+):
     folder, _, _, _ = second_task
     model = PeftModel.from_pretrained(base(checkpoint, classification), folder).eval()
     images = [row["image"] for row in ALL_SEEN]
     expected = torch.softmax(logits_of(model, ALL_SEEN), -1)
-    for classify in (pipeline("image-classification", model=model, image_processor=processor(checkpoint)),
-                     pipeline("image-classification", model=str(folder))):
+    for classify in (
+        pipeline("image-classification", model=model, image_processor=processor(checkpoint)),
+        pipeline("image-classification", model=str(folder)),
+    ):
         answers = classify(images, top_k=4)
         for answer, probabilities in zip(answers, expected):
             assert sorted(a["label"] for a in answer) == sorted(NAMES)
@@ -233,11 +257,23 @@ def test_a_continued_adapter_protects_old_outputs_only_with_the_projection(first
 
 def test_early_stopping_with_the_best_model_at_end(first_task, checkpoint, tmp_path):
     model = PeftModel.from_pretrained(base(checkpoint), first_task, is_trainable=True)
-    args = config(tmp_path, num_train_epochs=4, eval_strategy="epoch", save_strategy="epoch",
-                  load_best_model_at_end=True, metric_for_best_model="accuracy", save_total_limit=2)
-    trainer = NSPTrainer(model, args, train_dataset=TASK_B, eval_dataset=ALL_SEEN,
-                         processing_class=processor(checkpoint),
-                         callbacks=[EarlyStoppingCallback(early_stopping_patience=1)])
+    args = config(
+        tmp_path,
+        num_train_epochs=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        save_total_limit=2,
+    )
+    trainer = NSPTrainer(
+        model,
+        args,
+        train_dataset=TASK_B,
+        eval_dataset=ALL_SEEN,
+        processing_class=processor(checkpoint),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
+    )
     trainer.train()
     best = max(entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry)
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(best)

@@ -22,6 +22,7 @@ from transformers import (
 
 import peft_nsp
 
+
 IMAGE_SIZE = 16
 PATCH_SIZE = 4
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2 + 1
@@ -70,6 +71,7 @@ def randomize_layernorms(model: torch.nn.Module, seed: int = 0) -> None:
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
                 module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+
 
 def blob_images(num_classes: int, per_class: int, size: int = 16, seed: int = 0) -> Dataset:
     """``num_classes × per_class`` RGB images; class ``c`` has a bright square at position/colour ``c``."""

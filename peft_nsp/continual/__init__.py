@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+
 #: Public name → the module that defines it.
 _EXPORTS = {
     "benchmark_class_names": "class_names",

@@ -33,6 +33,7 @@ import numpy as np
 
 from peft_nsp.continual.metrics import ContinualMetrics, count_correct
 
+
 CONTINUAL_METRIC_PATH = Path(__file__).resolve()
 """This file: the metric script that [`load_continual_metric`] hands to ``evaluate.load``."""
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Image
 
+
 #: Turns a list of images (PIL images or arrays) into ``pixel_values`` ``(B, C, H, W)``.
 ImageTransform = Callable[[list[Any]], torch.Tensor]
 
@@ -113,14 +114,21 @@ def split_classes(
     else:
         order = [int(c) for c in class_order]
         if len(set(order)) != len(order) or not set(order) <= set(range(num_classes)):
-            raise ValueError(f"`class_order` must be a permutation of range({num_classes}) or of a subset of it, got "
-                             f"{order}.")
+            raise ValueError(
+                f"`class_order` must be a permutation of range({num_classes}) or of a subset of it, got {order}."
+            )
     count = len(order)
     if count % num_tasks or count // num_tasks < 2:
         valid = [d for d in range(1, count // 2 + 1) if count % d == 0]
         subset = num_tasks * (count // num_tasks)
-        keep = (f", or train {subset} of them: a `class_order` of {subset} class ids (the recipes: `--num_classes "
-                f"{subset}`, the most frequent)") if count // num_tasks >= 2 else ""
+        keep = (
+            (
+                f", or train {subset} of them: a `class_order` of {subset} class ids (the recipes: `--num_classes "
+                f"{subset}`, the most frequent)"
+            )
+            if count // num_tasks >= 2
+            else ""
+        )
         raise ValueError(
             f"{count} classes cannot be cut into {num_tasks} equal tasks of at least two classes (a one-class task "
             f"trains nothing: its cross-entropy over one logit is 0): choose `num_tasks` among {valid}{keep}."
@@ -135,10 +143,12 @@ def select_classes(dataset: Dataset, label_column: str, classes: Sequence[int], 
     indices = np.flatnonzero(np.isin(labels, np.asarray(classes)))
     if indices.size == 0:
         raise ValueError(f"`{name}` has no samples of classes {list(classes)}: this task would be empty.")
-    absent = sorted(set(int(c) for c in classes) - set(np.unique(labels[indices]).tolist()))
+    absent = sorted({int(c) for c in classes} - set(np.unique(labels[indices]).tolist()))
     if absent:
-        warnings.warn(f"`{name}` has no samples of classes {absent}; the task keeps them but cannot learn or test "
-                      "them.", stacklevel=2)
+        warnings.warn(
+            f"`{name}` has no samples of classes {absent}; the task keeps them but cannot learn or test them.",
+            stacklevel=2,
+        )
     return dataset.select(indices)
 
 

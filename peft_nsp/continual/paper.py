@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 PAPER_URL = "https://huggingface.co/papers/2406.05658"
 PAPER_TITLE = "Visual Prompt Tuning in Null Space for Continual Learning"
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from .._io import write_atomically
 from .metrics import ContinualMetrics
 
+
 _DPI = 150
 #: Above this many tasks the heat map drops its per-cell numbers (unreadable, and most of the drawing time) and
 #: keeps its size and tick count bounded, so a stage takes as long to plot after task 50 as after task 5.
@@ -94,7 +95,9 @@ def plot_accuracy_curve(
     return plot_curves({name: run.incremental_accuracies for name, run in runs.items()}, path, title)
 
 
-def plot_curves(curves: Mapping[str | None, Sequence[float]], path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_curves(
+    curves: Mapping[str | None, Sequence[float]], path: str | os.PathLike, title: str | None = None
+) -> Path:
     """Accuracy fractions after each task, one line per entry (e.g. mean curves of several methods), in percent.
 
     Args:

@@ -122,7 +122,9 @@ def refine_head(model: nn.Module, args: HeadRefinementArguments | None = None, s
         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.SGD(
-        [group for group in groups if group["params"]], lr=args.refine_learning_rate, momentum=args.refine_momentum,
+        [group for group in groups if group["params"]],
+        lr=args.refine_learning_rate,
+        momentum=args.refine_momentum,
         nesterov=args.refine_nesterov and args.refine_momentum > 0,
     )
     trainable = [p.requires_grad for p in parameters]

@@ -7,6 +7,7 @@ from .state import NullSpaceState
 from .statistics import key_space_covariance, prompt_attention_gram, query_gram
 from .update import NullSpaceProjection, ProjectionTarget, project
 
+
 __all__ = [
     "AttentionAccess",
     "LayerSums",

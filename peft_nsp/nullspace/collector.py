@@ -46,7 +46,9 @@ class LayerSums:
     def zeros(cls, access: AttentionAccess, num_prompts: int, device: torch.device) -> LayerSums:
         """Empty sums (a process whose data shard was empty still joins the reduction)."""
         zeros = partial(torch.zeros, dtype=torch.float64, device=device)
-        return cls(zeros(access.num_heads, access.head_dim, access.head_dim), zeros(num_prompts, num_prompts), zeros(()))
+        return cls(
+            zeros(access.num_heads, access.head_dim, access.head_dim), zeros(num_prompts, num_prompts), zeros(())
+        )
 
     def reduce(self, reduce_fn: Callable[[torch.Tensor], torch.Tensor]) -> LayerSums:
         """Combine across processes (``reduce_fn`` sums a tensor over ranks)."""

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+
 #: Curves with at least this many points are smoothed and trimmed before the curvature search.
 ADAPTIVE_SMOOTHING_MIN_POINTS = 128
 ADAPTIVE_SMOOTHING_SIGMA = 10.0
@@ -139,4 +140,3 @@ def null_space_projector(
     identity = torch.eye(stat.shape[0], dtype=stat.dtype, device=stat.device)
     matrix = eta * basis + (1.0 - eta) * identity
     return NullSpaceProjector(matrix=matrix, null_dim=stat.shape[0] - split, split_index=split)
-

@@ -8,6 +8,7 @@ import torch
 from .._torch_utils import DeviceOnlyBuffers
 from .projector import NullSpaceProjector
 
+
 TASK_WEIGHTINGS = ("size", "equal")
 
 

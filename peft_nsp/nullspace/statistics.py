@@ -45,9 +45,7 @@ def key_space_covariance(gram: torch.Tensor, key_weight: torch.Tensor) -> torch.
     return torch.einsum("hai,hab,hbj->ij", w, gram.double(), w)
 
 
-def prompt_attention_gram(
-    queries: torch.Tensor, keys: torch.Tensor, num_prompts: int, scaling: float
-) -> torch.Tensor:
+def prompt_attention_gram(queries: torch.Tensor, keys: torch.Tensor, num_prompts: int, scaling: float) -> torch.Tensor:
     """``C2 = Σ aᵀ a`` over image-token queries, with ``a`` the prompt columns of the softmax attention.
 
     Args:

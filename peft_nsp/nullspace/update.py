@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+
 PROJECTION_MODES = ("update", "gradient")
 
 

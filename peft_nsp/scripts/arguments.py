@@ -39,6 +39,7 @@ from ..continual.stages import method_name
 from ..trainer import NSPConfig
 from ..tuner.config import VPTNSPConfig
 
+
 DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet", "authors")
 CLASSIFIERS = ("linear", "text")
 #: The authors' backbone (timm format, converted on load by `peft_nsp.timm_vit`).
@@ -82,42 +83,74 @@ class Benchmark:
         return self.name.rsplit("-", 1)[0]
 
 
-_IMAGEFOLDER_HELP = ("an `imagefolder` tree `<class>/<image>` (optionally under `train/` and `test/`; without a test "
-                     "split `--test_fraction` of every class is held out)")
-_CIFAR = dict(autoaugment_policy="cifar10", crop_interpolation="bicubic", eval_resize=None,
-              eval_interpolation="bicubic", dataset="uoft-cs/cifar100",
-              dataset_help=f"A Hub dataset id, or {_IMAGEFOLDER_HELP}.")
-_LARGE_IMAGES = dict(autoaugment_policy="imagenet", crop_interpolation="bilinear", eval_resize=256,
-                     eval_interpolation="bilinear")
+_IMAGEFOLDER_HELP = (
+    "an `imagefolder` tree `<class>/<image>` (optionally under `train/` and `test/`; without a test "
+    "split `--test_fraction` of every class is held out)"
+)
+_CIFAR = dict(
+    autoaugment_policy="cifar10",
+    crop_interpolation="bicubic",
+    eval_resize=None,
+    eval_interpolation="bicubic",
+    dataset="uoft-cs/cifar100",
+    dataset_help=f"A Hub dataset id, or {_IMAGEFOLDER_HELP}.",
+)
+_LARGE_IMAGES = dict(
+    autoaugment_policy="imagenet", crop_interpolation="bilinear", eval_resize=256, eval_interpolation="bilinear"
+)
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
         Benchmark("cifar100-10", num_tasks=10, temperature=28.0, eta=0.97, **_CIFAR),
         Benchmark("cifar100-20", num_tasks=20, temperature=25.0, eta=0.95, **_CIFAR),
-        Benchmark("imagenet-r-10", num_tasks=10, temperature=30.0, eta=0.94, authors_lists="imagenet_r",
-                  dataset_help="Required: the ImageNet-R root (the folder of `n01443537/`, …), read with the authors' "
-                  f"split lists; or, with `--data_layout imagefolder`, {_IMAGEFOLDER_HELP}; or a Hub dataset id.",
-                  **_LARGE_IMAGES),
-        Benchmark("domainnet-10", num_tasks=10, temperature=30.0, eta=0.95, authors_lists="sdomain",
-                  official_num_classes=200,
-                  dataset_help="Required: the DomainNet root (the folder of `clipart/`, `real/`, …), read with the "
-                  "authors' split lists; or with its official `<domain>_{train,test}.txt` lists (`--data_layout "
-                  f"domainnet`: the 200 most frequent classes); or, with `--data_layout imagefolder`, "
-                  f"{_IMAGEFOLDER_HELP}; or a Hub dataset id.",
-                  **_LARGE_IMAGES),
+        Benchmark(
+            "imagenet-r-10",
+            num_tasks=10,
+            temperature=30.0,
+            eta=0.94,
+            authors_lists="imagenet_r",
+            dataset_help="Required: the ImageNet-R root (the folder of `n01443537/`, …), read with the authors' "
+            f"split lists; or, with `--data_layout imagefolder`, {_IMAGEFOLDER_HELP}; or a Hub dataset id.",
+            **_LARGE_IMAGES,
+        ),
+        Benchmark(
+            "domainnet-10",
+            num_tasks=10,
+            temperature=30.0,
+            eta=0.95,
+            authors_lists="sdomain",
+            official_num_classes=200,
+            dataset_help="Required: the DomainNet root (the folder of `clipart/`, `real/`, …), read with the "
+            "authors' split lists; or with its official `<domain>_{train,test}.txt` lists (`--data_layout "
+            f"domainnet`: the 200 most frequent classes); or, with `--data_layout imagefolder`, "
+            f"{_IMAGEFOLDER_HELP}; or a Hub dataset id.",
+            **_LARGE_IMAGES,
+        ),
         # Your own data: not a benchmark of the paper, so no paper numbers; defaults in the module docstring.
-        Benchmark("imagefolder", num_tasks=5, temperature=1.0, eta=0.97, autoaugment_policy="imagenet",
-                  crop_interpolation="bilinear", eval_resize=None, eval_interpolation="bilinear",
-                  text_templates="cifar100",
-                  dataset_help=f"Required: your images, as {_IMAGEFOLDER_HELP}, or a Hub dataset id with an image and "
-                  "a `ClassLabel` column.",
-                  training={"num_train_epochs": 5, "dataset_repeats": 1, "per_device_train_batch_size": 32,
-                            "classifier_alignment": True},
-                  description="Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's; "
-                  "the quickstart chose it on validation data), η 0.97 (VPTNSPConfig's), 5 tasks, 5 epochs without "
-                  "repeats, batch 32 and classifier alignment (the quickstart's); evaluation resizes to the model's "
-                  "input size as its image processor does. Backbone, optimizer, schedule shape, augmentation and "
-                  "prompts: the authors'."),
+        Benchmark(
+            "imagefolder",
+            num_tasks=5,
+            temperature=1.0,
+            eta=0.97,
+            autoaugment_policy="imagenet",
+            crop_interpolation="bilinear",
+            eval_resize=None,
+            eval_interpolation="bilinear",
+            text_templates="cifar100",
+            dataset_help=f"Required: your images, as {_IMAGEFOLDER_HELP}, or a Hub dataset id with an image and "
+            "a `ClassLabel` column.",
+            training={
+                "num_train_epochs": 5,
+                "dataset_repeats": 1,
+                "per_device_train_batch_size": 32,
+                "classifier_alignment": True,
+            },
+            description="Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's; "
+            "the quickstart chose it on validation data), η 0.97 (VPTNSPConfig's), 5 tasks, 5 epochs without "
+            "repeats, batch 32 and classifier alignment (the quickstart's); evaluation resizes to the model's "
+            "input size as its image processor does. Backbone, optimizer, schedule shape, augmentation and "
+            "prompts: the authors'.",
+        ),
     )
 }
 
@@ -256,8 +289,9 @@ class ModelArguments:
 
     def peft_config(self, benchmark: Benchmark, classifier_alignment: bool) -> VPTNSPConfig:
         eta = benchmark.eta if self.eta is None else self.eta
-        text = {"text_templates": benchmark_text_templates(benchmark.text_templates
-                                                           or benchmark.family.replace("-", "_"))}
+        text = {
+            "text_templates": benchmark_text_templates(benchmark.text_templates or benchmark.family.replace("-", "_"))
+        }
         return VPTNSPConfig(
             prompt_length=self.prompt_length,
             prompt_layers=self.prompt_layers,
@@ -287,8 +321,9 @@ class RecipeArguments:
 
     @property
     def method(self) -> str:
-        return method_name(self.training.projection, self.model.joint, self.model.classifier,
-                           self.training.classifier_alignment)
+        return method_name(
+            self.training.projection, self.model.joint, self.model.classifier, self.training.classifier_alignment
+        )
 
     @property
     def peft_config(self) -> VPTNSPConfig:
@@ -317,10 +352,28 @@ def resolve_benchmark(name: str, argv: Sequence[str]) -> Benchmark:
 #: The `TrainingArguments` options a recipe's ``--help`` lists, next to the recipe's own and `NSPConfig`'s;
 #: ``--help_all`` lists every option (all are accepted).
 HELP_TRAINING_OPTIONS = (
-    "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "seed", "fp16", "bf16",
-    "use_cpu", "dataloader_num_workers", "dataloader_pin_memory", "logging_steps", "save_strategy", "save_total_limit",
-    "report_to", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_private_repo",
+    "output_dir",
+    "num_train_epochs",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "fp16",
+    "bf16",
+    "use_cpu",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "logging_steps",
+    "save_strategy",
+    "save_total_limit",
+    "report_to",
+    "disable_tqdm",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
 )
 
 
@@ -333,14 +386,22 @@ def recipe_parser(spec: Benchmark, argv: Sequence[str]) -> HfArgumentParser:
     """
     epilog = "Every other `transformers.TrainingArguments` option works too: `--help_all` lists them."
     dataset = "[--dataset DATASET]" if spec.dataset else "--dataset DATASET"
-    parser = HfArgumentParser((DataArguments, ModelArguments, NSPConfig), formatter_class=_HelpFormatter,
-                              usage=f"%(prog)s {dataset} [--num_tasks N] [option ...]", description=spec.description,
-                              epilog=epilog)
+    parser = HfArgumentParser(
+        (DataArguments, ModelArguments, NSPConfig),
+        formatter_class=_HelpFormatter,
+        usage=f"%(prog)s {dataset} [--num_tasks N] [option ...]",
+        description=spec.description,
+        epilog=epilog,
+    )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     clip = _pre_parse(argv, "--classifier", str) == "text"
     cuda = torch.cuda.is_available() and not _pre_parse(argv, "--use_cpu", string_to_bool, nargs="?", const=True)
-    defaults = {**AUTHORS_TRAINING, "temperature": spec.temperature, **(AUTHORS_CLIP_TRAINING if clip else {}),
-                **spec.training}
+    defaults = {
+        **AUTHORS_TRAINING,
+        "temperature": spec.temperature,
+        **(AUTHORS_CLIP_TRAINING if clip else {}),
+        **spec.training,
+    }
     defaults["per_device_train_batch_size"] = max(1, defaults["per_device_train_batch_size"] // world_size)
     defaults["fp16"] = cuda and not any(token.startswith("--bf16") for token in argv)
     defaults["dataloader_pin_memory"] = cuda  # pinning without CUDA only warns, once per DataLoader
@@ -355,10 +416,14 @@ def recipe_parser(spec: Benchmark, argv: Sequence[str]) -> HfArgumentParser:
         "lr_decay_epochs": "Epochs after which the learning rate is multiplied by `--lr_decay_factor`, replacing "
         "`--lr_scheduler_type` (default: after 40 %% and 70 %% of `--num_train_epochs`, the authors' schedule).",
     }
-    shown = {item.name for item in dataclasses.fields(NSPConfig)} - {item.name for item in
-                                                                       dataclasses.fields(TrainingArguments)}
-    shown |= {*HELP_TRAINING_OPTIONS, *(item.name for item in dataclasses.fields(DataArguments)),
-              *(item.name for item in dataclasses.fields(ModelArguments))}
+    shown = {item.name for item in dataclasses.fields(NSPConfig)} - {
+        item.name for item in dataclasses.fields(TrainingArguments)
+    }
+    shown |= {
+        *HELP_TRAINING_OPTIONS,
+        *(item.name for item in dataclasses.fields(DataArguments)),
+        *(item.name for item in dataclasses.fields(ModelArguments)),
+    }
     for action in parser._actions:  # argparse has no public API to edit an added argument
         if action.dest in described:
             action.help = described[action.dest]
@@ -419,8 +484,9 @@ def resolved_configuration(args: RecipeArguments) -> dict[str, Any]:
         "ln_loss_weight": config.ln_loss_weight if training.ln_loss_weight is None else training.ln_loss_weight,
         "classifier_alignment": training.classifier_alignment,
         "train_transform": (args.benchmark.autoaugment_policy, args.benchmark.crop_interpolation, "no flip"),
-        "eval_transform": "clip" if config.classifier == "text" else (
-            args.benchmark.eval_resize, args.benchmark.eval_interpolation),
+        "eval_transform": "clip"
+        if config.classifier == "text"
+        else (args.benchmark.eval_resize, args.benchmark.eval_interpolation),
         "splits": "authors' lists" if args.benchmark.authors_lists else args.benchmark.dataset,
         "seed": training.seed,
     }
@@ -441,5 +507,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _layouts_help() -> str:
-    return ("the ImageNet-R or DomainNet root (the authors' split lists), an `imagefolder` tree `<class>/<image>` "
-            "(optionally under `train/` and `test/`), or a DomainNet root with the official lists")
+    return (
+        "the ImageNet-R or DomainNet root (the authors' split lists), an `imagefolder` tree `<class>/<image>` "
+        "(optionally under `train/` and `test/`), or a DomainNet root with the official lists"
+    )

@@ -95,8 +95,9 @@ def resolve_layout(dataset: str, layout: str, authors_lists: str | None = None) 
     if layout == "hub":
         return layout
     if layout == "authors" and authors_lists is None:
-        raise ValueError("`--data_layout authors` is for ImageNet-R and DomainNet, the benchmarks with the authors' "
-                         "split lists.")
+        raise ValueError(
+            "`--data_layout authors` is for ImageNet-R and DomainNet, the benchmarks with the authors' split lists."
+        )
     if path.is_dir():
         has_lists = any(path.glob("*_train.txt"))
         if layout == "auto":

@@ -24,6 +24,7 @@ from .._io import write_atomically
 from ..continual.paper import PAPER_URL, paper_results
 from ..continual.stages import read_progress
 
+
 PAPER_SEEDS = (2024, 2025, 2026)
 SUMMARY_FILE = "summary.json"
 #: ``--method`` → the recipes' folder name part (``runs/<benchmark>-<part>-seed<seed>``).
@@ -53,13 +54,21 @@ def read_run(path: str | os.PathLike) -> RunSummary:
     run_dir = summary_path.parent
     record = read_progress(run_dir)
     if record is not None and record.finished_tasks < len(record.tasks):
-        raise ValueError(f"`{run_dir}` finished {record.finished_tasks} of {len(record.tasks)} tasks: finish the run "
-                         "(re-run its command) first.")
+        raise ValueError(
+            f"`{run_dir}` finished {record.finished_tasks} of {len(record.tasks)} tasks: finish the run "
+            "(re-run its command) first."
+        )
     seed = summary.get("seed", None if record is None else record.seed)
     metrics = summary["metrics"]
     forgetting = metrics.get("forgetting")
-    return RunSummary(str(run_dir), summary["benchmark"], summary["method"], seed, 100 * metrics["final_accuracy"],
-                      None if forgetting is None else 100 * forgetting)
+    return RunSummary(
+        str(run_dir),
+        summary["benchmark"],
+        summary["method"],
+        seed,
+        100 * metrics["final_accuracy"],
+        None if forgetting is None else 100 * forgetting,
+    )
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
@@ -91,23 +100,36 @@ def compare_with_paper(
     if None in run_seeds or len(set(run_seeds)) < len(run_seeds):
         raise ValueError(f"The runs' seeds {run_seeds} are unknown or repeated: each run must be a distinct seed.")
     if sorted(run_seeds) != list(PAPER_SEEDS):
-        message = (f"The runs' seeds {sorted(run_seeds)} are not the paper's {list(PAPER_SEEDS)}: the paper reports "
-                   "the mean of these three seeds.")
+        message = (
+            f"The runs' seeds {sorted(run_seeds)} are not the paper's {list(PAPER_SEEDS)}: the paper reports "
+            "the mean of these three seeds."
+        )
         if not allow_other_seeds:
             raise ValueError(message + " Pass `--allow_other_seeds` to compare anyway.")
         warnings.warn(message, stacklevel=2)
     benchmark, method = runs[0].benchmark, runs[0].method
     runs = sorted(runs, key=lambda run: run.seed)
-    ours = {"final_accuracy": mean_std([run.final_accuracy for run in runs]),
-            "forgetting": mean_std([run.forgetting for run in runs])}
+    ours = {
+        "final_accuracy": mean_std([run.final_accuracy for run in runs]),
+        "forgetting": mean_std([run.forgetting for run in runs]),
+    }
     published = paper_results(benchmark).get(method)
     paper = None if published is None else asdict(published)
-    difference = None if paper is None else {
-        key: None if ours[key] is None or paper[key] is None else ours[key]["mean"] - paper[key] for key in ours
+    difference = (
+        None
+        if paper is None
+        else {key: None if ours[key] is None or paper[key] is None else ours[key]["mean"] - paper[key] for key in ours}
+    )
+    return {
+        "benchmark": benchmark,
+        "method": method,
+        "seeds": [run.seed for run in runs],
+        "runs": [asdict(run) for run in runs],
+        **ours,
+        "paper": paper,
+        "difference": difference,
+        "paper_url": PAPER_URL,
     }
-    return {"benchmark": benchmark, "method": method, "seeds": [run.seed for run in runs],
-            "runs": [asdict(run) for run in runs], **ours, "paper": paper, "difference": difference,
-            "paper_url": PAPER_URL}
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
@@ -121,24 +143,33 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         return f"{value:+.2f}" if signed else f"{value:.2f}"
 
     method, n = comparison["method"], len(comparison["runs"])
-    rows = [f"| {method} (ours, mean ± std of {n}) | {cell(comparison['final_accuracy'])} | "
-            f"{cell(comparison['forgetting'])} |"]
+    rows = [
+        f"| {method} (ours, mean ± std of {n}) | {cell(comparison['final_accuracy'])} | "
+        f"{cell(comparison['forgetting'])} |"
+    ]
     paper = comparison["paper"]
     if paper is None:
         rows.append(f"| {method} (paper) | not reported | not reported |")
     else:
         rows.append(f"| {method} (paper, mean of 3) | {cell(paper['final_accuracy'])} | {cell(paper['forgetting'])} |")
         difference = comparison["difference"]
-        rows.append(f"| ours − paper | {cell(difference['final_accuracy'], signed=True)} | "
-                    f"{cell(difference['forgetting'], signed=True)} |")
-    per_seed = ", ".join(f"{run['seed']}: {cell(run['final_accuracy'])} / {cell(run['forgetting'])}"
-                         for run in comparison["runs"])
-    return "\n".join([
-        f"{method} on {comparison['benchmark']}, seeds {', '.join(map(str, comparison['seeds']))} "
-        f"({comparison['paper_url']}, Table 1):",
-        "| | final accuracy (%) | forgetting (%) |", "|---|---|---|", *rows,
-        f"Per seed (final accuracy / forgetting, %): {per_seed}.",
-    ])
+        rows.append(
+            f"| ours − paper | {cell(difference['final_accuracy'], signed=True)} | "
+            f"{cell(difference['forgetting'], signed=True)} |"
+        )
+    per_seed = ", ".join(
+        f"{run['seed']}: {cell(run['final_accuracy'])} / {cell(run['forgetting'])}" for run in comparison["runs"]
+    )
+    return "\n".join(
+        [
+            f"{method} on {comparison['benchmark']}, seeds {', '.join(map(str, comparison['seeds']))} "
+            f"({comparison['paper_url']}, Table 1):",
+            "| | final accuracy (%) | forgetting (%) |",
+            "|---|---|---|",
+            *rows,
+            f"Per seed (final accuracy / forgetting, %): {per_seed}.",
+        ]
+    )
 
 
 def run_folders(runs_root: str | os.PathLike, benchmark: str, method: str, seeds: Sequence[int]) -> list[Path]:
@@ -147,14 +178,22 @@ def run_folders(runs_root: str | os.PathLike, benchmark: str, method: str, seeds
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m peft_nsp.scripts.paper_comparison", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m peft_nsp.scripts.paper_comparison",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("runs", nargs="*", help="the runs' `output_dir`s (or their summary.json)")
     parser.add_argument("--runs_root", help="find the runs as <runs_root>/<benchmark>-<method>-seed<seed>")
     parser.add_argument("--benchmark", help="e.g. cifar100-10, imagenet-r-10 (needed with --runs_root; checked)")
     parser.add_argument("--method", default="nsp", choices=FOLDER_METHODS, help="with --runs_root (default: nsp)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(PAPER_SEEDS),
-                        help="with --runs_root: the seeds' folders (default: the paper's 2024 2025 2026)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(PAPER_SEEDS),
+        help="with --runs_root: the seeds' folders (default: the paper's 2024 2025 2026)",
+    )
     parser.add_argument("--allow_other_seeds", action="store_true", help="compare runs of other seeds (warns)")
     parser.add_argument("--json", type=Path, help="also write the comparison to this JSON file")
     args = parser.parse_args(argv)
@@ -164,8 +203,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error("--runs_root needs --benchmark")
     folders = args.runs or run_folders(args.runs_root, args.benchmark, args.method, args.seeds)
     try:
-        comparison = compare_with_paper([read_run(folder) for folder in folders], args.allow_other_seeds,
-                                        args.benchmark)
+        comparison = compare_with_paper(
+            [read_run(folder) for folder in folders], args.allow_other_seeds, args.benchmark
+        )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     print(format_comparison(comparison))

@@ -22,6 +22,7 @@ from ..timm_vit import is_timm_checkpoint, load_timm_vit
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
 
+
 if TYPE_CHECKING:
     from ..continual.loop import ContinualResult
 
@@ -49,11 +50,17 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
         data.train,
         data.test,
         num_tasks=args.num_tasks,
-        train_transform=AuthorsTrainTransform(size, mean, std, policy=spec.autoaugment_policy,
-                                              interpolation=spec.crop_interpolation,
-                                              auto_augment=args.data.auto_augment),
-        eval_transform=EvalTransform(size, mean, std, interpolation="bicubic", shorter_side=True) if clip else
-        EvalTransform(size, mean, std, resize_to=spec.eval_resize, interpolation=spec.eval_interpolation),
+        train_transform=AuthorsTrainTransform(
+            size,
+            mean,
+            std,
+            policy=spec.autoaugment_policy,
+            interpolation=spec.crop_interpolation,
+            auto_augment=args.data.auto_augment,
+        ),
+        eval_transform=EvalTransform(size, mean, std, interpolation="bicubic", shorter_side=True)
+        if clip
+        else EvalTransform(size, mean, std, resize_to=spec.eval_resize, interpolation=spec.eval_interpolation),
         image_column=data.image_column,
         label_column=data.label_column,
         joint=args.model.joint,
@@ -76,8 +83,9 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     if training.process_index == 0:
         print(write_summary(result, args), flush=True)
     if push:  # whatever a push after some task could not upload; raises (run intact) if it still fails
-        push_to_hub(result.output_dir, training.hub_model_id, private=training.hub_private_repo,
-                    token=training.hub_token)
+        push_to_hub(
+            result.output_dir, training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
+        )
     return result
 
 
@@ -90,9 +98,11 @@ def resume_message(output_dir: str | os.PathLike) -> str | None:
     if finished >= planned:
         return f"{output_dir} holds a finished run of {planned} tasks: nothing to train, its results follow."
     checkpoint = any(training_dir(output_dir, finished).glob("checkpoint-*"))
-    return (f"Resuming {output_dir} after task {finished} of {planned} (last stage: "
-            f"{stage_dir(output_dir, finished - 1)}); task-{finished} continues "
-            f"{'from its last Trainer checkpoint' if checkpoint else 'from its start'}.")
+    return (
+        f"Resuming {output_dir} after task {finished} of {planned} (last stage: "
+        f"{stage_dir(output_dir, finished - 1)}); task-{finished} continues "
+        f"{'from its last Trainer checkpoint' if checkpoint else 'from its start'}."
+    )
 
 
 def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTrainedModel, Any, int, list, list]:
@@ -135,8 +145,11 @@ def hub_unreachable(name: str) -> bool:
     try:
         huggingface_hub.HfApi().model_info(name, timeout=10)
     except Exception as error:  # a missing repository answers; no answer at all means no network
-        return isinstance(error, OSError) and not isinstance(error, huggingface_hub.errors.HfHubHTTPError) or any(
-            word in type(error).__name__ for word in ("Connect", "Timeout", "Network"))
+        return (
+            isinstance(error, OSError)
+            and not isinstance(error, huggingface_hub.errors.HfHubHTTPError)
+            or any(word in type(error).__name__ for word in ("Connect", "Timeout", "Network"))
+        )
     return False
 
 

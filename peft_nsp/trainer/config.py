@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 from ..continual.refinement import HeadRefinementArguments
 from ..nullspace.update import PROJECTION_MODES
 
+
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
 #: Adam-family `optim` values `weight_decay_mode="l2"` replaces by `torch.optim.Adam`.
 _ADAM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
@@ -92,7 +93,8 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     """
 
     temperature: float = field(
-        default=1.0, metadata={"help": "Training temperature: the heads' outputs are divided by it (saved in the adapter)."}
+        default=1.0,
+        metadata={"help": "Training temperature: the heads' outputs are divided by it (saved in the adapter)."},
     )
     ln_loss_weight: Optional[float] = field(
         default=None, metadata={"help": "λ of the LayerNorm consistency loss; default: the adapter config's."}
@@ -100,7 +102,10 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     projection: bool = field(default=True, metadata={"help": "Project prompt updates into the null space."})
     projection_mode: str = field(
         default="update",
-        metadata={"help": "What is projected: the optimizer's update or the gradient.", "choices": list(PROJECTION_MODES)},
+        metadata={
+            "help": "What is projected: the optimizer's update or the gradient.",
+            "choices": list(PROJECTION_MODES),
+        },
     )
     statistics_batch_size: int = field(
         default=32, metadata={"help": "Per-device batch size of the passes over the task's data after training."}
@@ -157,7 +162,9 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
             raise ValueError(f"`learning_rate` must be a finite number ≥ 0, got {self.learning_rate}.")
         if self.projection_mode not in PROJECTION_MODES:
-            raise ValueError(f"`projection_mode` must be one of {list(PROJECTION_MODES)}, got {self.projection_mode!r}.")
+            raise ValueError(
+                f"`projection_mode` must be one of {list(PROJECTION_MODES)}, got {self.projection_mode!r}."
+            )
         if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
             raise ValueError(
                 f"`weight_decay_mode` must be one of {list(WEIGHT_DECAY_MODES)}, got {self.weight_decay_mode!r}."
@@ -182,12 +189,40 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
 
     #: The settings a run records in its stages (`sequence.json`, the model card) and checks when it resumes.
     RECORDED_SETTINGS = (
-        "learning_rate", "weight_decay", "weight_decay_mode", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
-        "num_train_epochs", "max_steps", "dataset_repeats", "per_device_train_batch_size", "gradient_accumulation_steps",
-        "lr_scheduler_type", "warmup_steps", "lr_decay_epochs", "lr_decay_factor", "max_grad_norm", "fp16", "bf16",
-        "temperature", "ln_loss_weight", "projection", "projection_mode", "statistics_batch_size",
-        "classifier_alignment", "refine_epochs", "refine_learning_rate", "refine_momentum", "refine_nesterov",
-        "refine_weight_decay", "refine_samples_per_class", "refine_batch_size", "refine_covariance_ridge", "seed",
+        "learning_rate",
+        "weight_decay",
+        "weight_decay_mode",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "optim",
+        "num_train_epochs",
+        "max_steps",
+        "dataset_repeats",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "lr_decay_epochs",
+        "lr_decay_factor",
+        "max_grad_norm",
+        "fp16",
+        "bf16",
+        "temperature",
+        "ln_loss_weight",
+        "projection",
+        "projection_mode",
+        "statistics_batch_size",
+        "classifier_alignment",
+        "refine_epochs",
+        "refine_learning_rate",
+        "refine_momentum",
+        "refine_nesterov",
+        "refine_weight_decay",
+        "refine_samples_per_class",
+        "refine_batch_size",
+        "refine_covariance_ridge",
+        "seed",
     )
 
     def recorded_settings(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModel, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
+from .._io import write_atomically
+from ..continual.card import write_model_card
 from ..continual.data import (
     ClassIdLabels,
     ImageCollator,
@@ -28,8 +30,6 @@ from ..continual.data import (
     processor_transform,
     with_class_ids,
 )
-from .._io import write_atomically
-from ..continual.card import write_model_card
 from ..continual.metrics import count_correct
 from ..continual.refinement import refine_head
 from ..continual.stages import SEQUENCE_FILE, RunRecord, method_name
@@ -37,6 +37,7 @@ from ..tuner.config import VPTNSPConfig
 from ..tuner.model import VPTNSPModel
 from ..tuner.null_space_update import NonFiniteError
 from .config import NSPConfig
+
 
 #: Output fields of a backbone that are not predictions (only ``logits`` reaches `compute_metrics`).
 _NOT_PREDICTIONS = ["last_hidden_state", "pooler_output", "hidden_states", "attentions"]
@@ -128,8 +129,9 @@ class NSPTrainer(Trainer):
         self.task_dataset = None
         image_column = args.image_column
         if train_dataset is not None:
-            image_column, label_column = find_columns(train_dataset, args.image_column, args.label_column,
-                                                      "train_dataset")
+            image_column, label_column = find_columns(
+                train_dataset, args.image_column, args.label_column, "train_dataset"
+            )
             present = present_class_names(train_dataset, label_column)
             if task_classes is not None and sorted(task_classes) != sorted(present):
                 raise ValueError(
@@ -244,7 +246,9 @@ class NSPTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The `Trainer`'s, returning logits only (over all seen classes), never a backbone's hidden states."""
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys or _NOT_PREDICTIONS)
+        return super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys or _NOT_PREDICTIONS
+        )
 
     def get_train_dataloader(self) -> DataLoader:
         with self._collating(self._train_collator):
@@ -293,7 +297,9 @@ class NSPTrainer(Trainer):
             return
         folder = Path(output_dir or self.args.output_dir)
         if not (folder / "adapter_config.json").is_file():
-            raise ValueError(f"No adapter in `{folder}` to describe: call `trainer.save_model({str(folder)!r})` first.")
+            raise ValueError(
+                f"No adapter in `{folder}` to describe: call `trainer.save_model({str(folder)!r})` first."
+            )
         tuner = self.nsp_model
         config = tuner.peft_config[tuner.active_adapters[0]]
         tasks, start = [], 0
@@ -334,11 +340,15 @@ class NSPTrainer(Trainer):
         show = accelerator.is_main_process and not self.args.disable_tqdm
         # The pass also fits an analytic head, on the samples of every process placed by their index in the task.
         indices = range(accelerator.process_index, len(self.task_dataset), accelerator.num_processes)
-        tuner.update_null_space(tqdm(loader, desc=f"Null-space statistics of task {task}", disable=not show),
-                                reduce_fn=reduce_fn, sample_indices=indices)
+        tuner.update_null_space(
+            tqdm(loader, desc=f"Null-space statistics of task {task}", disable=not show),
+            reduce_fn=reduce_fn,
+            sample_indices=indices,
+        )
         if self.args.classifier_alignment:
-            tuner.update_class_statistics(tqdm(loader, desc=f"Class statistics of task {task}", disable=not show),
-                                          reduce_fn=reduce_fn)
+            tuner.update_class_statistics(
+                tqdm(loader, desc=f"Class statistics of task {task}", disable=not show), reduce_fn=reduce_fn
+            )
             refine_head(tuner, self.args.refinement_arguments(), seed=self.args.seed + task)
         tuner.check_finite()
         accelerator.wait_for_everyone()
@@ -380,7 +390,9 @@ def _check_vpt_nsp(model: Any) -> None:
         )
 
 
-def _peft_model(model: str | PreTrainedModel | PeftModel, peft_config: VPTNSPConfig | None, args: NSPConfig) -> PeftModel:
+def _peft_model(
+    model: str | PreTrainedModel | PeftModel, peft_config: VPTNSPConfig | None, args: NSPConfig
+) -> PeftModel:
     """The `PeftModel` to train: a new adapter on a base model, or the given one (TRL's rules)."""
     if isinstance(model, str):
         model = AutoModel.from_pretrained(model)
@@ -428,8 +440,9 @@ def _check_optimizer_holds_every_trainable_tensor(optimizer: torch.optim.Optimiz
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
     if missing:
-        shown = ", ".join(f"`{name}`" for name in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
-                                                                   else "")
+        shown = ", ".join(f"`{name}`" for name in missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
         raise ValueError(
             f"The optimizer does not hold {len(missing)} tensor(s) this task trains ({shown}): NSPTrainer adds the new "
             "task's head from `train_dataset`'s classes, after an optimizer built beforehand. Pass "

@@ -9,6 +9,7 @@ from .null_space_update import NonFiniteError, NullSpaceLayerReport
 from .router import HeadRouter, VPTNSPModelOutput
 from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
+
 __all__ = [
     "AnalyticClassifier",
     "ClassFeatureStatistics",

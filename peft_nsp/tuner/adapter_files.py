@@ -8,6 +8,7 @@ import os
 import struct
 from pathlib import Path
 
+
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 

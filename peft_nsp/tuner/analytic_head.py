@@ -23,6 +23,7 @@ from .._torch_utils import DeviceOnlyBuffers
 from .class_statistics import pack_symmetric, unpack_symmetric
 from .heads import ContinualClassifier, TaskHeads
 
+
 #: Every ``HOLDOUT_PERIOD``-th sample of a task (by its index in the task's data) is held out to choose λ.
 HOLDOUT_PERIOD = 5
 #: λ candidates when `analytic_ridge` is None (RanPAC's grid, powers of ten).
@@ -322,8 +323,9 @@ class AnalyticClassifier(TaskHeads):
             # The softmax scale: the held-out samples scored over every seen class by the solution without them.
             check = features[held]
             check_columns = columns.to(features.device)[held] + sum(self.task_sizes[:task])
-            without = ridge_solution(gram - check.T @ check,
-                                     all_targets - check.T @ one_hot(check_columns, all_targets.shape[1]), ridge)
+            without = ridge_solution(
+                gram - check.T @ check, all_targets - check.T @ one_hot(check_columns, all_targets.shape[1]), ridge
+            )
             scale = fit_softmax_scale(check @ without, check_columns)
         return AnalyticTaskFit(gram, block, weights, ridge, scale, len(columns))
 

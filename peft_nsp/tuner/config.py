@@ -17,6 +17,7 @@ from .adapter_files import WEIGHTS_FILE, check_safetensors_file
 from .analytic_head import DEFAULT_RIDGE_GRID
 from .heads import HEAD_INITS
 
+
 PROMPT_INITS = ("uniform", "zeros")
 THRESHOLD_MODES = ("adaptive", "times")
 CLASSIFIERS = ("linear", "text", "analytic")
@@ -156,7 +157,8 @@ class VPTNSPConfig(PeftConfig):
         default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
     )
     head_init: str = field(
-        default="trunc_normal", metadata={"help": "Initialisation of each new linear head.", "choices": list(HEAD_INITS)}
+        default="trunc_normal",
+        metadata={"help": "Initialisation of each new linear head.", "choices": list(HEAD_INITS)},
     )
     classifier: str = field(
         default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
@@ -249,8 +251,10 @@ class VPTNSPConfig(PeftConfig):
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"`analytic_projection_size` must be an integer ≥ 0, got {size!r}.")
         if self.analytic_ridge is not None and (not _finite(self.analytic_ridge) or self.analytic_ridge < 0):
-            raise ValueError(f"`analytic_ridge` must be None (chosen on held-out data) or a number ≥ 0, got "
-                             f"{self.analytic_ridge!r}.")
+            raise ValueError(
+                f"`analytic_ridge` must be None (chosen on held-out data) or a number ≥ 0, got "
+                f"{self.analytic_ridge!r}."
+            )
         grid = self.analytic_ridge_grid
         if not isinstance(grid, (list, tuple)) or not grid or not all(_finite(v) and v > 0 for v in grid):
             raise ValueError(f"`analytic_ridge_grid` must be a non-empty list of numbers > 0, got {grid!r}.")
@@ -262,7 +266,9 @@ class VPTNSPConfig(PeftConfig):
         if not isinstance(self.task_classes, list) or not all(
             isinstance(classes, list) and classes for classes in self.task_classes
         ):
-            raise ValueError("`task_classes` must be a list of non-empty lists of class ids (it is set by `add_task`).")
+            raise ValueError(
+                "`task_classes` must be a list of non-empty lists of class ids (it is set by `add_task`)."
+            )
         seen = [c for classes in self.task_classes for c in classes]
         if self.class_names and len(self.class_names) != len(seen):
             raise ValueError(
@@ -275,7 +281,6 @@ class VPTNSPConfig(PeftConfig):
             warnings.warn("`logit_scale` only applies to `classifier='text'`; it is ignored.")
         if self.threshold_mode == "times" and (self.threshold_offset1 or self.threshold_offset2):
             warnings.warn("`threshold_offset1/2` only apply to `threshold_mode='adaptive'`; they are ignored.")
-
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
@@ -316,5 +321,7 @@ def _layer_list(name: str, value) -> Optional[list[int]]:
         or not value
         or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
     ):
-        raise ValueError(f"`{name}` must be None (all layers) or a non-empty list of layer indices ≥ 0, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be None (all layers) or a non-empty list of layer indices ≥ 0, got {value!r}."
+        )
     return sorted(set(value))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+
 HEAD_INITS = ("trunc_normal", "pytorch", "authors")
 
 

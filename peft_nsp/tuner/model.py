@@ -22,6 +22,7 @@ from torch import nn
 from .._torch_utils import eval_mode, module_device
 from ..losses import layernorm_consistency_loss
 from ..nullspace.update import NullSpaceProjection, ProjectionTarget
+from .analytic_head import AnalyticClassifier, AnalyticTaskFit, holdout_mask
 from .architectures import (
     BLOCK_CLASSES,
     architecture,
@@ -30,7 +31,6 @@ from .architectures import (
     pooled_size,
     vision_config,
 )
-from .analytic_head import AnalyticClassifier, AnalyticTaskFit, holdout_mask
 from .class_statistics import ClassFeatureStatistics, collect_class_feature_sums, mean_and_covariance
 from .config import VPTNSPConfig
 from .heads import ContinualClassifier, TaskHeads
@@ -38,6 +38,7 @@ from .layer import VPTNSPLayer
 from .null_space_update import NullSpaceLayerReport, fold_task, raise_if_not_finite
 from .router import HeadRouter, VPTNSPModelOutput
 from .text_classifier import TextEmbeddingClassifier, encode_class_names
+
 
 __all__ = ["NullSpaceLayerReport", "VPTNSPModel", "VPTNSPModelOutput"]
 
@@ -113,10 +114,16 @@ class VPTNSPModel(BaseTuner):
         if recorded is None:
             peft_config.base_model_architecture = current
         else:
-            different = {key: (recorded[key], current[key]) for key in current if key in recorded
-                         if key != "model_class" and recorded[key] != current[key]}
+            different = {
+                key: (recorded[key], current[key])
+                for key in current
+                if key in recorded
+                if key != "model_class" and recorded[key] != current[key]
+            }
             if different:
-                details = ", ".join(f"{key} {old} (adapter) vs {new} (this model)" for key, (old, new) in different.items())
+                details = ", ".join(
+                    f"{key} {old} (adapter) vs {new} (this model)" for key, (old, new) in different.items()
+                )
                 raise ValueError(
                     f"This VPT-NSP² adapter was made on a `{recorded.get('model_class')}` with {_describe(recorded)}, "
                     f"but this `{current['model_class']}` differs: {details}. Load it onto the model it was trained on "
@@ -140,7 +147,7 @@ class VPTNSPModel(BaseTuner):
                     f"{blocks[:3]}...: only whole blocks can be prompted."
                 )
         prefix = f"{self._architecture.backbone}." if self._architecture.backbone else ""
-        container = blocks[0][len(prefix):].rsplit(".", 1)[0]
+        container = blocks[0][len(prefix) :].rsplit(".", 1)[0]
         numbers = "|".join(name.rsplit(".", 1)[1] for name in selected)
         peft_config.target_modules = rf"(?:.*\.)?{re.escape(container)}\.(?:{numbers})"
         return peft_config
@@ -157,8 +164,9 @@ class VPTNSPModel(BaseTuner):
         if isinstance(target, VPTNSPLayer):
             target.update_layer(adapter_name, peft_config)
             return
-        layer = VPTNSPLayer(target, layer_index=int(current_key.rsplit(".", 1)[1]),
-                            hidden_size=vision_config(self.model).hidden_size)
+        layer = VPTNSPLayer(
+            target, layer_index=int(current_key.rsplit(".", 1)[1]), hidden_size=vision_config(self.model).hidden_size
+        )
         layer.update_layer(adapter_name, peft_config)
         if adapter_name not in self.active_adapters:
             layer.requires_grad_(False)
@@ -187,8 +195,13 @@ class VPTNSPModel(BaseTuner):
             self.vpt_nsp_head[adapter_name] = head.to(device)
         elif config.classifier == "analytic":
             self.vpt_nsp_head[adapter_name] = AnalyticClassifier(
-                features, config.analytic_projection_size, config.analytic_ridge, config.analytic_ridge_grid,
-                config.analytic_seed, config.head_init, config.temperature,
+                features,
+                config.analytic_projection_size,
+                config.analytic_ridge,
+                config.analytic_ridge_grid,
+                config.analytic_seed,
+                config.head_init,
+                config.temperature,
             ).to(device)
         else:
             head = ContinualClassifier(features, config.head_init, config.temperature)
@@ -295,14 +308,19 @@ class VPTNSPModel(BaseTuner):
         to_model = {}
         for model_key in expected:
             checkpoint_key = cls._remove_adapter_name_from_key(model_key, adapter_name)
-            to_model[checkpoint_key if model_key.startswith("base_model.model.") else "base_model.model." + checkpoint_key] = model_key
+            to_model[
+                checkpoint_key if model_key.startswith("base_model.model.") else "base_model.model." + checkpoint_key
+            ] = model_key
         checkpoint = {_legacy_key(key, backbone): value for key, value in state_dict.items()}
         checkpoint = _match_backbone_prefix(checkpoint, to_model, backbone)
         remapped = {to_model.get(key, key): value for key, value in checkpoint.items()}
         missing = sorted(set(expected) - set(remapped))
         unexpected = sorted(set(remapped) - set(expected))
-        wrong_shape = [f"`{key}` {tuple(value.shape)} (checkpoint) vs {tuple(expected[key].shape)} (model)"
-                       for key, value in remapped.items() if key in expected and expected[key].shape != value.shape]
+        wrong_shape = [
+            f"`{key}` {tuple(value.shape)} (checkpoint) vs {tuple(expected[key].shape)} (model)"
+            for key, value in remapped.items()
+            if key in expected and expected[key].shape != value.shape
+        ]
         source = getattr(config, "loaded_from", None) or "the checkpoint"
         raise_if_not_finite(
             {key: value for key, value in remapped.items() if value.is_floating_point() and not value.is_meta},
@@ -310,8 +328,11 @@ class VPTNSPModel(BaseTuner):
         )
         if missing or unexpected or wrong_shape:
             problems = []
-            for label, keys in (("missing from the checkpoint", missing), ("not in this model", unexpected),
-                                ("of another shape", wrong_shape)):
+            for label, keys in (
+                ("missing from the checkpoint", missing),
+                ("not in this model", unexpected),
+                ("of another shape", wrong_shape),
+            ):
                 if keys:
                     problems.append(f"{len(keys)} {label} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})")
             recorded = config.base_model_architecture or {}
@@ -440,8 +461,11 @@ class VPTNSPModel(BaseTuner):
         adapter_name = adapter_name or self._active_adapter_name()
         config = self.peft_config[adapter_name]
         ids, names = _new_task_classes(classes, class_names, config)
-        named = class_names is not None or text_names is not None or not isinstance(classes, int) and all(
-            isinstance(c, str) for c in classes
+        named = (
+            class_names is not None
+            or text_names is not None
+            or not isinstance(classes, int)
+            and all(isinstance(c, str) for c in classes)
         )
         if config.classifier == "text" and class_embeddings is None and not named:
             raise ValueError(
@@ -460,7 +484,9 @@ class VPTNSPModel(BaseTuner):
         self._append_task(adapter_name, len(ids), class_embeddings)
         config.task_classes.append(ids)
         config.class_names.extend(names)
-        self._set_head_trainable(adapter_name, trainable=adapter_name in self.active_adapters and not config.inference_mode)
+        self._set_head_trainable(
+            adapter_name, trainable=adapter_name in self.active_adapters and not config.inference_mode
+        )
         self._sync_labels()
         return len(config.task_classes) - 1
 
@@ -489,7 +515,10 @@ class VPTNSPModel(BaseTuner):
                     "AutoTokenizer.from_pretrained(<model id>))`."
                 )
             class_embeddings = encode_class_names(
-                self.model, tokenizer, text_names, self.peft_config[adapter_name].text_templates,
+                self.model,
+                tokenizer,
+                text_names,
+                self.peft_config[adapter_name].text_templates,
                 padding=self._architecture.text_padding,
             )
         class_embeddings = torch.as_tensor(class_embeddings)
@@ -555,8 +584,14 @@ class VPTNSPModel(BaseTuner):
             forward, prepare_head = self._analytic_pass(head, forward, reduce_fn, sample_indices)
         with eval_mode(self.model):
             return fold_task(
-                self.prompted_layers(adapter_name), adapter_name, self.peft_config[adapter_name], batches,
-                forward, reduce_fn, chunk_size, prepare_head,
+                self.prompted_layers(adapter_name),
+                adapter_name,
+                self.peft_config[adapter_name],
+                batches,
+                forward,
+                reduce_fn,
+                chunk_size,
+                prepare_head,
             )
 
     def _analytic_pass(
@@ -637,8 +672,11 @@ class VPTNSPModel(BaseTuner):
         statistics) holds a NaN or Inf, naming them."""
         adapter_name = adapter_name or self._active_adapter_name()
         own = self._adapter_key(adapter_name)
-        tensors = {name: tensor for name, tensor in self.model.state_dict().items()
-                   if own.search(name) and tensor.is_floating_point()}
+        tensors = {
+            name: tensor
+            for name, tensor in self.model.state_dict().items()
+            if own.search(name) and tensor.is_floating_point()
+        }
         raise_if_not_finite(tensors, f"Adapter `{adapter_name}`")
 
     # ------------------------------------------------------------------ classifier alignment
@@ -760,9 +798,11 @@ def _names_by_task(config: VPTNSPConfig) -> list[list[str]]:
 def _describe(architecture: Mapping[str, Any]) -> str:
     if not architecture:
         return "an unrecorded architecture"
-    return (f"{architecture.get('num_hidden_layers', '?')} blocks, {architecture.get('num_attention_heads', '?')} "
-            f"attention heads, hidden size {architecture.get('hidden_size', '?')}, head input size "
-            f"{architecture.get('head_input_size', '?')}")
+    return (
+        f"{architecture.get('num_hidden_layers', '?')} blocks, {architecture.get('num_attention_heads', '?')} "
+        f"attention heads, hidden size {architecture.get('hidden_size', '?')}, head input size "
+        f"{architecture.get('head_input_size', '?')}"
+    )
 
 
 def _matches(target_modules: str | set[str], name: str) -> bool:
@@ -789,12 +829,12 @@ def _match_backbone_prefix(
     if set(state_dict) <= set(expected):
         return state_dict
     root = "base_model.model."
-    for name in filter(None, {backbone, *(key[len(root):].split(".", 1)[0] for key in state_dict)}):
+    for name in filter(None, {backbone, *(key[len(root) :].split(".", 1)[0] for key in state_dict)}):
         inner = f"{root}{name}."
         if backbone:  # the checkpoint comes from the bare backbone: add the prefix
-            moved = {(inner + key[len(root):] if key.startswith(root) else key): v for key, v in state_dict.items()}
+            moved = {(inner + key[len(root) :] if key.startswith(root) else key): v for key, v in state_dict.items()}
         else:  # the checkpoint comes from a classification model around this backbone: drop its prefix
-            moved = {(root + key[len(inner):] if key.startswith(inner) else key): v for key, v in state_dict.items()}
+            moved = {(root + key[len(inner) :] if key.startswith(inner) else key): v for key, v in state_dict.items()}
         if set(moved) <= set(expected):
             return moved
     return state_dict
@@ -839,7 +879,8 @@ def _gather_by_index(
     x = torch.zeros(size, local_x.shape[1], dtype=torch.float64, device=device).index_add_(0, indices, local_x)
     y = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, indices, local_y.double())
     count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(
-        0, indices, torch.ones(len(indices), dtype=torch.float64, device=device))
+        0, indices, torch.ones(len(indices), dtype=torch.float64, device=device)
+    )
     x, y, count = reduce_fn(x), reduce_fn(y), reduce_fn(count)
     if not bool((count == 1).all()):
         raise ValueError(

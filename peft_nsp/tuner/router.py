@@ -93,7 +93,7 @@ class HeadRouter:
     def set_class_names(self, names: Sequence[str]) -> None:
         """Name the logit columns in the model config (``id2label``/``label2id``), as `pipeline` reads them."""
         if names:
-            self._write_labels({i: name for i, name in enumerate(names)}, {name: i for i, name in enumerate(names)})
+            self._write_labels(dict(enumerate(names)), {name: i for i, name in enumerate(names)})
         else:
             self._write_labels(*self._base_labels)
 
@@ -156,7 +156,9 @@ class HeadRouter:
                 loss=loss,
                 logits=logits,
             )
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=outputs.attentions)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=hidden_states, attentions=outputs.attentions
+        )
 
     def _drop_prompt_tokens(self, hidden_states: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
         """The captured hidden states of a prompted block include its M prompt tokens; drop them.

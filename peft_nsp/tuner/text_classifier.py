@@ -72,7 +72,9 @@ def encode_class_names(
     chunks = []
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(texts[start : start + batch_size], padding=padding, truncation=True, return_tensors="pt")
+            tokens = tokenizer(
+                texts[start : start + batch_size], padding=padding, truncation=True, return_tensors="pt"
+            )
             inputs = {key: tokens[key].to(device) for key in ("input_ids", "attention_mask") if key in tokens}
             chunks.append(model.get_text_features(**inputs).pooler_output.float())
     return average_template_embeddings(torch.cat(chunks).reshape(len(class_names), len(templates), -1))

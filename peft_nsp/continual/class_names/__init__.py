@@ -15,6 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+
 #: Benchmark datasets with a shipped list.
 DATASETS = ("cifar100", "imagenet_r", "domainnet")
 
