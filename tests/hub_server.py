@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _REVISION = r"(?P<revision>[^/]+)"
 #: (HTTP method, route name, path pattern): every endpoint served.
@@ -155,11 +156,15 @@ class LocalHub:
             blob = self.folder / "blobs" / shas[path]
             blob.parent.mkdir(parents=True, exist_ok=True)
             blob.write_bytes(data)
-        oid = hashlib.sha1(json.dumps([parent, title, shas, len(list(self._repo_dir(repo).glob("commits/*")))])
-                           .encode()).hexdigest()
+        oid = hashlib.sha1(
+            json.dumps([parent, title, shas, len(list(self._repo_dir(repo).glob("commits/*")))]).encode()
+        ).hexdigest()
         date = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        self._write(repo, f"commits/{oid}.json",
-                    {"parent": parent, "title": title, "message": message, "date": date, "tree": shas})
+        self._write(
+            repo,
+            f"commits/{oid}.json",
+            {"parent": parent, "title": title, "message": message, "date": date, "tree": shas},
+        )
         return oid
 
     # ---------------------------------------------------------------------------------------------- endpoints
@@ -181,31 +186,49 @@ class LocalHub:
         return 200, {"warnings": []}
 
     def list_repo_refs(self, repo: str, **_: Any) -> tuple[int, Any]:
-        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
-                    for name, oid in self.branches_of(repo).items()]
+        branches = [
+            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
+            for name, oid in self.branches_of(repo).items()
+        ]
         return 200, {"branches": branches, "converts": [], "tags": []}
 
     def list_repo_commits(self, repo: str, revision: str, **_: Any) -> tuple[int, Any]:
-        return 200, [{"id": oid, "title": commit["title"], "message": commit["message"], "date": commit["date"],
-                      "authors": [{"user": "someone"}]} for oid, commit in self.history(repo, revision)]
+        return 200, [
+            {
+                "id": oid,
+                "title": commit["title"],
+                "message": commit["message"],
+                "date": commit["date"],
+                "authors": [{"user": "someone"}],
+            }
+            for oid, commit in self.history(repo, revision)
+        ]
 
     def list_repo_tree(self, repo: str, revision: str, **_: Any) -> tuple[int, Any]:
         """Every file of the revision (the recursive listing of the root, which is all `list_repo_files` asks)."""
         tree = self.commit(repo, self.resolve(repo, revision))["tree"]
-        return 200, [{"type": "file", "path": path, "oid": sha, "size": (self.folder / "blobs" / sha).stat().st_size}
-                     for path, sha in sorted(tree.items())]
+        return 200, [
+            {"type": "file", "path": path, "oid": sha, "size": (self.folder / "blobs" / sha).stat().st_size}
+            for path, sha in sorted(tree.items())
+        ]
 
     def repo_info(self, repo: str, revision: str | None = None, **_: Any) -> tuple[int, Any]:
         oid = self.resolve(repo, revision or "main")
         private = self._read(repo, "repo.json")["visibility"] == "private"
         files = sorted(self.commit(repo, oid)["tree"])
-        return 200, {"id": repo, "modelId": repo, "sha": oid, "private": private,
-                     "siblings": [{"rfilename": path} for path in files]}
+        return 200, {
+            "id": repo,
+            "modelId": repo,
+            "sha": oid,
+            "private": private,
+            "siblings": [{"rfilename": path} for path in files],
+        }
 
     def preupload(self, repo: str, body: dict[str, Any], **_: Any) -> tuple[int, Any]:
         self._read(repo, "refs.json")
-        return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                               for f in body["files"]]}
+        return 200, {
+            "files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in body["files"]]
+        }
 
     def create_commit(self, repo: str, revision: str, lines: list[dict[str, Any]], **_: Any) -> tuple[int, Any]:
         head = self.resolve(repo, revision)
@@ -265,8 +288,12 @@ class LocalHub:
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(hf_api.api, "endpoint", self.url)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
-        for name, value in {"HF_ENDPOINT": self.url, "HF_HUB_CACHE": str(cache_dir), "HF_TOKEN": token,
-                            "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+        for name, value in {
+            "HF_ENDPOINT": self.url,
+            "HF_HUB_CACHE": str(cache_dir),
+            "HF_TOKEN": token,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }.items():
             monkeypatch.setenv(name, value)
 
     # ---------------------------------------------------------------------------------------------- for assertions
@@ -353,8 +380,11 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                     fault.reached.set()
                     fault.release.wait()
             except HubError as error:
-                self._send(error.status, {"error": str(error), **error.extra},
-                           {"X-Error-Code": error.code} if error.code else {})
+                self._send(
+                    error.status,
+                    {"error": str(error), **error.extra},
+                    {"X-Error-Code": error.code} if error.code else {},
+                )
                 return
             if route == "resolve":
                 etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id, as the Hub's
@@ -377,8 +407,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, answer: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(answer).encode()
-            self._send_bytes(status, data, {"Content-Type": "application/json", **(headers or {})},
-                             with_body=self.command != "HEAD")
+            self._send_bytes(
+                status, data, {"Content-Type": "application/json", **(headers or {})}, with_body=self.command != "HEAD"
+            )
 
         def _send_bytes(self, status: int, data: bytes, headers: dict[str, str], with_body: bool) -> None:
             try:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from testing_utils import tiny_model, to_tensor
+from hub_server import Fault, LocalHub
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from hub_server import Fault, LocalHub
 from peft import PeftModel
 from test_loop import TEST, final_state, run
+from testing_utils import tiny_model, to_tensor
 
 from peft_nsp.continual import ContinualMetrics
 from peft_nsp.continual.card import render_model_card
@@ -38,11 +38,17 @@ from peft_nsp.hub import (
     stage_revision,
 )
 
+
 REPO = "someone/vpt-nsp-toy"
 RUN_INFO = {"benchmark": "cifar100-10", "dataset": "uoft-cs/cifar100", "base_model": "google/vit-base-patch16-224"}
 STAGE_FILES = {
-    "README.md", "accuracy_curve.png", "accuracy_matrix.png", "adapter_config.json", "adapter_model.safetensors",
-    "metrics.json", "sequence.json",
+    "README.md",
+    "accuracy_curve.png",
+    "accuracy_matrix.png",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "metrics.json",
+    "sequence.json",
 }
 
 
@@ -108,17 +114,22 @@ def test_hook_commits_each_task_and_catches_up_after_a_failed_push(pushed_run):
     assert "run the same push again to resume" in warnings[0] and "Training goes on" in warnings[0]
     commits = [call for call in calls if call[0] in ("create_commit", "create_branch")]
     assert commits == [
-        ("create_commit", "task-0"), ("create_branch", "task-0"),
+        ("create_commit", "task-0"),
+        ("create_branch", "task-0"),
         ("create_commit", "task-1"),  # lost: the hook warned, training went on
-        ("create_commit", "task-1"), ("create_branch", "task-1"),  # the push after task 2 caught up
-        ("create_commit", "task-2"), ("create_branch", "task-2"),
+        ("create_commit", "task-1"),
+        ("create_branch", "task-1"),  # the push after task 2 caught up
+        ("create_commit", "task-2"),
+        ("create_branch", "task-2"),
     ]
     assert hub.visibility(REPO) == "private"
     assert titles(hub, REPO) == ["initial commit", "Add task-0", "Add task-1", "Add task-2"]
     branches = hub.branches_of(REPO)
     assert sorted(branches) == ["main", "task-0", "task-1", "task-2"] and branches["main"] == branches["task-2"]
     assert [(p.revision, p.action) for p in push_to_hub(output_dir, REPO)] == [
-        ("task-0", "unchanged"), ("task-1", "unchanged"), ("task-2", "unchanged")
+        ("task-0", "unchanged"),
+        ("task-1", "unchanged"),
+        ("task-2", "unchanged"),
     ]
 
 
@@ -140,7 +151,9 @@ def test_each_task_commit_holds_exactly_its_stage_and_the_branch_names_it(pushed
         assert parent == (branches[f"task-{task - 1}"] if task else initial)
     card = hub.tree(REPO, "task-2")["README.md"].decode()
     assert 'PeftModel.from_pretrained(base, "someone/vpt-nsp-toy", revision="task-2")' in card
-    assert 'pipeline("image-classification", model=snapshot_download("someone/vpt-nsp-toy", revision="task-2"))' in card
+    assert (
+        'pipeline("image-classification", model=snapshot_download("someone/vpt-nsp-toy", revision="task-2"))' in card
+    )
     local_card = (output_dir / "tasks" / "task-2" / "README.md").read_text()
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-2")' in local_card  # the local card is untouched
 
@@ -166,7 +179,13 @@ def test_card_parses_and_its_metadata_is_valid_for_the_hub(pushed_run):
     assert name == "vpt-nsp-toy"
     metrics = result.metrics
     assert [(r.metric_type, r.metric_value, r.dataset_type, r.dataset_name, r.task_type) for r in results] == [
-        ("accuracy", round(100 * metrics.final_accuracy, 2), "uoft-cs/cifar100", "cifar100-10", "image-classification"),
+        (
+            "accuracy",
+            round(100 * metrics.final_accuracy, 2),
+            "uoft-cs/cifar100",
+            "cifar100-10",
+            "image-classification",
+        ),
         ("forgetting", round(100 * metrics.forgetting, 2), "uoft-cs/cifar100", "cifar100-10", "image-classification"),
     ]
     text = card.text
@@ -190,7 +209,8 @@ def test_card_without_run_info_has_no_hub_claims(pushed_run, tmp_path):
     (stage / "sequence.json").write_text(json.dumps({**sequence, "run_info": {}}))
     card = ModelCard(str(build_model_card(stage)))
     assert card.data.to_dict() == {
-        "library_name": "peft", "pipeline_tag": "image-classification",
+        "library_name": "peft",
+        "pipeline_tag": "image-classification",
         "tags": ["peft-nsp", "vpt-nsp", "continual-learning", "class-incremental-learning", "visual-prompt-tuning"],
     }
     assert "(paper)" not in card.text and "| VPT-NSP², after task 0 (1 of 3 tasks) (this run) | " in card.text
@@ -210,8 +230,12 @@ def test_every_revision_loads_from_its_stage_folder_and_from_the_hub(pushed_run,
         assert local.class_names() == remote.class_names() == names
         assert remote.config.id2label == dict(enumerate(names))
         with torch.no_grad():
-            torch.testing.assert_close(local(pixel_values=pixel_values).logits,
-                                       remote.eval()(pixel_values=pixel_values).logits, rtol=0, atol=0)
+            torch.testing.assert_close(
+                local(pixel_values=pixel_values).logits,
+                remote.eval()(pixel_values=pixel_values).logits,
+                rtol=0,
+                atol=0,
+            )
 
 
 @pytest.mark.parametrize(
@@ -224,8 +248,14 @@ def test_every_revision_loads_from_its_stage_folder_and_from_the_hub(pushed_run,
         (Fault("create_branch", "task-2", "after-500"), ["task-0", "task-1", "task-2"], ["unchanged"] * 3),
         (Fault("list_repo_refs", None, "500"), [], ["committed"] * 3),
     ],
-    ids=["commit-not-made", "commit-made-response-lost", "commit-unauthorized", "branch-not-made",
-         "branch-made-response-lost", "reading"],
+    ids=[
+        "commit-not-made",
+        "commit-made-response-lost",
+        "commit-unauthorized",
+        "branch-not-made",
+        "branch-made-response-lost",
+        "reading",
+    ],
 )
 def test_failed_push_keeps_the_local_output_and_a_rerun_resumes_without_duplicates(
     pushed_run, hub, repo, tmp_path, fault, branches_left, resumed
@@ -236,7 +266,8 @@ def test_failed_push_keeps_the_local_output_and_a_rerun_resumes_without_duplicat
     with pytest.raises(HubPushError, match="run the same push again to resume") as error:
         push_to_hub(output_dir, repo)
     assert f"(HfHubHTTPError: {'Client' if fault.action == '401' else 'Server'} error '{fault.action[-3:]}" in str(
-        error.value)
+        error.value
+    )
     assert snapshot(output_dir) == before
     assert sorted(hub.branches_of(repo)) == ["main", *branches_left]
     assert [p.action for p in push_to_hub(output_dir, repo)] == resumed
@@ -270,8 +301,11 @@ def test_a_push_killed_mid_commit_resumes_without_duplicates(pushed_run, hub, re
     output_dir = copy_run(pushed_run[1], tmp_path / "run")
     fault = Fault("create_commit", "task-1", action)
     hub.faults.append(fault)
-    push = subprocess.Popen([sys.executable, "-m", "peft_nsp.hub", "push", str(output_dir), "--hub_model_id", repo],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    push = subprocess.Popen(
+        [sys.executable, "-m", "peft_nsp.hub", "push", str(output_dir), "--hub_model_id", repo],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert fault.reached.wait(120), "the push never reached the commit of task 1"
     finally:
@@ -346,7 +380,9 @@ def test_cli_pushes_and_reports_failures(pushed_run, hub, repo, tmp_path):
     assert failed.returncode == 1 and f"Pushing `task-0` to `{repo}` failed (HfHubHTTPError" in failed.stderr
     pushed = cli("push", str(output_dir), "--hub_model_id", repo)
     assert [line.split(" (")[0] for line in pushed.stdout.splitlines()] == [
-        "task-0: branched", "task-1: committed", "task-2: committed"
+        "task-0: branched",
+        "task-1: committed",
+        "task-2: committed",
     ]
     assert hub.visibility(repo) == "private"
     materialized = cli("materialize", repo, str(tmp_path / "continued"), "--revision", "task-2")
@@ -366,10 +402,28 @@ def test_the_wheel_ships_the_card_template(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
-    source = shutil.copytree(root, tmp_path / "source", symlinks=True,  # the build writes into its source tree
-                             ignore=shutil.ignore_patterns(".git", "build", "runs", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(source)], check=True, cwd=tmp_path)
+    source = shutil.copytree(
+        root,
+        tmp_path / "source",
+        symlinks=True,  # the build writes into its source tree
+        ignore=shutil.ignore_patterns(".git", "build", "runs", "*.egg-info", "__pycache__"),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("peft_nsp-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.read("peft_nsp/continual/model_card_template.md")
@@ -379,20 +433,37 @@ def test_the_wheel_ships_the_card_template(tmp_path):
 def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_repository(pushed_run, hub, repo, tmp_path):
     """A repository holding task-0 only; a run continued from `<repo>@task-0` (downloaded over HTTP) on the other
     classes lands as task-1, task-2 of the same repository, with cards describing the longer sequence."""
+    from test_loop import TRAIN
+
     from peft_nsp.continual.loop import run_class_incremental
     from peft_nsp.trainer import NSPConfig
-    from test_loop import TRAIN
 
     result, output_dir = pushed_run[:2]
     materialize_stage(output_dir / "tasks" / "task-0", tmp_path / "first-only")  # a run that stopped after task 0
     push_to_hub(tmp_path / "first-only", repo)
-    args = NSPConfig(output_dir=str(tmp_path / "continued"), num_train_epochs=1, per_device_train_batch_size=4,
-                     learning_rate=0.05, report_to="none", use_cpu=True, disable_tqdm=True, seed=5,
-                     save_strategy="no")
+    args = NSPConfig(
+        output_dir=str(tmp_path / "continued"),
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=5,
+        save_strategy="no",
+    )
     calls = len(hub.calls)
     continued = run_class_incremental(
-        tiny_model("vit", seed=2), None, args, TRAIN, TEST, num_tasks=2, train_transform=to_tensor,
-        continue_from=f"{repo}@task-0", run_info=RUN_INFO, on_stage_saved=push_after_each_task(repo),
+        tiny_model("vit", seed=2),
+        None,
+        args,
+        TRAIN,
+        TEST,
+        num_tasks=2,
+        train_transform=to_tensor,
+        continue_from=f"{repo}@task-0",
+        run_info=RUN_INFO,
+        on_stage_saved=push_after_each_task(repo),
     )
     assert ("resolve", "task-0") in hub.calls[calls:]
     assert continued.record.tasks[0] == result.record.tasks[0] and len(continued.record.tasks) == 3
@@ -416,7 +487,8 @@ def test_pipeline_of_a_hub_revision(pushed_run, hub, repo, tmp_path):
     base_dir, base_repo = tmp_path / "base", f"{repo}-base"
     tiny_model("vit", seed=2).save_pretrained(base_dir)
     ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        base_dir)
+        base_dir
+    )
     api = HfApi()
     api.create_repo(base_repo)
     api.upload_folder(folder_path=base_dir, repo_id=base_repo)
@@ -441,7 +513,9 @@ def test_importing_the_hub_package_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, peft_nsp.hub, peft_nsp.continual.stages; "
-            "print([m for m in ('transformers.trainer', 'matplotlib', 'peft_nsp.continual.loop') if m in sys.modules])")
+    code = (
+        "import sys, peft_nsp.hub, peft_nsp.continual.stages; "
+        "print([m for m in ('transformers.trainer', 'matplotlib', 'peft_nsp.continual.loop') if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from testing_utils import blob_images, prompts, tiny_model, to_tensor
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from peft import PeftModel, get_peft_model
+from testing_utils import blob_images, prompts, tiny_model, to_tensor
 from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
@@ -17,14 +17,23 @@ from peft_nsp.continual.data import split_classes
 from peft_nsp.continual.loop import run_class_incremental
 from peft_nsp.trainer import NSPConfig
 
+
 TRAIN = blob_images(6, 6)
 TEST = blob_images(6, 3, seed=1)
 
 
 def run(output_dir, callbacks=(), **kwargs):
     arguments = dict(
-        output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=0.05,
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=5, save_strategy="steps", save_steps=2,
+        output_dir=str(output_dir),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=5,
+        save_strategy="steps",
+        save_steps=2,
         logging_steps=50,
     )
     arguments.update(kwargs)
@@ -34,8 +43,16 @@ def run(output_dir, callbacks=(), **kwargs):
     transform = arguments.pop("train_transform", to_tensor)
     hooks = {key: arguments.pop(key) for key in ("run_info", "on_stage_saved") if key in arguments}
     return run_class_incremental(
-        tiny_model("vit", seed=2), peft_config, NSPConfig(**arguments), TRAIN, test,
-        num_tasks=3, train_transform=transform, joint=joint, callbacks=callbacks, **hooks,
+        tiny_model("vit", seed=2),
+        peft_config,
+        NSPConfig(**arguments),
+        TRAIN,
+        test,
+        num_tasks=3,
+        train_transform=transform,
+        joint=joint,
+        callbacks=callbacks,
+        **hooks,
     )
 
 
@@ -134,42 +151,72 @@ def test_vpt_seq_and_joint_baselines_share_the_code_path(tmp_path):
     [
         (TRAIN.remove_columns("label"), r"has 0 ClassLabel columns \(\[\]\).*cast one to a `ClassLabel` column"),
         (TRAIN.cast_column("label", Value("int64")), "has 0 ClassLabel columns"),
-        (Dataset.from_dict({"image": [[0.0]] * 4, "label": [0, 1, 2, 3]},
-                           features=Features({"image": [Value("float32")], "label": ClassLabel(num_classes=6)})),
-         "has 0 Image columns.*cast one to a `datasets.Image` column"),
+        (
+            Dataset.from_dict(
+                {"image": [[0.0]] * 4, "label": [0, 1, 2, 3]},
+                features=Features({"image": [Value("float32")], "label": ClassLabel(num_classes=6)}),
+            ),
+            "has 0 Image columns.*cast one to a `datasets.Image` column",
+        ),
         (DatasetDict({"train": TRAIN}), "must be a `datasets.Dataset`"),
     ],
 )
 def test_bad_datasets_are_clear_errors(tmp_path, train, message):
     with pytest.raises(ValueError, match=message):
         run_class_incremental(
-            tiny_model("vit"), VPTNSPConfig(), NSPConfig(output_dir=str(tmp_path), report_to="none"),
-            train, TEST, num_tasks=3, train_transform=to_tensor,
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            NSPConfig(output_dir=str(tmp_path), report_to="none"),
+            train,
+            TEST,
+            num_tasks=3,
+            train_transform=to_tensor,
         )
 
 
 def test_named_columns_that_do_not_fit_are_clear_errors(tmp_path):
     args = NSPConfig(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(ValueError, match="no label column `target`"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=3,
-                              train_transform=to_tensor, label_column="target")
+        run_class_incremental(
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            TRAIN,
+            TEST,
+            num_tasks=3,
+            train_transform=to_tensor,
+            label_column="target",
+        )
     with pytest.raises(ValueError, match="must be a `ClassLabel` column"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN.cast_column("label", Value("int64")),
-                              TEST, num_tasks=3, train_transform=to_tensor, label_column="label")
+        run_class_incremental(
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            TRAIN.cast_column("label", Value("int64")),
+            TEST,
+            num_tasks=3,
+            train_transform=to_tensor,
+            label_column="label",
+        )
 
 
 def test_indivisible_classes_and_empty_tasks_are_clear_errors(tmp_path):
     args = NSPConfig(output_dir=str(tmp_path), report_to="none")
-    with pytest.raises(ValueError, match=r"6 classes cannot be cut into 4 equal tasks of at least two.*among \[1, 2, 3\]"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=4,
-                              train_transform=to_tensor)
+    with pytest.raises(
+        ValueError, match=r"6 classes cannot be cut into 4 equal tasks of at least two.*among \[1, 2, 3\]"
+    ):
+        run_class_incremental(
+            tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=4, train_transform=to_tensor
+        )
     with pytest.raises(ValueError, match="6 classes cannot be cut into 6 equal tasks.*one-class task trains nothing"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=6,
-                              train_transform=to_tensor)
+        run_class_incremental(
+            tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=6, train_transform=to_tensor
+        )
     without_classes = TRAIN.select([i for i, label in enumerate(TRAIN["label"]) if label not in (1, 4)])
     with pytest.raises(ValueError, match=r"`train_dataset` has no samples of classes \['class_1', 'class_4'\]"):
-        run_class_incremental(tiny_model("vit"), VPTNSPConfig(), args, without_classes, TEST, num_tasks=3,
-                              train_transform=to_tensor)
+        run_class_incremental(
+            tiny_model("vit"), VPTNSPConfig(), args, without_classes, TEST, num_tasks=3, train_transform=to_tensor
+        )
     test_without_class_4 = TEST.select([i for i, label in enumerate(TEST["label"]) if label != 4])
     with pytest.warns(UserWarning, match=r"`test_dataset` has no samples of classes \[4\]"):
         run(tmp_path / "warned", num_train_epochs=1, test=test_without_class_4)
@@ -207,7 +254,10 @@ def test_deprecated_module_paths_and_functions_still_work(tmp_path):
 
     from accelerate import Accelerator
 
-    for old, new in (("peft_nsp.hub.card", "peft_nsp.continual.card"), ("peft_nsp.hub.stages", "peft_nsp.continual.stages")):
+    for old, new in (
+        ("peft_nsp.hub.card", "peft_nsp.continual.card"),
+        ("peft_nsp.hub.stages", "peft_nsp.continual.stages"),
+    ):
         sys.modules.pop(old, None)
         with pytest.warns(FutureWarning, match=f"import from `{new}`"):
             importlib.import_module(old)
@@ -220,5 +270,7 @@ def test_deprecated_module_paths_and_functions_still_work(tmp_path):
         correct, total = evaluate_seen_tasks(model, TEST, [[1, 4]], to_tensor, args, Accelerator(cpu=True))
     rows = [row for row in TEST if row["label"] in (1, 4)]
     with torch.no_grad():
-        predicted = [[1, 4][i] for i in model.eval()(pixel_values=to_tensor([r["image"] for r in rows])).logits.argmax(-1)]
+        predicted = [
+            [1, 4][i] for i in model.eval()(pixel_values=to_tensor([r["image"] for r in rows])).logits.argmax(-1)
+        ]
     assert total == [len(rows)] and correct == [sum(p == r["label"] for p, r in zip(predicted, rows))]

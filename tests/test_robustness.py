@@ -15,14 +15,14 @@ import time
 
 import pytest
 import torch
-from testing_utils import tiny_config, tiny_model, to_tensor
 from filelock import FileLock
+from hub_server import Fault, LocalHub
 from peft import PeftModel, get_peft_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from hub_server import Fault, LocalHub
 from test_hub import REPO
 from test_loop import TEST, TRAIN, Interrupt, final_state, run
+from testing_utils import tiny_config, tiny_model, to_tensor
 from transformers import TrainerCallback, ViTModel
 
 from peft_nsp import VPTNSPConfig
@@ -31,6 +31,7 @@ from peft_nsp.hub import HubPushError, materialize_stage, push_after_each_task
 from peft_nsp.hub.push import push_with_deadline
 from peft_nsp.trainer import NSPConfig
 from peft_nsp.tuner import NonFiniteError
+
 
 IMAGES = to_tensor([row["image"] for row in TRAIN.select(range(6))])
 
@@ -213,8 +214,9 @@ def _save_file_hitting(limit: str, where: str, real):
     ],
     ids=["checkpoint", "stage"],
 )
-def test_a_disk_limit_inside_safetensors_is_named_and_the_rerun_completes(tmp_path, monkeypatch, limit, where,
-                                                                           message):
+def test_a_disk_limit_inside_safetensors_is_named_and_the_rerun_completes(
+    tmp_path, monkeypatch, limit, where, message
+):
     import peft.peft_model
 
     real = peft.peft_model.safe_save_file
@@ -253,8 +255,11 @@ def test_checkpoints_of_a_task_whose_stage_is_written_never_stay(tmp_path, monke
 def test_a_resume_with_changed_settings_is_refused_or_recorded(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, callbacks=[Interrupt(2, 0)])
-    with pytest.raises(ValueError, match=r"other settings: `learning_rate`: 0.05 \(run\) → 0.1 \(now\).*"
-                                         r"`resume_with_changed_settings=True`"):
+    with pytest.raises(
+        ValueError,
+        match=r"other settings: `learning_rate`: 0.05 \(run\) → 0.1 \(now\).*"
+        r"`resume_with_changed_settings=True`",
+    ):
         run(tmp_path, learning_rate=0.1)
     with pytest.raises(ValueError, match=r"`eta1`: 0.97 \(run\) → 0.5 \(now\)"):
         run(tmp_path, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5))
@@ -279,12 +284,23 @@ def _adapter(stage):
 def test_a_changed_eta_applies_from_the_next_task_and_a_prompt_length_change_is_refused(tmp_path):
     changed, unchanged = _killed_copies(tmp_path, ["changed", "unchanged"], task=1)
     for allowed in (False, True):  # no flag makes the prompts' length changeable
-        with pytest.raises(ValueError, match=r"`prompt_length`: 2 \(run\) → 3 \(now\).*`prompt_length` cannot "
-                                             r"change on resume.*start a new `output_dir`"):
-            run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=3),
-                resume_with_changed_settings=allowed)
-    result = run(changed, num_train_epochs=1, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5),
-                 resume_with_changed_settings=True)
+        with pytest.raises(
+            ValueError,
+            match=r"`prompt_length`: 2 \(run\) → 3 \(now\).*`prompt_length` cannot "
+            r"change on resume.*start a new `output_dir`",
+        ):
+            run(
+                changed,
+                num_train_epochs=1,
+                peft_config=VPTNSPConfig(prompt_length=3),
+                resume_with_changed_settings=allowed,
+            )
+    result = run(
+        changed,
+        num_train_epochs=1,
+        peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5),
+        resume_with_changed_settings=True,
+    )
     reference = run(unchanged, num_train_epochs=1)
     assert result.record.settings_changes == [{"task": 1, "changed": {"eta1": [0.97, 0.5], "eta2": [0.97, 0.5]}}]
     assert result.record.settings["eta1"] == 0.97 and result.record.method == "VPT-NSP²"
@@ -415,15 +431,22 @@ def test_a_flipped_bit_in_a_stage_is_found_before_it_is_resumed_or_continued(tmp
     data[-3] ^= 0x01  # a weight's low bit: the file still loads, with one value changed
     weights.write_bytes(bytes(data))
     load_file(weights)
-    message = (r"The stage `.*task-0` was damaged after it was written: `adapter_model.safetensors` differ\(s\) from "
-               r"the checksum in `.sha256`.*--revision task-0")
+    message = (
+        r"The stage `.*task-0` was damaged after it was written: `adapter_model.safetensors` differ\(s\) from "
+        r"the checksum in `.sha256`.*--revision task-0"
+    )
     with pytest.raises(ValueError, match=message):
         run(tmp_path / "run", num_train_epochs=1)
     with pytest.raises(ValueError, match=message):
         loop.run_class_incremental(
-            tiny_model("vit", seed=2), None, NSPConfig(output_dir=str(tmp_path / "continued"), report_to="none",
-                                                       use_cpu=True), TRAIN, TEST, num_tasks=2,
-            train_transform=to_tensor, continue_from=stage,
+            tiny_model("vit", seed=2),
+            None,
+            NSPConfig(output_dir=str(tmp_path / "continued"), report_to="none", use_cpu=True),
+            TRAIN,
+            TEST,
+            num_tasks=2,
+            train_transform=to_tensor,
+            continue_from=stage,
         )
     with pytest.raises(ValueError, match=message):
         materialize_stage(stage, tmp_path / "materialized")

@@ -17,13 +17,23 @@ from .metrics import ContinualMetrics
 from .paper import PAPER_TITLE, PAPER_URL, comparison_rows
 from .stages import CARD_FILE, RunRecord, read_record, stage_revision
 
+
 #: The template inside the package (a copy of `model_cards/vpt_nsp.md` in a wheel, a link to it in a checkout).
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card_template.md")
 TAGS = ["peft-nsp", "vpt-nsp", "continual-learning", "class-incremental-learning", "visual-prompt-tuning"]
 # adapter_config.json keys that are bookkeeping, not settings of the method
 _ADAPTER_BOOKKEEPING = {
-    "auto_mapping", "base_model_name_or_path", "inference_mode", "peft_type", "peft_version", "revision",
-    "target_modules", "task_classes", "class_names", "task_type", "base_model_architecture",
+    "auto_mapping",
+    "base_model_name_or_path",
+    "inference_mode",
+    "peft_type",
+    "peft_version",
+    "revision",
+    "target_modules",
+    "task_classes",
+    "class_names",
+    "task_type",
+    "base_model_architecture",
 }
 
 
@@ -79,8 +89,11 @@ def build_model_card(
         continued_from=record.continued_from,
         class_order=", ".join(f"{c}: {name}" for c, name in enumerate(record.class_names)),
         task_rows=[
-            {"task": k, "revision": stage_revision(k),
-             "classes": ", ".join(f"{_cell(name)} ({c})" for name, c in zip(names, class_ids[k]))}
+            {
+                "task": k,
+                "revision": stage_revision(k),
+                "classes": ", ".join(f"{_cell(name)} ({c})" for name, c in zip(names, class_ids[k])),
+            }
             for k, names in enumerate(record.tasks)
         ],
         hyperparameters=record.settings,
@@ -92,7 +105,9 @@ def build_model_card(
             None if math.isnan(summary["forgetting"]) else summary["forgetting"],
             benchmark,
             f"{record.method}, after task {task} ({task + 1} of {len(record.tasks)} tasks)",
-        ) if measured else [],
+        )
+        if measured
+        else [],
         average_incremental_accuracy=f"{100 * summary['average_incremental_accuracy']:.2f}" if measured else None,
     )
 
@@ -128,13 +143,21 @@ def _eval_results(metrics: ContinualMetrics, dataset: str, benchmark: str | None
         dataset_split="test",
     )
     results = [
-        EvalResult(**common, metric_type="accuracy", metric_value=round(100 * metrics.final_accuracy, 2),
-                   metric_name=f"Accuracy (%) after task {task}")
+        EvalResult(
+            **common,
+            metric_type="accuracy",
+            metric_value=round(100 * metrics.final_accuracy, 2),
+            metric_name=f"Accuracy (%) after task {task}",
+        )
     ]
     if not math.isnan(metrics.forgetting):
         results.append(
-            EvalResult(**common, metric_type="forgetting", metric_value=round(100 * metrics.forgetting, 2),
-                       metric_name=f"Forgetting (%) after task {task}")
+            EvalResult(
+                **common,
+                metric_type="forgetting",
+                metric_value=round(100 * metrics.forgetting, 2),
+                metric_name=f"Forgetting (%) after task {task}",
+            )
         )
     return results
 

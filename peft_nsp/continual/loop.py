@@ -56,20 +56,42 @@ from .stages import (
     write_stage,
 )
 
+
 logger = logging.getLogger(__name__)
 
 #: Adapter settings recorded with the run (λ is recorded as the one in effect).
 _ADAPTER_SETTINGS = (
-    "prompt_length", "prompt_layers", "prompt_init", "threshold_mode", "threshold_offset1", "threshold_offset2",
-    "times_factor1", "times_factor2", "eta1", "eta2", "task_weighting", "projected_layers", "head_init", "classifier",
-    "text_templates", "class_statistics",
+    "prompt_length",
+    "prompt_layers",
+    "prompt_init",
+    "threshold_mode",
+    "threshold_offset1",
+    "threshold_offset2",
+    "times_factor1",
+    "times_factor2",
+    "eta1",
+    "eta2",
+    "task_weighting",
+    "projected_layers",
+    "head_init",
+    "classifier",
+    "text_templates",
+    "class_statistics",
 )
 #: Adapter settings the tuner reads again for every task, so a resume may change them: η and the thresholds (the
 #: null-space fold at the end of a task), `projected_layers` (its training), `head_init`/`text_templates` (its head).
 #: The others shaped the prompts, statistics or heads the stage already holds.
 _CHANGEABLE_ADAPTER_SETTINGS = (
-    "threshold_mode", "threshold_offset1", "threshold_offset2", "times_factor1", "times_factor2", "eta1", "eta2",
-    "projected_layers", "head_init", "text_templates",
+    "threshold_mode",
+    "threshold_offset1",
+    "threshold_offset2",
+    "times_factor1",
+    "times_factor2",
+    "eta1",
+    "eta2",
+    "projected_layers",
+    "head_init",
+    "text_templates",
 )
 
 
@@ -151,8 +173,9 @@ def run_class_incremental(
     eval_transform = eval_transform or train_transform
     if refinement is not None:
         args = dataclasses.replace(args, classifier_alignment=True, **dataclasses.asdict(refinement))
-    image_column, label_column = find_columns(train_dataset, image_column or args.image_column,
-                                              label_column or args.label_column, "train_dataset")
+    image_column, label_column = find_columns(
+        train_dataset, image_column or args.image_column, label_column or args.label_column, "train_dataset"
+    )
     find_columns(test_dataset, image_column, label_column, "test_dataset")
     names = list(train_dataset.features[label_column].names)
     test_names = list(test_dataset.features[label_column].names)
@@ -189,7 +212,7 @@ def run_class_incremental(
         dataset_tasks = [[c for task in dataset_tasks for c in task]]
     planned = [*inherited, *[[names[c] for c in task] for task in dataset_tasks]]
     ids_of = {name: i for i, name in enumerate(names)}
-    new_names = {name for task in planned[len(inherited):] for name in task}
+    new_names = {name for task in planned[len(inherited) :] for name in task}
     untrainable = sorted(new_names - set(present_class_names(train_dataset, label_column)))
     if untrainable:
         raise ValueError(
@@ -215,8 +238,14 @@ def run_class_incremental(
             else:
                 model, start, metrics = None, 0, ContinualMetrics()
             record = RunRecord(
-                tasks=planned, seed=args.seed, method=method, joint=joint, finished_tasks=start, settings=settings,
-                run_info=dict(run_info or {}), metrics=metrics.to_dict(),
+                tasks=planned,
+                seed=args.seed,
+                method=method,
+                joint=joint,
+                finished_tasks=start,
+                settings=settings,
+                run_info=dict(run_info or {}),
+                metrics=metrics.to_dict(),
                 continued_from=None if continue_from is None else str(continue_from),
             )
         else:
@@ -239,14 +268,18 @@ def run_class_incremental(
         metric = load_continual_metric()
         for task in range(start, len(planned)):  # NSPTrainer seeds each task's new weights with `seed + task`
             task_args = dataclasses.replace(
-                args, output_dir=str(training_dir(output_dir, task)), push_to_hub=False,  # stages are what gets published
-                image_column=image_column, label_column=label_column,
+                args,
+                output_dir=str(training_dir(output_dir, task)),
+                push_to_hub=False,  # stages are what gets published
+                image_column=image_column,
+                label_column=label_column,
             )
             trainer = NSPTrainer(
                 model if model is not None else base_model,
                 task_args,
-                train_dataset=select_classes(train_dataset, label_column, [ids_of[n] for n in planned[task]],
-                                             "train_dataset"),
+                train_dataset=select_classes(
+                    train_dataset, label_column, [ids_of[n] for n in planned[task]], "train_dataset"
+                ),
                 peft_config=None if model is not None else copy.deepcopy(peft_config),
                 processing_class=processing_class,
                 train_transform=train_transform,
@@ -261,8 +294,11 @@ def run_class_incremental(
             try:
                 trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
             except Exception as error:  # safetensors raises its own `SafetensorError`, torch a `RuntimeError`
-                _raise_if_disk_full(error, f"a checkpoint of task {task} under `{task_args.output_dir}`",
-                                    "a half-written checkpoint is set aside on the next run")
+                _raise_if_disk_full(
+                    error,
+                    f"a checkpoint of task {task} under `{task_args.output_dir}`",
+                    "a half-written checkpoint is set aside on the next run",
+                )
                 raise
             model = trainer.model
             seen = [ids_of[n] for t in planned[: task + 1] for n in t]
@@ -272,7 +308,9 @@ def run_class_incremental(
             if state.is_main_process:
                 predicted = np.asarray(model.class_order())[np.asarray(output.predictions).argmax(-1)]
                 result = metric.compute(
-                    predictions=predicted, references=output.label_ids, after_task=np.full(len(predicted), task),
+                    predictions=predicted,
+                    references=output.label_ids,
+                    after_task=np.full(len(predicted), task),
                     tasks=task_class_ids(planned[: task + 1]),
                     previous=metrics.to_dict(),
                 )
@@ -281,8 +319,11 @@ def run_class_incremental(
             record = dataclasses.replace(record, finished_tasks=task + 1, metrics=metrics.to_dict())
             _save_stage_everywhere(model, record, task, output_dir, processing_class, on_stage_saved, state)
         return ContinualResult(
-            model=model, metrics=metrics, tasks=[[ids_of[n] for n in task] for task in planned],
-            output_dir=output_dir, record=record,
+            model=model,
+            metrics=metrics,
+            tasks=[[ids_of[n] for n in task] for task in planned],
+            output_dir=output_dir,
+            record=record,
         )
     finally:
         if lock is not None:
@@ -303,11 +344,13 @@ def _save_stage_everywhere(
     if state.is_main_process:
         try:
             try:
-                stage = write_stage(output_dir, task, record, lambda folder: _stage_files(folder, model, record,
-                                                                                          processing_class))
+                stage = write_stage(
+                    output_dir, task, record, lambda folder: _stage_files(folder, model, record, processing_class)
+                )
             except Exception as error:
-                _raise_if_disk_full(error, f"the stage of task {task} into `{output_dir}`",
-                                    "the half-written stage folder was removed")
+                _raise_if_disk_full(
+                    error, f"the stage of task {task} into `{output_dir}`", "the half-written stage folder was removed"
+                )
                 raise
             shutil.rmtree(training_dir(output_dir, task), ignore_errors=True)  # the stage supersedes them
             metrics = ContinualMetrics.from_dict(record.metrics)
@@ -435,8 +478,12 @@ def _apply_adapter_changes(config: VPTNSPConfig, changed: dict[str, list[Any]], 
 
 def _method_of(settings: dict[str, Any], joint: bool) -> str:
     """[`method_name`] of recorded settings (a record of peft-nsp 0.1 may lack some: their defaults)."""
-    return method_name(settings.get("projection", True), joint, settings.get("classifier", "linear"),
-                       settings.get("classifier_alignment", False))
+    return method_name(
+        settings.get("projection", True),
+        joint,
+        settings.get("classifier", "linear"),
+        settings.get("classifier_alignment", False),
+    )
 
 
 def _remove_stale_checkpoints(output_dir: Path, start: int, restart: bool) -> None:
@@ -446,8 +493,9 @@ def _remove_stale_checkpoints(output_dir: Path, start: int, restart: bool) -> No
         folder = training_dir(output_dir, task)
         if folder.exists():
             if task == start:
-                logger.warning("Task %d restarts from its beginning with the changed settings; removing `%s`.", task,
-                               folder)
+                logger.warning(
+                    "Task %d restarts from its beginning with the changed settings; removing `%s`.", task, folder
+                )
             shutil.rmtree(folder)
 
 
@@ -460,10 +508,13 @@ def _lock_run(output_dir: Path, state: PartialState) -> FileLock | None:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            lock, failure = None, (
-                f"Another run is using `{output_dir}` (it holds `{LOCK_FILE}`). Wait for it to finish or stop it (a "
-                "killed `accelerate launch` can leave its worker processes running: check with `ps`), or use another "
-                "`output_dir`."
+            lock, failure = (
+                None,
+                (
+                    f"Another run is using `{output_dir}` (it holds `{LOCK_FILE}`). Wait for it to finish or stop it (a "
+                    "killed `accelerate launch` can leave its worker processes running: check with `ps`), or use another "
+                    "`output_dir`."
+                ),
             )
     failure = broadcast_object_list([failure])[0]
     if failure is not None:
@@ -510,11 +561,19 @@ def evaluate_seen_tasks(
     Correct and total test counts per seen task for a model whose class ids are the dataset's label ids (adapters
     made with `add_task(<dataset class ids>)`); the prediction is the argmax over all seen classes.
     """
-    warnings.warn("`evaluate_seen_tasks` is deprecated: use `NSPTrainer.evaluate`/`predict` or "
-                  "`load_continual_metric()`.", FutureWarning, stacklevel=2)
+    warnings.warn(
+        "`evaluate_seen_tasks` is deprecated: use `NSPTrainer.evaluate`/`predict` or `load_continual_metric()`.",
+        FutureWarning,
+        stacklevel=2,
+    )
     subset = select_classes(test_dataset, label_column, [c for task in tasks for c in task], "test_dataset")
-    loader = accelerator.prepare(DataLoader(subset, batch_size=args.per_device_eval_batch_size,
-                                            collate_fn=TaskCollator(transform, image_column, label_column)))
+    loader = accelerator.prepare(
+        DataLoader(
+            subset,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=TaskCollator(transform, image_column, label_column),
+        )
+    )
     column_class = torch.tensor(model.class_order(), device=accelerator.device)
     predictions, targets = [], []
     with eval_mode(model):

@@ -31,6 +31,7 @@ from typing import Any
 
 from .._io import fsync_tree, write_atomically
 
+
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"
@@ -242,8 +243,9 @@ def verify_stage(folder: str | os.PathLike) -> None:
     entries = [line.split("  ", 1) for line in listing.read_text(encoding="utf-8", errors="replace").splitlines()]
     recorded = {entry[1]: entry[0] for entry in entries if len(entry) == 2}
     damaged = [CHECKSUM_FILE] if len(recorded) != len(entries) else []
-    damaged += [name for name, sha in recorded.items()
-                if not (folder / name).is_file() or _file_sha256(folder / name) != sha]
+    damaged += [
+        name for name, sha in recorded.items() if not (folder / name).is_file() or _file_sha256(folder / name) != sha
+    ]
     if damaged:
         raise ValueError(
             f"The stage `{folder}` was damaged after it was written: {', '.join(f'`{n}`' for n in damaged)} "
@@ -277,8 +279,13 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
     if not folder.is_dir():
         return None
     checkpoints = sorted(
-        (path for path in folder.iterdir() if path.is_dir() and path.name.startswith("checkpoint-")
-         and path.name.removeprefix("checkpoint-").isdigit()),
+        (
+            path
+            for path in folder.iterdir()
+            if path.is_dir()
+            and path.name.startswith("checkpoint-")
+            and path.name.removeprefix("checkpoint-").isdigit()
+        ),
         key=lambda path: int(path.name.removeprefix("checkpoint-")),
         reverse=True,
     )

@@ -12,6 +12,7 @@ from ..continual.stages import finished_stages, stage_revision
 from .push import HubPushError, PushedStage, push_after_each_task, push_to_hub, push_with_deadline
 from .resume import materialize_stage
 
+
 __all__ = [
     "HubPushError",
     "PushedStage",

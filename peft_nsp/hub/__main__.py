@@ -25,8 +25,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     push.add_argument("output_dir", help="the `output_dir` of a class-incremental run")
     push.add_argument("--hub_model_id", required=True, help="the model repository, created if missing")
     push.add_argument("--private", action="store_true", help="create the repository as private")
-    push.add_argument("--timeout", type=float, default=DEFAULT_PUSH_TIMEOUT,
-                      help="give up (exit 1, nothing lost; re-run to resume) after this many seconds")
+    push.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_PUSH_TIMEOUT,
+        help="give up (exit 1, nothing lost; re-run to resume) after this many seconds",
+    )
     materialize = commands.add_parser("materialize", help="make OUTPUT_DIR a run resuming after a stage")
     materialize.add_argument("source", help="a Hub model id or a local stage folder `.../tasks/task-<t>`")
     materialize.add_argument("output_dir", help="the new run's `output_dir`")
@@ -34,12 +38,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # This process is ours: give every Hub request a timeout (huggingface_hub's default client has none).
-    set_client_factory(lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True,
-                                             timeout=httpx2.Timeout(60.0)))
+    set_client_factory(
+        lambda: httpx2.Client(
+            event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True, timeout=httpx2.Timeout(60.0)
+        )
+    )
     if args.command == "push":
         try:
-            pushed = push_with_deadline(args.output_dir, args.hub_model_id, timeout=args.timeout,
-                                        private=args.private or None)
+            pushed = push_with_deadline(
+                args.output_dir, args.hub_model_id, timeout=args.timeout, private=args.private or None
+            )
         except HubPushError as error:
             raise SystemExit(str(error)) from error
         for stage in pushed:

@@ -5,4 +5,5 @@ import warnings
 
 from ..continual.card import TEMPLATE_PATH, build_model_card, render_model_card, write_model_card  # noqa: F401
 
+
 warnings.warn("`peft_nsp.hub.card` is deprecated: import from `peft_nsp.continual.card`.", FutureWarning, stacklevel=2)

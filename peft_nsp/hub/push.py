@@ -30,6 +30,7 @@ from ..continual.stages import (
     stage_revision,
 )
 
+
 logger = logging.getLogger(__name__)
 
 #: Seconds a push may take before training goes on without it (the push keeps its lock until it ends).
@@ -108,7 +109,9 @@ def push_to_hub(
         action = "branched" if commit else "committed"
         with _resumable(f"Pushing `{revision}` to `{repo_id}`", output_dir):
             if commit is None:
-                commit = head = _commit_stage(api, repo_id, task, stage, title, head, render_model_card(stage, repo_id))
+                commit = head = _commit_stage(
+                    api, repo_id, task, stage, title, head, render_model_card(stage, repo_id)
+                )
             api.create_branch(repo_id, branch=revision, revision=commit)
         logger.info("%s of %s: %s (commit %s)", revision, repo_id, action, commit)
         pushed.append(PushedStage(task, revision, commit, action))
@@ -182,8 +185,10 @@ class _PushWorker:
 
 def _left_to_push(output_dir: str | os.PathLike) -> str:
     stages = [stage.name for _, stage in finished_stages(output_dir)]
-    return (f"Stages of `{output_dir}` that may not be on the Hub yet: {', '.join(stages)}; run "
-            f"`python -m peft_nsp.hub push {output_dir} --hub_model_id <repo>` to finish (nothing is pushed twice).")
+    return (
+        f"Stages of `{output_dir}` that may not be on the Hub yet: {', '.join(stages)}; run "
+        f"`python -m peft_nsp.hub push {output_dir} --hub_model_id <repo>` to finish (nothing is pushed twice)."
+    )
 
 
 def _commit_title(task: int, digest: str) -> str:
@@ -212,7 +217,9 @@ def _check_branch(repo_id: str, stage: Path, branch_commit: str | None, stage_co
         )
 
 
-def _operations(stage: Path, files_on_main: list[str], card: bytes) -> list[CommitOperationAdd | CommitOperationDelete]:
+def _operations(
+    stage: Path, files_on_main: list[str], card: bytes
+) -> list[CommitOperationAdd | CommitOperationDelete]:
     """Add every file of the stage and the card, delete every other file of ``main`` (``.gitattributes`` stays)."""
     names = [name for name in stage_files(stage) if name != CARD_FILE]
     stale = sorted(set(files_on_main) - {*names, CARD_FILE, ".gitattributes"})

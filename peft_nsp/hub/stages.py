@@ -13,5 +13,7 @@ from ..continual.stages import (  # noqa: F401
     stage_revision,
 )
 
-warnings.warn("`peft_nsp.hub.stages` is deprecated: import from `peft_nsp.continual.stages`.", FutureWarning,
-              stacklevel=2)
+
+warnings.warn(
+    "`peft_nsp.hub.stages` is deprecated: import from `peft_nsp.continual.stages`.", FutureWarning, stacklevel=2
+)
