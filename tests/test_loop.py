@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from testing_utils import blob_images, prompts, tiny_model, to_tensor
 from transformers import TrainerCallback
 
@@ -247,30 +247,34 @@ def test_a_failing_stage_hook_stops_the_run_with_its_error_and_keeps_the_stage(t
     assert (tmp_path / "tasks" / "task-0" / "adapter_model.safetensors").is_file()
 
 
-def test_deprecated_module_paths_and_functions_still_work(tmp_path):
-    """Names that moved keep an alias for a release, with a FutureWarning naming the new place."""
-    import importlib
-    import sys
+def test_a_class_order_of_a_subset_trains_and_tests_those_classes_only(tmp_path):
+    """The split hint's advice: a `class_order` of some of the classes."""
 
-    from accelerate import Accelerator
+    def subset_run(folder, order):
+        args = NSPConfig(
+            output_dir=str(folder),
+            num_train_epochs=1,
+            per_device_train_batch_size=4,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            save_strategy="no",
+        )
+        return run_class_incremental(
+            tiny_model("vit", seed=2),
+            VPTNSPConfig(prompt_length=2),
+            args,
+            TRAIN,
+            TEST,
+            num_tasks=2,
+            train_transform=to_tensor,
+            class_order=order,
+        )
 
-    for old, new in (
-        ("peft_nsp.hub.card", "peft_nsp.continual.card"),
-        ("peft_nsp.hub.stages", "peft_nsp.continual.stages"),
-    ):
-        sys.modules.pop(old, None)
-        with pytest.warns(FutureWarning, match=f"import from `{new}`"):
-            importlib.import_module(old)
-    from peft_nsp.continual.loop import evaluate_seen_tasks
-
-    model = get_peft_model(tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2))
-    model.add_task([1, 4])  # peft-nsp 0.1 style: the dataset's class ids
-    args = NSPConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_eval_batch_size=4)
-    with pytest.warns(FutureWarning, match="`evaluate_seen_tasks` is deprecated"):
-        correct, total = evaluate_seen_tasks(model, TEST, [[1, 4]], to_tensor, args, Accelerator(cpu=True))
-    rows = [row for row in TEST if row["label"] in (1, 4)]
-    with torch.no_grad():
-        predicted = [
-            [1, 4][i] for i in model.eval()(pixel_values=to_tensor([r["image"] for r in rows])).logits.argmax(-1)
-        ]
-    assert total == [len(rows)] and correct == [sum(p == r["label"] for p, r in zip(predicted, rows))]
+    result = subset_run(tmp_path, [4, 1, 0, 5])
+    names = TRAIN.features["label"].names
+    assert result.record.tasks == [[names[4], names[1]], [names[0], names[5]]]
+    assert result.model.base_model.class_names() == [names[c] for c in (4, 1, 0, 5)]
+    assert result.metrics.to_dict()["total"][-1] == [6, 6]  # 3 test images of each of the 4 classes, 2 per task
+    with pytest.raises(ValueError, match="distinct new class ids"):
+        subset_run(tmp_path / "repeated", [4, 4, 0, 5])

@@ -490,7 +490,7 @@ def test_push_to_hub_flag_pushes_every_task(tmp_path, tiny_checkpoint, imagefold
         assert pushed == (stage / "adapter_model.safetensors").read_bytes()
 
 
-def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imagefolder, monkeypatch, capsys):
+def test_clip_recipe_with_the_text_classifier_and_classifier_alignment(tmp_path, imagefolder, monkeypatch, capsys):
     from test_clip import tiny_clip, tokenizer
     from transformers import CLIPImageProcessor, CLIPModel
 
@@ -521,9 +521,8 @@ def test_clip_recipe_with_the_text_classifier_and_head_refinement(tmp_path, imag
     assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["refine_epochs"] == 2
     model = PeftModel.from_pretrained(CLIPModel.from_pretrained(checkpoint), stage)
     assert model.peft_config["default"].classifier == "text" and len(model.class_names()) == CLASSES
-    with pytest.warns(FutureWarning):  # the old spelling still switches alignment off
-        old = parse_recipe_arguments("cifar100", ["--classifier", "text", "--head_refinement", "false"])
-    assert not old.training.classifier_alignment
+    off = parse_recipe_arguments("cifar100", ["--classifier", "text", "--classifier_alignment", "false"])
+    assert not off.training.classifier_alignment
 
 
 def test_recipe_with_a_timm_checkpoint_and_continue_from(tmp_path, imagefolder, monkeypatch, capsys):

@@ -217,39 +217,6 @@ class ImageCollator:
         return {"pixel_values": pixel_values, "labels": torch.tensor([int(row["labels"]) for row in rows])}
 
 
-class TaskCollator:
-    """Collates raw rows into ``{"pixel_values", "labels"}`` (the interface of peft-nsp 0.1).
-
-    Args:
-        transform: images → ``(B, C, H, W)`` pixel values.
-        image_column / label_column: the dataset's columns.
-        task_classes: the newest task's class ids: labels become task-local indices (what the deprecated
-            [`NullSpaceTrainer`] trains on). ``None`` keeps the dataset's label ids.
-    """
-
-    def __init__(
-        self,
-        transform: ImageTransform,
-        image_column: str = "image",
-        label_column: str = "label",
-        task_classes: Sequence[int] | None = None,
-    ) -> None:
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
-        self.local_index = None if task_classes is None else {int(c): i for i, c in enumerate(task_classes)}
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        labels = [int(row[self.label_column]) for row in rows]
-        if self.local_index is not None:
-            unknown = sorted(set(labels) - set(self.local_index))
-            if unknown:
-                raise ValueError(f"Labels {unknown} are not classes of the task being trained.")
-            labels = [self.local_index[label] for label in labels]
-        pixel_values = self.transform([row[self.image_column] for row in rows])
-        return {"pixel_values": pixel_values, "labels": torch.tensor(labels, dtype=torch.long)}
-
-
 def processor_transform(image_processor: Any) -> ImageTransform:
     """An `ImageTransform` from a transformers image processor (e.g. `AutoImageProcessor`); RGB-converts PIL."""
     return _ProcessorTransform(image_processor)

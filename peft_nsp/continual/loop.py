@@ -13,32 +13,27 @@ import gc
 import logging
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from filelock import FileLock, Timeout
 from peft import PeftModel
-from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainerCallback
 
-from .._torch_utils import eval_mode
 from ..trainer import NSPConfig, NSPTrainer
 from ..tuner.config import VPTNSPConfig
 from .card import TEMPLATE_PATH, write_model_card
 from .class_names import readable_class_names
 from .continual_learning_metric import load_continual_metric
-from .data import ImageTransform, TaskCollator, find_columns, present_class_names, select_classes, split_classes
-from .metrics import ContinualMetrics, count_correct
+from .data import ImageTransform, find_columns, present_class_names, select_classes, split_classes
+from .metrics import ContinualMetrics
 from .plots import plot_accuracy_curve, plot_accuracy_matrix
-from .refinement import HeadRefinementArguments
 from .stages import (
     CURVE_PLOT,
     LOCK_FILE,
@@ -77,7 +72,13 @@ _ADAPTER_SETTINGS = (
     "classifier",
     "text_templates",
     "class_statistics",
+    "analytic_projection_size",
+    "analytic_ridge",
+    "analytic_ridge_grid",
+    "analytic_seed",
 )
+#: Training settings that shaped what the stage holds: the heads' logits are their outputs divided by the temperature.
+_FIXED_TRAINING_SETTINGS = ("temperature",)
 #: Adapter settings the tuner reads again for every task, so a resume may change them: η and the thresholds (the
 #: null-space fold at the end of a task), `projected_layers` (its training), `head_init`/`text_templates` (its head).
 #: The others shaped the prompts, statistics or heads the stage already holds.
@@ -127,7 +128,6 @@ def run_class_incremental(
     on_stage_saved: Callable[[Path, int], None] | None = None,
     tokenizer: Any = None,
     class_names: Sequence[str] | None = None,
-    refinement: HeadRefinementArguments | None = None,
     processing_class: Any = None,
     continue_from: str | os.PathLike | None = None,
 ) -> ContinualResult:
@@ -153,8 +153,8 @@ def run_class_incremental(
         train_transform: images → pixel values for training (augmentation goes here).
         eval_transform: images → pixel values for statistics and evaluation (default: ``train_transform``).
         image_column / label_column: column names (default: found by their features).
-        class_order: a permutation of the dataset's class ids (of the new classes, when continuing) to use instead
-            of the seeded shuffle.
+        class_order: a permutation of the dataset's (new) class ids, or of a subset of them (the other classes are
+            neither trained nor tested), to use instead of the seeded shuffle.
         joint: train one task on all classes (the upper bound); the same metrics, one row.
         callbacks: extra Trainer callbacks for every task.
         run_info: JSON-serialisable facts about the run stored in every stage's record (e.g.
@@ -164,15 +164,12 @@ def run_class_incremental(
         tokenizer: ``classifier="text"`` on `CLIPModel`/`SiglipModel`: the text tower's tokenizer.
         class_names: ``classifier="text"``: the prompt name of every class id of the dataset. Default: the
             `ClassLabel` names through [`readable_class_names`] (ImageNet-R WordNet ids → names, ``_`` → space).
-        refinement: deprecated: set ``args.classifier_alignment=True`` (and ``args.refine_*``) instead.
         processing_class: the image processor, saved in every stage (so `pipeline` finds it).
         continue_from: a finished adapter to continue with the dataset's *other* classes: a stage folder, or a Hub
             repository as ``"user/repo@task-3"``. Its tasks and accuracy rows come first; ``test_dataset`` must
             hold its classes too (the accuracy matrix covers every task).
     """
     eval_transform = eval_transform or train_transform
-    if refinement is not None:
-        args = dataclasses.replace(args, classifier_alignment=True, **dataclasses.asdict(refinement))
     image_column, label_column = find_columns(
         train_dataset, image_column or args.image_column, label_column or args.label_column, "train_dataset"
     )
@@ -202,8 +199,11 @@ def run_class_incremental(
     new_ids = [i for i, name in enumerate(names) if name not in known]
     if class_order is not None:
         order = [int(c) for c in class_order]
-        if sorted(order) != sorted(new_ids):
-            raise ValueError(f"`class_order` must be a permutation of the dataset's new class ids {new_ids}.")
+        if len(set(order)) != len(order) or not set(order) <= set(new_ids):
+            raise ValueError(
+                f"`class_order` must list distinct new class ids of the dataset ({new_ids}), in training order: all "
+                "of them, or the subset to train."
+            )
         dataset_tasks = split_classes(len(order), num_tasks, args.seed, list(range(len(order))))
         dataset_tasks = [[order[i] for i in task] for task in dataset_tasks]
     else:
@@ -451,7 +451,11 @@ def _check_settings(
         return record, changed
     listed = "; ".join(f"`{name}`: {old!r} (run) → {new!r} (now)" for name, (old, new) in changed.items())
     task = record.finished_tasks
-    fixed = [name for name in changed if name in _ADAPTER_SETTINGS and name not in _CHANGEABLE_ADAPTER_SETTINGS]
+    fixed = [
+        name
+        for name in changed
+        if name in _FIXED_TRAINING_SETTINGS or (name in _ADAPTER_SETTINGS and name not in _CHANGEABLE_ADAPTER_SETTINGS)
+    ]
     if fixed:
         raise ValueError(
             f"`{output_dir}` holds a run with other settings: {listed}. {', '.join(f'`{n}`' for n in fixed)} cannot "
@@ -543,44 +547,3 @@ def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tupl
             "folder or Hub revision."
         )
     return model, record
-
-
-@torch.no_grad()
-def evaluate_seen_tasks(
-    model: PeftModel,
-    test_dataset: Dataset,
-    tasks: list[list[int]],
-    transform: ImageTransform,
-    args: NSPConfig,
-    accelerator: Any,
-    image_column: str = "image",
-    label_column: str = "label",
-) -> tuple[list[int], list[int]]:
-    """Deprecated (peft-nsp 0.1; the loop now evaluates with `NSPTrainer.predict` and the `evaluate` metric).
-
-    Correct and total test counts per seen task for a model whose class ids are the dataset's label ids (adapters
-    made with `add_task(<dataset class ids>)`); the prediction is the argmax over all seen classes.
-    """
-    warnings.warn(
-        "`evaluate_seen_tasks` is deprecated: use `NSPTrainer.evaluate`/`predict` or `load_continual_metric()`.",
-        FutureWarning,
-        stacklevel=2,
-    )
-    subset = select_classes(test_dataset, label_column, [c for task in tasks for c in task], "test_dataset")
-    loader = accelerator.prepare(
-        DataLoader(
-            subset,
-            batch_size=args.per_device_eval_batch_size,
-            collate_fn=TaskCollator(transform, image_column, label_column),
-        )
-    )
-    column_class = torch.tensor(model.class_order(), device=accelerator.device)
-    predictions, targets = [], []
-    with eval_mode(model):
-        for batch in loader:
-            predicted = column_class[model(pixel_values=batch["pixel_values"]).logits.argmax(-1)]
-            predicted, target = accelerator.gather_for_metrics((predicted, batch["labels"]))
-            predictions.append(predicted.cpu())
-            targets.append(target.cpu())
-    task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
-    return count_correct(torch.cat(predictions).tolist(), torch.cat(targets).tolist(), task_of_class, len(tasks))

@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -277,9 +276,6 @@ class ModelArguments:
             "choices": list(CLASSIFIERS),
         },
     )
-    head_refinement: Optional[bool] = field(
-        default=None, metadata={"help": "Deprecated: use `--classifier_alignment`."}
-    )
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -443,9 +439,6 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     spec = resolve_benchmark(benchmark, argv)
     data, model, training = recipe_parser(spec, argv).parse_args_into_dataclasses(args=argv)
-    if model.head_refinement is not None:
-        warnings.warn("`--head_refinement` is deprecated: use `--classifier_alignment`.", FutureWarning, stacklevel=2)
-        training.classifier_alignment = model.head_refinement  # the old spelling of the same switch
     if data.dataset is None:
         raise ValueError(f"`{benchmark}` needs `--dataset`: a local folder ({_layouts_help()}) or a Hub dataset id.")
     if training.push_to_hub and not training.hub_model_id:
