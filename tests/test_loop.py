@@ -278,3 +278,48 @@ def test_a_class_order_of_a_subset_trains_and_tests_those_classes_only(tmp_path)
     assert result.metrics.to_dict()["total"][-1] == [6, 6]  # 3 test images of each of the 4 classes, 2 per task
     with pytest.raises(ValueError, match="distinct new class ids"):
         subset_run(tmp_path / "repeated", [4, 4, 0, 5])
+
+
+def test_stages_get_the_base_models_image_processor_or_a_warning(tmp_path):
+    from transformers import ViTImageProcessor, pipeline
+
+    args = dict(
+        output_dir=str(tmp_path / "warned"),
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    with pytest.warns(UserWarning, match="no `processing_class`.*pipeline"):
+        run_class_incremental(
+            tiny_model("vit", seed=2),
+            VPTNSPConfig(prompt_length=2),
+            NSPConfig(**args),
+            TRAIN,
+            TEST,
+            num_tasks=1,
+            train_transform=to_tensor,
+            class_order=[0, 1],
+        )
+    folder = tmp_path / "base"
+    tiny_model("vit", seed=2).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    from transformers import ViTModel
+
+    args["output_dir"] = str(tmp_path / "found")
+    run_class_incremental(
+        ViTModel.from_pretrained(folder),
+        VPTNSPConfig(prompt_length=2),
+        NSPConfig(**args),
+        TRAIN,
+        TEST,
+        num_tasks=1,
+        train_transform=to_tensor,
+        class_order=[0, 1],
+    )
+    stage = tmp_path / "found" / "tasks" / "task-0"
+    assert (stage / "preprocessor_config.json").is_file()
+    answer = pipeline("image-classification", model=str(stage))(TEST[0]["image"])
+    assert {a["label"] for a in answer} == set(TRAIN.features["label"].names[:2])

@@ -216,3 +216,17 @@ def test_count_correct_rejects_bad_input():
         count_correct([4], [4], TASK_OF_CLASS, 2)
     with pytest.raises(ValueError, match="`num_tasks_seen` must be ≥ 1"):
         count_correct([0], [0], TASK_OF_CLASS, 0)
+
+
+def test_metrics_json_holds_the_accuracies_not_only_the_counts(tmp_path):
+    path = recorded_metrics().save_json(tmp_path / "metrics.json")
+    data = json.loads(path.read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    expected = [[None if math.isnan(v) else v for v in row] for row in EXPECTED_A]
+    for row, expected_row in zip(data["accuracy_matrix"], expected):
+        assert [v is None for v in row] == [v is None for v in expected_row]
+        assert [v for v in row if v is not None] == pytest.approx([v for v in expected_row if v is not None])
+    assert data["incremental_accuracies"] == pytest.approx(EXPECTED_SEEN)
+    assert data["final_accuracy"] == pytest.approx(EXPECTED_FINAL)
+    assert data["forgetting"] == pytest.approx(EXPECTED_FORGETTING[-1])
+    assert data["backward_transfer"] == pytest.approx(EXPECTED_BWT)
+    assert data["average_incremental_accuracy"] == pytest.approx(EXPECTED_AIA)

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ def run_class_incremental(
             hold its classes too (the accuracy matrix covers every task).
     """
     eval_transform = eval_transform or train_transform
+    processing_class = processing_class or _base_model_processor(base_model)
     image_column, label_column = find_columns(
         train_dataset, image_column or args.image_column, label_column or args.label_column, "train_dataset"
     )
@@ -354,7 +356,7 @@ def _save_stage_everywhere(
                 raise
             shutil.rmtree(training_dir(output_dir, task), ignore_errors=True)  # the stage supersedes them
             metrics = ContinualMetrics.from_dict(record.metrics)
-            print(f"\nAfter task {task + 1}/{len(record.tasks)}:\n{metrics.format_table()}", flush=True)
+            print(f"\nAfter task {task} (tasks 0–{len(record.tasks) - 1}):\n{metrics.format_table()}", flush=True)
             if on_stage_saved is not None:
                 on_stage_saved(stage, task)
         except Exception as error:  # re-raised below, after every process has heard of it
@@ -407,6 +409,22 @@ def _raise_if_disk_full(error: Exception, writing: str, leftover: str) -> None:
                 f"last stage and `progress.json` are intact and {leftover}. Free space (or raise the limit) and "
                 "re-run the same command to resume.",
             ) from error
+
+
+def _base_model_processor(base_model: PreTrainedModel) -> Any:
+    """The image processor saved in the base model's local folder; else a warning that stages will lack one."""
+    source = Path(str(getattr(base_model.config, "_name_or_path", "") or ""))
+    if (source / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(source)
+    warnings.warn(
+        "`run_class_incremental` got no `processing_class` and the base model's folder has no image processor: the "
+        "stages will hold no `preprocessor_config.json`, so `pipeline(model=<stage>)` cannot load them. Pass "
+        "`processing_class=AutoImageProcessor.from_pretrained(<model>)`.",
+        stacklevel=3,
+    )
+    return None
 
 
 def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:

@@ -191,14 +191,24 @@ class ContinualMetrics:
         return cls(correct=data["correct"], total=data["total"])
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        """Write [`to_dict`] as JSON atomically (temporary file, fsync, rename); returns the path."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        """Write the counts ([`to_dict`]) and what they give — the accuracy matrix and the accuracy over all seen
+        classes after every task (fractions, ``null`` above the diagonal), the summary metrics (``null`` where
+        undefined) — as JSON, atomically (temporary file, fsync, rename); returns the path."""
+        matrix = [[None if math.isnan(v) else float(v) for v in row] for row in self.accuracy_matrix]
+        data = {
+            **self.to_dict(),
+            "accuracy_matrix": matrix,
+            "incremental_accuracies": [float(v) for v in self.incremental_accuracies],
+            **self.summary(json_safe=True),
+        }
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
         return write_atomically(path, text.encode("utf-8"))
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> ContinualMetrics:
-        """Read a file written by [`save_json`]."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a file written by [`save_json`] (the counts; the rest follows from them)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict({key: data[key] for key in ("correct", "total")})
 
     def _last_task(self) -> int:
         if self.num_tasks == 0:
