@@ -100,9 +100,7 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
     data = load_data(args)
     results = {}
     for projection in (True, False):
-        method = method_name(projection, classifier_alignment=args.classifier_alignment)
-        if args.classifier == "analytic":
-            method += " + analytic head"
+        method = method_name(projection, classifier=args.classifier, classifier_alignment=args.classifier_alignment)
         training = NSPConfig(
             output_dir=str(Path(args.output_dir) / ("nsp" if projection else "seq")),
             projection=projection,

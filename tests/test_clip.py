@@ -516,6 +516,9 @@ def test_two_task_clip_run_end_to_end(tmp_path):
         seed=3,
         save_strategy="no",
         logging_steps=50,
+        classifier_alignment=True,
+        refine_epochs=2,
+        refine_samples_per_class=16,
     )
     config = VPTNSPConfig(
         prompt_length=2, prompt_layers=[0, 1, 2], classifier="text", text_templates=TEMPLATES, eta1=0.98, eta2=0.98
@@ -529,7 +532,6 @@ def test_two_task_clip_run_end_to_end(tmp_path):
         num_tasks=2,
         train_transform=to_tensor,
         tokenizer=tokenizer(),
-        refinement=HeadRefinementArguments(refine_epochs=2, refine_samples_per_class=16),
     )
     assert result.metrics.num_tasks == 2
     stage = tmp_path / "tasks" / "task-1"

@@ -668,3 +668,32 @@ def test_a_class_order_of_a_class_subset_trains_those_classes():
         split_classes(14, 4, seed=0)
     with pytest.raises(ValueError, match=r"must be a permutation of range\(10\) or of a subset of it"):
         split_classes(10, 2, seed=0, class_order=[1, 1, 2, 3])
+
+
+def test_the_analytic_head_in_a_recipe(tmp_path, tiny_checkpoint, monkeypatch):
+    """`--classifier analytic`: classifier alignment off unless asked, M and λ passed on, the stages hold the head."""
+    args = parse_recipe_arguments("imagefolder", ["--dataset", "my/images", "--classifier", "analytic"])
+    assert not args.training.classifier_alignment and args.peft_config.classifier == "analytic"
+    args = parse_recipe_arguments(
+        "cifar100", ["--classifier", "analytic", "--analytic_projection_size", "64", "--analytic_ridge", "2.5"]
+    )
+    assert (args.peft_config.analytic_projection_size, args.peft_config.analytic_ridge) == (64, 2.5)
+    images = tmp_path / "images"
+    write_images(images, "train", 5, seed=0, classes=4)
+    write_images(images, "test", 2, seed=1, classes=4)
+    argv = quick_args(
+        tmp_path / "run",
+        tiny_checkpoint,
+        "--dataset",
+        str(images),
+        "--classifier",
+        "analytic",
+        "--analytic_projection_size",
+        "64",
+    )
+    run_script("train_imagefolder.py", argv, monkeypatch)
+    stage = tmp_path / "run" / "tasks" / "task-1"
+    config = json.loads((stage / "adapter_config.json").read_text())
+    assert config["classifier"] == "analytic" and config["analytic_projection_size"] == 64
+    model = PeftModel.from_pretrained(ViTModel.from_pretrained(tiny_checkpoint), stage)
+    assert model.base_model.task_heads().fitted_tasks == 2

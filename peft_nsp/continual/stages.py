@@ -50,11 +50,13 @@ def method_name(
     projection: bool = True, joint: bool = False, classifier: str = "linear", classifier_alignment: bool = False
 ) -> str:
     """The one name of a training variant: ``VPT-NSP²``, ``VPT-Seq``, ``CLIP-NSP²``, ``CLIP-Seq`` (+ `` + CA`` with
-    classifier alignment), or ``Upper bound (joint)``."""
+    classifier alignment, + `` + analytic head`` with the analytic head), or ``Upper bound (joint)``."""
     if joint:
         return "Upper bound (joint)"
     family = "CLIP" if classifier == "text" else "VPT"
     name = f"{family}-NSP²" if projection else f"{family}-Seq"
+    if classifier == "analytic":
+        return f"{name} + analytic head"
     # CLIP-NSP² refines its head after every task by definition (the paper's method).
     return f"{name} + CA" if classifier_alignment and family == "VPT" else name
 

@@ -40,7 +40,7 @@ from ..tuner.config import VPTNSPConfig
 
 
 DATA_LAYOUTS = ("auto", "hub", "imagefolder", "domainnet", "authors")
-CLASSIFIERS = ("linear", "text")
+CLASSIFIERS = ("linear", "analytic", "text")
 #: The authors' backbone (timm format, converted on load by `peft_nsp.timm_vit`).
 AUTHORS_BACKBONE = "timm/vit_base_patch16_224.augreg_in21k"
 CLIP_BACKBONE = "openai/clip-vit-base-patch16"
@@ -271,7 +271,8 @@ class ModelArguments:
     classifier: str = field(
         default="linear",
         metadata={
-            "help": "`linear` heads, or `text`: CLIP-NSP²'s cosine similarity to the class names' text embeddings "
+            "help": "`linear` heads, `analytic`: the closed-form ridge head refit after every task (classifier "
+            "alignment off), or `text`: CLIP-NSP²'s cosine similarity to the class names' text embeddings "
             "(CLIP/SigLIP models; switches to the authors' CLIP hyperparameters).",
             "choices": list(CLASSIFIERS),
         },
@@ -282,6 +283,13 @@ class ModelArguments:
             raise ValueError(f"`--classifier` must be one of {list(CLASSIFIERS)}, got {self.classifier!r}.")
         if self.model_name_or_path is None:
             self.model_name_or_path = CLIP_BACKBONE if self.classifier == "text" else AUTHORS_BACKBONE
+
+    analytic_projection_size: int = field(
+        default=5000, metadata={"help": "`--classifier analytic`: random ReLU features M (0: the features)."}
+    )
+    analytic_ridge: Optional[float] = field(
+        default=None, metadata={"help": "`--classifier analytic`: λ (default: chosen per task on held-out samples)."}
+    )
 
     def peft_config(self, benchmark: Benchmark, classifier_alignment: bool) -> VPTNSPConfig:
         eta = benchmark.eta if self.eta is None else self.eta
@@ -297,6 +305,8 @@ class ModelArguments:
             task_weighting=self.task_weighting,
             head_init=self.head_init,
             classifier=self.classifier,
+            analytic_projection_size=self.analytic_projection_size,
+            analytic_ridge=self.analytic_ridge,
             class_statistics=classifier_alignment,
             **(text if self.classifier == "text" else {}),
         )
@@ -447,6 +457,10 @@ def parse_recipe_arguments(benchmark: str, argv: Sequence[str] | None = None) ->
         training.lr_decay_epochs = [round(fraction * training.num_train_epochs, 6) for fraction in (0.4, 0.7)]
     if not training.projection and training.ln_loss_weight is None:
         training.ln_loss_weight = 0.0
+    if model.classifier == "analytic" and not any(
+        a.startswith(("--classifier_alignment", "--classifier-alignment")) for a in argv
+    ):
+        training.classifier_alignment = False  # the analytic head is the solution over every class already
     if training.output_dir is None or training.output_dir == "trainer_output":
         method = "joint" if model.joint else ("nsp" if training.projection else "seq")
         training.output_dir = os.path.join("runs", f"{spec.name}-{method}-seed{training.seed}")
