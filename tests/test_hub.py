@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -25,8 +26,9 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import PeftModel
 from test_loop import TEST, final_state, run
-from testing_utils import tiny_model, to_tensor
+from testing_utils import blob_images, tiny_model, to_tensor
 
+from peft_nsp import VPTNSPConfig
 from peft_nsp.continual import ContinualMetrics
 from peft_nsp.continual.card import render_model_card
 from peft_nsp.hub import (
@@ -37,6 +39,7 @@ from peft_nsp.hub import (
     push_to_hub,
     stage_revision,
 )
+from peft_nsp.trainer import NSPConfig
 
 
 REPO = "someone/vpt-nsp-toy"
@@ -519,3 +522,45 @@ def test_importing_the_hub_package_stays_light():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_unreachable_hub_is_named_once_with_the_way_out(tmp_path, monkeypatch):
+    """Offline: `materialize` and `continue_from=<repo>@<revision>` say the Hub cannot be reached and what to do."""
+    import huggingface_hub
+
+    from peft_nsp.continual import run_class_incremental
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        ConnectionError, match=r"Hub cannot be reached to read `me/repo` at revision `task-2`.*hf down"
+    ):
+        materialize_stage("me/repo", tmp_path / "out", revision="task-2")
+    args = NSPConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True)
+    with pytest.raises(ConnectionError, match=r"`me/repo` at revision `task-2`.*--revision task-2"):
+        run_class_incremental(
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            blob_images(2, 2),
+            blob_images(2, 1),
+            num_tasks=1,
+            train_transform=to_tensor,
+            continue_from="me/repo@task-2",
+        )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_nsp.hub",
+            "materialize",
+            "me/repo",
+            str(tmp_path / "cli"),
+            "--revision",
+            "task-2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 1 and "Hub cannot be reached" in done.stderr and "Traceback" not in done.stderr

@@ -41,6 +41,7 @@ from .stages import (
     MATRIX_PLOT,
     METRICS_FILE,
     RunRecord,
+    hub_unreachable_error,
     last_complete_checkpoint,
     method_name,
     read_progress,
@@ -549,13 +550,17 @@ def _load_source(base_model: PreTrainedModel, source: str | os.PathLike) -> tupl
     path, revision = str(source), None
     if not os.path.isdir(path) and "@" in path:
         path, revision = path.rsplit("@", 1)
-    model = load_stage(base_model, path, revision)
     if os.path.isdir(path):
         record = read_record(path)
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
-        record = read_record(hf_hub_download(path, "sequence.json", revision=revision))
+        try:
+            record = read_record(hf_hub_download(path, "sequence.json", revision=revision))
+        except LocalEntryNotFoundError as error:  # offline, or no answer and nothing cached
+            raise hub_unreachable_error(path, revision, error) from error
+    model = load_stage(base_model, path, revision)
     tuner = model.base_model
     record = dataclasses.replace(record, tasks=record.tasks[: record.finished_tasks])
     if record.class_names != tuner.class_names():

@@ -61,6 +61,16 @@ def method_name(
     return f"{name} + CA" if classifier_alignment and family == "VPT" else name
 
 
+def hub_unreachable_error(source: str, revision: str | None, error: Exception) -> ConnectionError:
+    """The error for a stage that had to come from the Hub when the Hub cannot be reached (offline, no network)."""
+    at = f" at revision `{revision}`" if revision else ""
+    fetch = f"hf download {source}" + (f" --revision {revision}" if revision else "") + " --local-dir <folder>"
+    return ConnectionError(
+        f"The Hub cannot be reached to read `{source}`{at} ({type(error).__name__}). Check the network (or unset "
+        f"`HF_HUB_OFFLINE`), or download the stage where the Hub is reachable (`{fetch}`) and pass that folder."
+    )
+
+
 def stage_revision(task: int) -> str:
     """``"task-<t>"``: the local stage folder and the Hub branch holding the model after task ``t`` (from 0)."""
     return f"task-{task}"

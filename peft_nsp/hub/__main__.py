@@ -53,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for stage in pushed:
             print(f"{stage.revision}: {stage.action} ({stage.commit})")
     else:
-        print(materialize_stage(args.source, args.output_dir, revision=args.revision))
+        try:
+            print(materialize_stage(args.source, args.output_dir, revision=args.revision))
+        except ConnectionError as error:
+            raise SystemExit(str(error)) from error
 
 
 if __name__ == "__main__":

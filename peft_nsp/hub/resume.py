@@ -8,8 +8,17 @@ import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi
+from huggingface_hub.errors import LocalEntryNotFoundError
 
-from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_files, verify_stage, write_stage
+from ..continual.stages import (
+    PROGRESS_FILE,
+    SEQUENCE_FILE,
+    hub_unreachable_error,
+    read_record,
+    stage_files,
+    verify_stage,
+    write_stage,
+)
 
 
 def materialize_stage(
@@ -46,7 +55,10 @@ def materialize_stage(
         folder = Path(source)
         verify_stage(folder)
     else:
-        folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
+        try:
+            folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
+        except LocalEntryNotFoundError as error:  # offline, or no answer and nothing cached
+            raise hub_unreachable_error(str(source), revision, error) from error
     record = read_record(folder)
 
     def copy_files(partial: Path) -> None:  # the stage's own files; hidden ones (.gitattributes, .cache) stay behind
