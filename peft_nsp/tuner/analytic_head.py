@@ -12,7 +12,7 @@ fifth sample), as RanPAC does, by the squared error of a ridge fit on the rest. 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -354,3 +354,40 @@ class AnalyticClassifier(TaskHeads):
 def holdout_mask(indices: torch.Tensor) -> torch.Tensor:
     """``(N,)`` sample indices within a task → ``(N,)`` bool: held out to choose λ (every fifth sample)."""
     return indices % HOLDOUT_PERIOD == HOLDOUT_PERIOD - 1
+
+
+def gather_by_index(
+    features: list[torch.Tensor],
+    columns: list[torch.Tensor],
+    sample_indices: Sequence[int] | None,
+    reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's ``(n, F)`` features and ``(n,)`` columns placed at their sample indices and summed over
+    processes: the task's ``(N, F)`` features and ``(N,)`` columns in index order, identical on every rank."""
+    device = features[0].device if features else torch.device("cpu")
+    local_x = torch.cat(features) if features else torch.zeros(0, width, dtype=torch.float64, device=device)
+    local_y = torch.cat(columns) if columns else torch.zeros(0, dtype=torch.long, device=device)
+    indices = torch.arange(len(local_y)) if sample_indices is None else torch.as_tensor(list(sample_indices))
+    if len(indices) != len(local_y):
+        raise ValueError(f"`sample_indices` has {len(indices)} entries for {len(local_y)} samples of the pass.")
+    indices = indices.to(device)
+    reduce_fn = reduce_fn or (lambda t: t)
+    size = int(reduce_fn(torch.tensor([float(len(indices))], dtype=torch.float64, device=device)).item())
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise ValueError(
+            f"`sample_indices` must number the task's {size} samples 0 … {size - 1} across processes, got indices "
+            f"{int(indices.min())} … {int(indices.max())}."
+        )
+    x = torch.zeros(size, local_x.shape[1], dtype=torch.float64, device=device).index_add_(0, indices, local_x)
+    y = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, indices, local_y.double())
+    count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(
+        0, indices, torch.ones(len(indices), dtype=torch.float64, device=device)
+    )
+    x, y, count = reduce_fn(x), reduce_fn(y), reduce_fn(count)
+    if not bool((count == 1).all()):
+        raise ValueError(
+            "The analytic head needs every sample of the task exactly once across processes: pass `sample_indices` "
+            "(the index of each of this process's samples within the task's data) to `update_null_space`."
+        )
+    return x, y.long()

@@ -22,7 +22,7 @@ from torch import nn
 from .._torch_utils import eval_mode, module_device
 from ..losses import layernorm_consistency_loss
 from ..nullspace.update import NullSpaceProjection, ProjectionTarget
-from .analytic_head import AnalyticClassifier, AnalyticTaskFit, holdout_mask
+from .analytic_head import AnalyticClassifier, AnalyticTaskFit, gather_by_index, holdout_mask
 from .architectures import (
     BLOCK_CLASSES,
     architecture,
@@ -622,7 +622,7 @@ class VPTNSPModel(BaseTuner):
             columns.append(self.class_ids_to_columns(_labels(batch).to(captured[-1].device)) - first)
 
         def prepare() -> Callable[[], None]:
-            pooled, local = _gather_by_index(features, columns, sample_indices, reduce_fn, head.in_features)
+            pooled, local = gather_by_index(features, columns, sample_indices, reduce_fn, head.in_features)
             fit: AnalyticTaskFit = head.prepare_task(pooled, local, holdout_mask(torch.arange(len(local))))
             return lambda: head.commit(fit)
 
@@ -851,43 +851,6 @@ def _block_names(model: nn.Module, prefix: str = "") -> list[str]:
         elif isinstance(module, BLOCK_CLASSES) and not name.endswith(".base_layer"):
             names.append(name)
     return names
-
-
-def _gather_by_index(
-    features: list[torch.Tensor],
-    columns: list[torch.Tensor],
-    sample_indices: Sequence[int] | None,
-    reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-    width: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's ``(n, F)`` features and ``(n,)`` columns placed at their sample indices and summed over
-    processes: the task's ``(N, F)`` features and ``(N,)`` columns in index order, identical on every rank."""
-    device = features[0].device if features else torch.device("cpu")
-    local_x = torch.cat(features) if features else torch.zeros(0, width, dtype=torch.float64, device=device)
-    local_y = torch.cat(columns) if columns else torch.zeros(0, dtype=torch.long, device=device)
-    indices = torch.arange(len(local_y)) if sample_indices is None else torch.as_tensor(list(sample_indices))
-    if len(indices) != len(local_y):
-        raise ValueError(f"`sample_indices` has {len(indices)} entries for {len(local_y)} samples of the pass.")
-    indices = indices.to(device)
-    reduce_fn = reduce_fn or (lambda t: t)
-    size = int(reduce_fn(torch.tensor([float(len(indices))], dtype=torch.float64, device=device)).item())
-    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
-        raise ValueError(
-            f"`sample_indices` must number the task's {size} samples 0 … {size - 1} across processes, got indices "
-            f"{int(indices.min())} … {int(indices.max())}."
-        )
-    x = torch.zeros(size, local_x.shape[1], dtype=torch.float64, device=device).index_add_(0, indices, local_x)
-    y = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, indices, local_y.double())
-    count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(
-        0, indices, torch.ones(len(indices), dtype=torch.float64, device=device)
-    )
-    x, y, count = reduce_fn(x), reduce_fn(y), reduce_fn(count)
-    if not bool((count == 1).all()):
-        raise ValueError(
-            "The analytic head needs every sample of the task exactly once across processes: pass `sample_indices` "
-            "(the index of each of this process's samples within the task's data) to `update_null_space`."
-        )
-    return x, y.long()
 
 
 def _labels(batch: Any) -> torch.Tensor:
