@@ -37,9 +37,11 @@ from peft_nsp._io import write_atomically
 from peft_nsp._torch_utils import module_device
 from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve, run_class_incremental
 from peft_nsp.continual.augment import EvalTransform
+from peft_nsp.continual.metrics import count_correct
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
 from peft_nsp.scripts.data import per_class_subset
 from peft_nsp.trainer import NSPConfig
+from peft_nsp.tuner import AnalyticClassifier
 
 
 @dataclass
@@ -132,11 +134,47 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
             run_info={"benchmark": f"mnist5k-{args.num_tasks}", "base_model": model_path},
         )
         results[method] = result
+    metrics = {method: result.metrics for method, result in results.items()}
     if PartialState().is_main_process:
         nsp = next(iter(results.values()))
         check_reload(nsp, model_path, data["test"], transform)
         classify_with_pipeline(nsp, data["test"])
-    return {method: result.metrics for method, result in results.items()}
+    # What a user would pick instead, on the same split and task order: a classifier that trains nothing.
+    metrics[TRAINING_FREE] = training_free_baseline(model_path, data, nsp.tasks, transform, args.seed)
+    return metrics
+
+
+TRAINING_FREE = "RanPAC (frozen backbone, trains nothing)"
+
+
+@torch.no_grad()
+def training_free_baseline(model_path: str, data: DatasetDict, tasks: list[list[int]], transform, seed: int):
+    """The analytic head on the frozen backbone's CLS features (random-projection ridge regression, RanPAC-style),
+    fitted task by task in ``tasks``' order and evaluated like the prompted runs (all seen classes)."""
+    backbone = AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False).eval()
+
+    def features(split):
+        images = data[split]["image"]
+        pooled = [
+            backbone(pixel_values=transform(images[i : i + 100])).last_hidden_state[:, 0]
+            for i in range(0, len(images), 100)
+        ]
+        return torch.cat(pooled), torch.tensor(data[split]["label"])
+
+    (train_x, train_y), (test_x, test_y) = features("train"), features("test")
+    head = AnalyticClassifier(train_x.shape[1], seed=seed).eval()
+    metrics, order = ContinualMetrics(), []
+    for t, classes in enumerate(tasks):
+        mask = torch.isin(train_y, torch.tensor(classes))
+        head.add_task(len(classes))
+        head.fit_task(train_x[mask], torch.tensor([classes.index(int(c)) for c in train_y[mask]]))
+        order += classes
+        seen = torch.isin(test_y, torch.tensor(order))
+        predicted = torch.tensor(order)[head.ridge_outputs(test_x[seen]).argmax(-1)]
+        task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
+        metrics.record_task(t, *count_correct(predicted.tolist(), test_y[seen].tolist(), task_of_class, t + 1))
+    print(f"\n=== {TRAINING_FREE} ===\n{metrics.format_table()}", flush=True)
+    return metrics
 
 
 def load_data(args: QuickstartArguments) -> DatasetDict:
@@ -195,10 +233,15 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path, facts: dic
             f"| {method} | {100 * run.final_accuracy:.2f}% | {100 * run.forgetting:.2f}% | "
             f"{100 * run.average_incremental_accuracy:.2f}% |"
         )
-    (nsp_name, nsp), (seq_name, seq) = metrics.items()
+    (nsp_name, nsp), (seq_name, seq), (free_name, free) = metrics.items()
     verdict = "less" if nsp.forgetting < seq.forgetting else "MORE"
     lines.append(
         f"\n{nsp_name} forgets {100 * abs(seq.forgetting - nsp.forgetting):.2f} points {verdict} than {seq_name}."
+    )
+    margin = 100 * (nsp.final_accuracy - free.final_accuracy)
+    lines.append(
+        f"{nsp_name} ends {abs(margin):.2f} points {'above' if margin > 0 else 'BELOW'} {free_name}"
+        + ("." if margin > 0 else ": on this run, the classifier that trains nothing is the better choice.")
     )
     summary = {
         "run": facts,
@@ -208,7 +251,9 @@ def summarise(metrics: dict[str, ContinualMetrics], output_dir: Path, facts: dic
         },
     }
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False).encode())
-    plot_accuracy_curve(nsp, output_dir / "accuracy_curves.png", label=nsp_name, others={seq_name: seq})
+    plot_accuracy_curve(
+        nsp, output_dir / "accuracy_curves.png", label=nsp_name, others={seq_name: seq, free_name: free}
+    )
     return "\n".join(lines)
 
 

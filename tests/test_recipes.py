@@ -455,8 +455,15 @@ def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_c
         assert counts.tolist() == [4] * 5  # 2 digits × 2 test images per task, 5 tasks
         assert (tmp_path / folder / "tasks" / "task-4" / "adapter_model.safetensors").is_file()
         assert f"| {method} |" in printed
+    free = summary["methods"]["RanPAC (frozen backbone, trains nothing)"]  # what a user would pick instead
+    assert free["accuracy_matrix"]["total"][-1] == [4] * 5  # the same test images, task by task
+    assert (
+        "RanPAC (frozen backbone, trains nothing)" in printed and " points above " in printed or " BELOW " in printed
+    )
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
     assert summary["run"]["wall_seconds"] > 0 and summary["run"]["command"].startswith("python recipes/quickstart.py")
+    assert summary["run"]["cpu_seconds"] > 0 and len(summary["run"]["load_average"]) == 2
+    assert set(summary["run"]["versions"]) >= {"torch", "transformers", "peft"}
     nsp = json.loads((tmp_path / "nsp" / "tasks" / "task-4" / "sequence.json").read_text())
     seq = json.loads((tmp_path / "seq" / "tasks" / "task-4" / "sequence.json").read_text())
     assert nsp["settings"]["projection"] and not seq["settings"]["projection"]
