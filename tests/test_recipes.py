@@ -444,13 +444,15 @@ def test_quickstart_trains_both_methods_and_reloads_identically(tmp_path, tiny_c
         "8",
         "--use_cpu",
         "true",
-    ]  # CA on: the default
+        "--analytic_projection_size",
+        "64",
+    ]  # the analytic head: the default
     run_script("quickstart.py", argv, monkeypatch)
     printed = capsys.readouterr().out
     assert "same predictions on 64 test images: True" in printed
     assert 'pipeline("image-classification", model=' in printed and "true '" in printed and "predicted '" in printed
     summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
-    for method, folder in (("VPT-NSP² + CA", "nsp"), ("VPT-Seq + CA", "seq")):
+    for method, folder in (("VPT-NSP² + analytic head", "nsp"), ("VPT-Seq + analytic head", "seq")):
         counts = np.array(summary["methods"][method]["accuracy_matrix"]["total"][-1])
         assert counts.tolist() == [4] * 5  # 2 digits × 2 test images per task, 5 tasks
         assert (tmp_path / folder / "tasks" / "task-4" / "adapter_model.safetensors").is_file()
