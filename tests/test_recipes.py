@@ -569,9 +569,7 @@ def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on
     write_images(images, "train", 4, seed=0, classes=5)
     write_images(images, "test", 2, seed=1, classes=5)
     run = tmp_path / "run"
-    argv = quick_args(
-        run, tiny_checkpoint, "--dataset", str(images), "--refine_epochs", "2", "--refine_samples_per_class", "8"
-    )
+    argv = quick_args(run, tiny_checkpoint, "--dataset", str(images), "--analytic_projection_size", "64")
     argv.remove("--use_cpu")  # as on a laptop without CUDA: `use_cpu` alone turns pinning off
     with pytest.raises(ValueError, match=r"5 classes cannot be cut into 2 equal tasks.*`--num_classes 4`"):
         run_script("train_imagefolder.py", argv, monkeypatch)
@@ -583,7 +581,7 @@ def test_imagefolder_recipe_follows_the_split_hint_resumes_and_pins_no_memory_on
     assert "Resuming" not in capsys.readouterr().out
     record = json.loads((run / "tasks" / "task-1" / "sequence.json").read_text())
     assert record["run_info"]["benchmark"] == "imagefolder" and len(record["tasks"]) == 2
-    assert record["settings"]["temperature"] == 1.0 and record["settings"]["classifier_alignment"]
+    assert record["settings"]["temperature"] == 1.0 and record["settings"]["classifier"] == "analytic"
     # An interruption after task 0: its stage is the last one the progress pointer names.
     shutil.copy(run / "tasks" / "task-0" / "sequence.json", run / "progress.json")
     shutil.rmtree(run / "tasks" / "task-1")
@@ -603,7 +601,10 @@ def test_imagefolder_defaults_are_for_your_own_data():
     training = args.training
     assert training.output_dir == str(Path("runs") / "imagefolder-nsp-seed2024") and args.num_tasks == 5
     assert (training.temperature, training.num_train_epochs, training.dataset_repeats) == (1.0, 5, 1)
-    assert training.per_device_train_batch_size == 32 and training.classifier_alignment
+    assert training.per_device_train_batch_size == 32 and args.peft_config.classifier == "analytic"
+    assert not training.classifier_alignment  # the analytic head is the solution over every class already
+    linear = parse_recipe_arguments("imagefolder", ["--dataset", "my/images", "--classifier", "linear"])
+    assert linear.training.classifier_alignment and linear.peft_config.classifier == "linear"
     assert training.lr_decay_epochs == [2.0, 3.5] and not training.dataloader_pin_memory
     assert args.peft_config.eta1 == 0.97 and args.benchmark.eval_resize is None
     assert not parse_recipe_arguments("cifar100", []).training.dataloader_pin_memory  # no CUDA here

@@ -14,8 +14,8 @@ seed 2024. CLIP-NSP² (``--classifier text``): prompts in image blocks 0–3, lr
 
 Your own data (``imagefolder``, `recipes/train_imagefolder.py`): the paper's values tuned for its benchmarks give way
 to the library's and the quickstart's: temperature 1 (`NSPConfig`'s default; the quickstart chose it on validation
-data), η 0.97 (`VPTNSPConfig`'s), 5 tasks, 5 epochs without repeats, batch 32, classifier alignment on (the
-quickstart's); evaluation resizes to the model's input size as its image processor (and so `pipeline`) does.
+data), η 0.97 (`VPTNSPConfig`'s), 5 tasks, 5 epochs without repeats, batch 32, the analytic head (the
+quickstart's, the validation winner; `--classifier linear`: linear heads with classifier alignment); evaluation resizes to the model's input size as its image processor (and so `pipeline`) does.
 Optimizer, schedule shape, prompts and backbone stay the authors'.
 """
 
@@ -142,13 +142,14 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "num_train_epochs": 5,
                 "dataset_repeats": 1,
                 "per_device_train_batch_size": 32,
-                "classifier_alignment": True,
+                "classifier": "analytic",
+                "classifier_alignment": True,  # with `--classifier linear`
             },
             description="Defaults for data that is not a benchmark of the paper: temperature 1 (NSPConfig's; "
             "the quickstart chose it on validation data), η 0.97 (VPTNSPConfig's), 5 tasks, 5 epochs without "
-            "repeats, batch 32 and classifier alignment (the quickstart's); evaluation resizes to the model's "
-            "input size as its image processor does. Backbone, optimizer, schedule shape, augmentation and "
-            "prompts: the authors'.",
+            "repeats, batch 32 and the analytic head (the validation winner, as in the quickstart; `--classifier "
+            "linear`: linear heads with classifier alignment); evaluation resizes to the model's input size as its "
+            "image processor does. Backbone, optimizer, schedule shape, augmentation and prompts: the authors'.",
         ),
     )
 }
