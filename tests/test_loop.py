@@ -248,44 +248,10 @@ def test_a_failing_stage_hook_stops_the_run_with_its_error_and_keeps_the_stage(t
     assert (tmp_path / "tasks" / "task-0" / "adapter_model.safetensors").is_file()
 
 
-def test_a_class_order_of_a_subset_trains_and_tests_those_classes_only(tmp_path):
-    """The split hint's advice: a `class_order` of some of the classes."""
-
-    def subset_run(folder, order):
-        args = NSPConfig(
-            output_dir=str(folder),
-            num_train_epochs=1,
-            per_device_train_batch_size=4,
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            save_strategy="no",
-        )
-        return run_class_incremental(
-            tiny_model("vit", seed=2),
-            VPTNSPConfig(prompt_length=2),
-            args,
-            TRAIN,
-            TEST,
-            num_tasks=2,
-            train_transform=to_tensor,
-            class_order=order,
-        )
-
-    result = subset_run(tmp_path, [4, 1, 0, 5])
-    names = TRAIN.features["label"].names
-    assert result.record.tasks == [[names[4], names[1]], [names[0], names[5]]]
-    assert result.model.base_model.class_names() == [names[c] for c in (4, 1, 0, 5)]
-    assert result.metrics.to_dict()["total"][-1] == [6, 6]  # 3 test images of each of the 4 classes, 2 per task
-    with pytest.raises(ValueError, match="distinct new class ids"):
-        subset_run(tmp_path / "repeated", [4, 4, 0, 5])
-
-
-def test_stages_get_the_base_models_image_processor_or_a_warning(tmp_path):
-    from transformers import ViTImageProcessor, pipeline
-
-    args = dict(
-        output_dir=str(tmp_path / "warned"),
+def ordered_run(folder, class_order, num_tasks, base_model=None):
+    """One epoch over the classes of ``class_order``, in that order."""
+    args = NSPConfig(
+        output_dir=str(folder),
         num_train_epochs=1,
         per_device_train_batch_size=4,
         report_to="none",
@@ -293,33 +259,38 @@ def test_stages_get_the_base_models_image_processor_or_a_warning(tmp_path):
         disable_tqdm=True,
         save_strategy="no",
     )
+    return run_class_incremental(
+        base_model or tiny_model("vit", seed=2),
+        VPTNSPConfig(prompt_length=2),
+        args,
+        TRAIN,
+        TEST,
+        num_tasks=num_tasks,
+        train_transform=to_tensor,
+        class_order=class_order,
+    )
+
+
+def test_a_class_order_of_a_subset_trains_and_tests_those_classes_only(tmp_path):
+    """The split hint's advice: a `class_order` of some of the classes."""
+    result = ordered_run(tmp_path, [4, 1, 0, 5], num_tasks=2)
+    names = TRAIN.features["label"].names
+    assert result.record.tasks == [[names[4], names[1]], [names[0], names[5]]]
+    assert result.model.base_model.class_names() == [names[c] for c in (4, 1, 0, 5)]
+    assert result.metrics.to_dict()["total"][-1] == [6, 6]  # 3 test images of each of the 4 classes, 2 per task
+    with pytest.raises(ValueError, match="distinct new class ids"):
+        ordered_run(tmp_path / "repeated", [4, 4, 0, 5], num_tasks=2)
+
+
+def test_stages_get_the_base_models_image_processor_or_a_warning(tmp_path):
+    from transformers import ViTImageProcessor, ViTModel, pipeline
+
     with pytest.warns(UserWarning, match="no `processing_class`.*pipeline"):
-        run_class_incremental(
-            tiny_model("vit", seed=2),
-            VPTNSPConfig(prompt_length=2),
-            NSPConfig(**args),
-            TRAIN,
-            TEST,
-            num_tasks=1,
-            train_transform=to_tensor,
-            class_order=[0, 1],
-        )
+        ordered_run(tmp_path / "warned", [0, 1], num_tasks=1)
     folder = tmp_path / "base"
     tiny_model("vit", seed=2).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
-    from transformers import ViTModel
-
-    args["output_dir"] = str(tmp_path / "found")
-    run_class_incremental(
-        ViTModel.from_pretrained(folder),
-        VPTNSPConfig(prompt_length=2),
-        NSPConfig(**args),
-        TRAIN,
-        TEST,
-        num_tasks=1,
-        train_transform=to_tensor,
-        class_order=[0, 1],
-    )
+    ordered_run(tmp_path / "found", [0, 1], num_tasks=1, base_model=ViTModel.from_pretrained(folder))
     stage = tmp_path / "found" / "tasks" / "task-0"
     assert (stage / "preprocessor_config.json").is_file()
     answer = pipeline("image-classification", model=str(stage))(TEST[0]["image"])
