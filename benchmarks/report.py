@@ -389,12 +389,13 @@ def update_readme(path: Path, blocks: dict[str, str]) -> None:
     """Replace each ``<!-- results:NAME -->…<!-- /results:NAME -->`` block of the README by its rendering."""
     text = path.read_text(encoding="utf-8")
     for name, body in blocks.items():
+        # The block's old body (possibly empty, for a new block) sits between the two markers.
         pattern = re.compile(
-            rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S
+            rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results:{re.escape(name)} -->)", re.S
         )
         if not pattern.search(text):
             raise ValueError(f"{path} has no block `<!-- results:{name} -->`.")
-        text = pattern.sub(lambda match: match.group(1) + body + match.group(2), text)
+        text = pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(2), text)
     path.write_text(text, encoding="utf-8")
 
 

@@ -165,4 +165,13 @@ def test_gpu_script_runs_its_whole_path_on_the_cpu(tmp_path):
     speed = json.loads((tmp_path / "speed-gpu.json").read_text())["runs"][0]
     assert speed["train_step"]["images_per_s"] > 0 and "alignment" in speed
     runs = json.loads((tmp_path / "forgetting-digits-fashion-animals-gpu.json").read_text())["runs"]
-    assert {run["method"] for run in runs} == {"seq", "nsp", "nsp-ca", "joint"}
+    assert {run["method"] for run in runs} == {
+        "simplecil",
+        "ranpac",
+        "ranpac-fta",
+        "seq",
+        "nsp",
+        "nsp-ca",
+        "nsp-analytic",
+        "joint",
+    }
