@@ -670,7 +670,8 @@ def markdown(results: dict[str, Any], source: str = "") -> str:
                     ("validation", "forgetting"),
                 )
             ]
-            rows.append([LABELS[method], *(mean_std(cell, 100) for cell in cells), len(cells[0])])
+            if cells[0]:  # a method run on other datasets only has no row here
+                rows.append([LABELS[method], *(mean_std(cell, 100) for cell in cells), len(cells[0])])
         header = [
             "method",
             "final accuracy",
