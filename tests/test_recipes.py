@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import shutil
 import subprocess
@@ -706,3 +707,30 @@ def test_the_analytic_head_in_a_recipe(tmp_path, tiny_checkpoint, monkeypatch):
     assert config["classifier"] == "analytic" and config["analytic_projection_size"] == 64
     model = PeftModel.from_pretrained(ViTModel.from_pretrained(tiny_checkpoint), stage)
     assert model.base_model.task_heads().fitted_tasks == 2
+
+
+def test_push_to_hub_offline_stops_before_training_with_one_message(tmp_path, tiny_checkpoint):
+    """No network: `--push_to_hub` is refused before anything trains, with the later push command, no traceback."""
+    images = tmp_path / "images"
+    write_images(images, "train", 2, seed=0, classes=2)
+    argv = quick_args(
+        tmp_path / "run",
+        tiny_checkpoint,
+        "--dataset",
+        str(images),
+        "--num_tasks",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/offline-run",
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train_imagefolder.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Hub cannot be reached" in done.stderr and "python -m peft_nsp.hub push" in done.stderr
+    assert not (tmp_path / "run" / "tasks").exists()

@@ -17,7 +17,7 @@ from .._io import write_atomically
 from ..continual.augment import AuthorsTrainTransform, EvalTransform
 from ..continual.paper import comparison_table
 from ..continual.stages import read_progress, stage_dir, training_dir
-from ..hub import push_after_each_task, push_to_hub
+from ..hub import HubPushError, push_after_each_task, push_to_hub
 from ..timm_vit import is_timm_checkpoint, load_timm_vit
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
@@ -36,6 +36,13 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
 
     training = args.training
     push = training.push_to_hub and training.process_index == 0
+    if push and hub_unreachable(training.hub_model_id):
+        raise SystemExit(
+            f"`--push_to_hub`: the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is set) to "
+            f"publish `{training.hub_model_id}`. Train without `--push_to_hub` and publish the run later where the "
+            f"Hub is reachable: `python -m peft_nsp.hub push {training.output_dir} --hub_model_id "
+            f"{training.hub_model_id}`."
+        )
     if training.process_index == 0 and (resuming := resume_message(training.output_dir)):
         print(resuming, flush=True)
     with training.main_process_first(desc="loading the data"):  # one process builds the datasets cache
@@ -82,10 +89,13 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     )
     if training.process_index == 0:
         print(write_summary(result, args), flush=True)
-    if push:  # whatever a push after some task could not upload; raises (run intact) if it still fails
-        push_to_hub(
-            result.output_dir, training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
-        )
+    if push:  # whatever a push after some task could not upload; stops (run intact) if it still fails
+        try:
+            push_to_hub(
+                result.output_dir, training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
+            )
+        except HubPushError as error:  # its message says what happened and how to resume: once, no traceback
+            raise SystemExit(str(error)) from None
     return result
 
 
