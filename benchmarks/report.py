@@ -282,6 +282,7 @@ def _analytic_head(results: dict[str, Any], default_size: int = 5000) -> str:
     sizes = results["sizes"]
     validation = {size: 100 * float(np.mean([run["validation"] for run in runs])) for size, runs in sizes.items()}
     spread = {size: 100 * float(np.std([run["validation"] for run in runs])) for size, runs in sizes.items()}
+    default_size = default_size if str(default_size) in sizes else max(map(int, sizes))  # e.g. a smoke run's sizes
     runs = sizes[str(default_size)]
     unsolvable = sum(not run["float32_solvable"] for size in sizes.values() for run in size)
     total = sum(len(size) for size in sizes.values())
