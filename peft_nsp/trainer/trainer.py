@@ -302,12 +302,8 @@ class NSPTrainer(Trainer):
             )
         tuner = self.nsp_model
         config = tuner.peft_config[tuner.active_adapters[0]]
-        tasks, start = [], 0
-        for classes in config.task_classes:
-            tasks.append(config.class_names[start : start + len(classes)])
-            start += len(classes)
         record = RunRecord(
-            tasks=tasks,
+            tasks=tuner.class_names_by_task(),
             seed=self.args.seed,
             method=method_name(self.args.projection, False, config.classifier, self.args.classifier_alignment),
             finished_tasks=tuner.tasks_seen(),

@@ -398,6 +398,10 @@ class VPTNSPModel(BaseTuner):
         config = self.peft_config[adapter_name or self._active_adapter_name()]
         return [c for task in config.task_classes for c in task]
 
+    def class_names_by_task(self, adapter_name: str | None = None) -> list[list[str]]:
+        """The class names of every task, in task order."""
+        return _names_by_task(self.peft_config[adapter_name or self._active_adapter_name()])
+
     def class_names(self, adapter_name: str | None = None) -> list[str]:
         """The name of every logit column (as ``config.id2label``)."""
         return list(self.peft_config[adapter_name or self._active_adapter_name()].class_names)
