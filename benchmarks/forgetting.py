@@ -8,7 +8,7 @@ in one shuffled class order, 6 tasks × 5 classes. Rows:
 - ``probe``: linear probe, no prompts: the frozen backbone's final-LayerNorm CLS features (computed once; the
   backbone is frozen and there is no augmentation, so this equals recomputing them) feed the same
   per-task heads (`peft_nsp.ContinualClassifier`), trained with the same optimizer, epochs, batch and temperature.
-- ``probe-ca``: the probe plus classifier alignment after every task (the same `refine_head` as the prompted rows,
+- ``probe-ca``: the probe plus classifier alignment after every task (the same `align_classifier` as the prompted rows,
   on the frozen features' class statistics).
 - ``seq``: VPT-Seq (same prompts, no projection, λ = 0); ``seq-ca``: with classifier alignment.
 - ``seq-norm-matched``: the NSP² run (λ = 1, statistics after every task) without projection: every prompt update
@@ -80,13 +80,14 @@ from transformers import TrainerCallback, ViTModel
 
 import peft_nsp
 from peft_nsp._torch_utils import eval_mode, module_device
-from peft_nsp.continual import ContinualMetrics, count_correct, run_class_incremental, split_classes
+from peft_nsp.continual import ContinualMetrics, count_correct, split_classes
 from peft_nsp.continual.plots import plot_curves as plot_accuracy_curves
-from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
+from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 from peft_nsp.nullspace.update import project
 from peft_nsp.trainer import NSPConfig, NSPTrainer
 from peft_nsp.tuner.analytic_head import AnalyticClassifier
 from peft_nsp.tuner.class_statistics import ClassFeatureStatistics, class_feature_sums, mean_and_covariance
+from peft_nsp.tuner.classifier_alignment import ClassifierAlignmentArguments, align_classifier
 
 
 #: Tasks of every dataset (its classes are cut into this many equal tasks).
@@ -371,11 +372,10 @@ def run_prompted(
             backbone(),
             peft_nsp.VPTNSPConfig(eta1=eta, eta2=eta, **classifier),
             args,
+            ClassIncrementalConfig(num_tasks=NUM_TASKS[dataset], joint=method.startswith("joint")),
             data["train"],
             data["test"],
-            num_tasks=NUM_TASKS[dataset],
             train_transform=transform,
-            joint=method.startswith("joint"),
             callbacks=[monitor],
             on_stage_saved=monitor.after_task,
         )
@@ -544,7 +544,7 @@ def frozen_features(
 
 
 class ProbeHeads:
-    """The linear probe's heads and the frozen features' class statistics, as `refine_head` reads a tuner."""
+    """The linear probe's heads and the frozen features' class statistics, as `align_classifier` reads a tuner."""
 
     temperature = 1.0  # the heads' outputs are the logits
 
@@ -560,8 +560,8 @@ class ProbeHeads:
         counts, sums, grams = class_feature_sums(features, labels, num_classes)
         self.statistics.store(len(self.head.heads) - 1, counts, *mean_and_covariance(counts, sums, grams))
 
-    def refinable_parameters(self) -> list[torch.nn.Parameter]:
-        return self.head.refinable_parameters()
+    def alignment_parameters(self) -> list[torch.nn.Parameter]:
+        return self.head.alignment_parameters()
 
     def class_feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.statistics.collected()
@@ -605,7 +605,7 @@ def run_probe(
                 F.cross_entropy(newest(x[batch]) / settings.temperature, y[batch]).backward()
                 optimizer.step()
         if alignment:
-            refine_head(probe, HeadRefinementArguments(), seed=seed + t)
+            align_classifier(probe, ClassifierAlignmentArguments(), seed=seed + t)
         task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
         for name, record in metrics.items():
             eval_x, eval_y = features[name]

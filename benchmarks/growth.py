@@ -22,8 +22,9 @@ import psutil
 from common import RESULTS_DIR, facts_line, markdown_table, run_facts, tiny_vit, write_results
 
 import peft_nsp
-from peft_nsp.continual import loop
 from peft_nsp.continual.data import processor_transform
+from peft_nsp.loop import ClassIncrementalConfig
+from peft_nsp.loop import class_incremental as loop
 from peft_nsp.offline.datasets import image_dataset
 from peft_nsp.trainer import NSPConfig
 
@@ -33,7 +34,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 class Timed:
-    """Wraps a function of `peft_nsp.continual.loop` and records how long each call took."""
+    """Wraps a function of `peft_nsp.loop.class_incremental` and records how long each call took."""
 
     def __init__(self, name: str) -> None:
         self.name, self.seconds = name, []
@@ -104,9 +105,9 @@ def measure(num_tasks: int) -> list[dict[str, float]]:
                 tiny_vit(16),
                 peft_nsp.VPTNSPConfig(prompt_length=2),
                 args,
+                ClassIncrementalConfig(num_tasks=num_tasks),
                 train,
                 test,
-                num_tasks=num_tasks,
                 train_transform=transform,
                 on_stage_saved=record,
             )

@@ -333,14 +333,14 @@ def _quickstart(summary: dict[str, Any]) -> str:
 def _alignment_cost(run: dict[str, Any]) -> str:
     alignment, s = run["alignment"], run["settings"]
     passes = alignment["seconds_per_image"]
-    refinement = {row["classes"]: row["seconds"] for row in alignment["refinement"]}
+    alignment_seconds = {row["classes"]: row["seconds"] for row in alignment["seconds_per_alignment"]}
     return (
         f"on a CPU ({s['model']}, {s['image_size']} px), the class-statistics pass after a task costs "
         f"{passes['class statistics'] / passes['eval']:.2f}× a plain evaluation forward over the task's data; the adapter "
         f"keeps {alignment['bytes_per_class'] / 2**20:.2f} MiB per class (the packed covariance of the F-wide feature, "
         "F(F+1)/2 float32, plus a float64 mean: 1.2 MB per class for ViT-B/16's F = 768, 236 MB for the 200 DomainNet "
-        f"classes); one refinement takes {refinement[10]:.1f} s with 10 seen classes, {refinement[50]:.1f} s with 50 and "
-        f"{refinement[200]:.1f} s with 200."
+        f"classes); one alignment takes {alignment_seconds[10]:.1f} s with 10 seen classes, {alignment_seconds[50]:.1f} s with 50 and "
+        f"{alignment_seconds[200]:.1f} s with 200."
     )
 
 

@@ -14,7 +14,7 @@ All ratios are measured in one run on the same (randomly initialised) model and 
 - **tasks**: training steps/s and the bytes of null-space state (statistics + projectors) and heads after
   5, 10, 20, 50 tasks;
 - **classifier alignment**: the class-statistics pass against a plain eval forward, the bytes the adapter keeps
-  per class, and the time of one refinement (`refine_head`, the default 50 epochs × 256 samples per class) with
+  per class, and the time of one alignment (`align_classifier`, the default 50 epochs × 256 samples per class) with
   10, 50 and 200 seen classes.
 
 Model sizes: ``vit-s16`` (ViT-S/16: 384 hidden, 12 layers, 6 heads; CPU default at 112 px, batch 32) and
@@ -45,9 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig, ViTModel
 
 import peft_nsp
-from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head
 from peft_nsp.nullspace.collector import StatisticsCollector
 from peft_nsp.tuner.architectures import attention_access
+from peft_nsp.tuner.classifier_alignment import ClassifierAlignmentArguments, align_classifier
 
 
 MODELS = {
@@ -322,7 +322,7 @@ def measure_task_scaling(args, images, labels) -> list[dict[str, Any]]:
 
 
 def measure_alignment(args, images) -> dict[str, Any]:
-    """Classifier alignment's costs: the class-statistics pass, the adapter bytes per class, one refinement."""
+    """Classifier alignment's costs: the class-statistics pass, the adapter bytes per class, one alignment."""
     model = build_model(args.model, args.image_size, "sdpa", args.device, 0, images, class_statistics=True).eval()
     classes = model.class_names()
     labels = torch.arange(len(images), device=args.device) % len(classes)
@@ -339,7 +339,7 @@ def measure_alignment(args, images) -> dict[str, Any]:
     per_class = sum(
         t.numel() * t.element_size() for name, t in model.state_dict().items() if "vpt_nsp_class_statistics" in name
     ) / len(classes)
-    refinement = []
+    alignment_seconds = []
     for seen in (10, 50, 200):
         model = build_model(args.model, args.image_size, "sdpa", args.device, 0, images, class_statistics=True)
         model.add_task(seen - 2)  # 2 + (seen − 2) classes
@@ -355,13 +355,13 @@ def measure_alignment(args, images) -> dict[str, Any]:
                 factors @ factors.transpose(-1, -2),
             )
         start = time.perf_counter()
-        refine_head(model, HeadRefinementArguments(), seed=0)
+        align_classifier(model, ClassifierAlignmentArguments(), seed=0)
         synchronize(args.device)
-        refinement.append({"classes": seen, "seconds": time.perf_counter() - start})
+        alignment_seconds.append({"classes": seen, "seconds": time.perf_counter() - start})
     return {
         "seconds_per_image": {kind: statistics.median(values) / args.batch_size for kind, values in times.items()},
         "bytes_per_class": per_class,
-        "refinement": refinement,
+        "seconds_per_alignment": alignment_seconds,
     }
 
 
@@ -459,8 +459,8 @@ def markdown(results: dict[str, Any]) -> str:
                         ["× a plain eval forward", f"{passes['class statistics'] / passes['eval']:.2f}"],
                         ["adapter bytes per class (MiB)", _mib(alignment["bytes_per_class"])],
                         *[
-                            [f"one refinement, {row['classes']} seen classes (s)", f"{row['seconds']:.2f}"]
-                            for row in alignment["refinement"]
+                            [f"one alignment, {row['classes']} seen classes (s)", f"{row['seconds']:.2f}"]
+                            for row in alignment["seconds_per_alignment"]
                         ],
                     ],
                 ),

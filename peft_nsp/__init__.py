@@ -14,18 +14,25 @@ register_with_peft(VPTNSPConfig, VPTNSPModel)
 
 
 def __getattr__(name: str):
-    """`NSPConfig` and `NSPTrainer` load the `Trainer` stack on first use, so `import peft_nsp` stays light."""
+    """`NSPConfig`, `NSPTrainer` and the loop load the `Trainer` stack on first use, so `import peft_nsp` stays
+    light."""
     if name in ("NSPConfig", "NSPTrainer"):
         from . import trainer
 
         return getattr(trainer, name)
+    if name in ("ClassIncrementalConfig", "ContinualResult", "run_class_incremental"):
+        from . import loop
+
+        return getattr(loop, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassIncrementalConfig",
     "ContinualClassifier",
+    "ContinualResult",
     "NSPConfig",
     "NSPTrainer",
     "NullSpaceLayerReport",
@@ -34,4 +41,5 @@ __all__ = [
     "VPTNSPModel",
     "VPTNSPModelOutput",
     "layernorm_consistency_loss",
+    "run_class_incremental",
 ]

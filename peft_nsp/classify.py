@@ -26,7 +26,7 @@ from transformers import logging as transformers_logging
 from transformers import pipeline
 
 from .continual.stages import read_progress, stage_dir
-from .scripts.run import hub_unreachable
+from .hub.store import hub_unreachable
 
 
 ADAPTER_CONFIG = "adapter_config.json"

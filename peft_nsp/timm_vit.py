@@ -5,7 +5,8 @@ timm publishes its models as a folder (or Hub repo) holding a ``config.json`` wi
 (``"vit_base_patch16_224"``), optional ``"model_args"`` and a ``"pretrained_cfg"`` (input size, mean/std,
 interpolation), next to ``model.safetensors`` (or ``pytorch_model.bin``) in timm's layout: ``cls_token``,
 ``pos_embed``, ``patch_embed.proj.*``, ``blocks.<i>.{norm1, attn.qkv, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``,
-``norm``, ``head``. This module converts them without timm (which is never imported):
+``norm``, ``head``. This module converts them without timm (which is never imported; one module of about 550 lines
+because the conversion's steps share timm's key layout and are read together):
 
 - the fused ``qkv`` is split into ``q_proj``/``k_proj``/``v_proj`` (no biases when the checkpoint has none),
 - LayerScale is folded into ``o_proj``/``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``,

@@ -36,11 +36,12 @@ from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, pipeli
 import peft_nsp
 from peft_nsp._io import write_atomically
 from peft_nsp._torch_utils import module_device
-from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve, run_class_incremental
+from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve
 from peft_nsp.continual.augment import EvalTransform
+from peft_nsp.continual.data import per_class_subset
 from peft_nsp.continual.metrics import count_correct
+from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
-from peft_nsp.scripts.data import per_class_subset
 from peft_nsp.trainer import NSPConfig
 from peft_nsp.tuner import AnalyticClassifier
 
@@ -90,7 +91,7 @@ class QuickstartArguments:
 
     def __post_init__(self) -> None:
         if self.classifier == "analytic" and self.classifier_alignment:
-            raise ValueError("`--classifier_alignment` refines linear heads: use it with `--classifier linear`.")
+            raise ValueError("`--classifier_alignment` retrains linear heads: use it with `--classifier linear`.")
         if self.classifier_alignment is None:
             self.classifier_alignment = self.classifier == "linear"
 
@@ -111,7 +112,6 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
         training = NSPConfig(
             output_dir=str(Path(args.output_dir) / ("nsp" if projection else "seq")),
             projection=projection,
-            ln_loss_weight=None if projection else 0.0,
             temperature=args.temperature,
             learning_rate=args.learning_rate,
             num_train_epochs=args.epochs,
@@ -137,12 +137,13 @@ def train_both(args: QuickstartArguments) -> dict[str, ContinualMetrics]:
                 analytic_projection_size=args.analytic_projection_size,
             ),
             training,
+            ClassIncrementalConfig(
+                num_tasks=args.num_tasks, run_info={"benchmark": f"mnist5k-{args.num_tasks}", "base_model": model_path}
+            ),
             data["train"],
             data["test"],
-            num_tasks=args.num_tasks,
             train_transform=transform,
             processing_class=processor,
-            run_info={"benchmark": f"mnist5k-{args.num_tasks}", "base_model": model_path},
         )
         results[method] = result
     metrics = {method: result.metrics for method, result in results.items()}

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from testing_utils import blob_images, prompted_layers, tiny_model, to_tensor  # noqa: E402
 
 from peft_nsp import VPTNSPConfig  # noqa: E402
-from peft_nsp.continual import run_class_incremental  # noqa: E402
+from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental  # noqa: E402
 from peft_nsp.trainer import NSPConfig  # noqa: E402
 
 
@@ -43,9 +43,9 @@ def main(output_dir: str, per_device_batch: int) -> None:
         tiny_model("vit", seed=3),
         VPTNSPConfig(prompt_length=2),
         args,
+        ClassIncrementalConfig(num_tasks=2),
         blob_images(4, 6),
         blob_images(4, 7, seed=1),
-        num_tasks=2,
         train_transform=to_tensor,
     )
     layers = prompted_layers(result.model)

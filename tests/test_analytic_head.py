@@ -358,3 +358,30 @@ def test_only_ridges_the_float64_solve_can_take_are_tried():
     head.fit_task(features, columns)
     assert float(head.state.ridge) == pytest.approx(floor * 10)
     assert torch.isfinite(head.ridge_outputs(features)).all()
+
+
+def test_a_forward_fn_and_labels_fn_read_any_batch_layout_as_the_default_reads_its_own():
+    """`update_null_space(forward_fn=, labels_fn=)`, as PEFT's eva takes a `forward_fn`: batches of another layout
+    give bit-identical projectors and analytic head; the default refuses that layout, naming the fix."""
+    default = _analytic_model(analytic_ridge=0.3).eval()
+    default.base_model.add_task(3)
+    custom = copy.deepcopy(default)
+    x, y = _blob_task([0, 1, 2])
+    default.base_model.update_null_space(_batches(x, y))
+    other_layout = [{"image": a, "target": b.tolist()} for a, b in zip(x.split(7), y.split(7))]
+    with pytest.raises(ValueError, match="pass `forward_fn=`"):
+        copy.deepcopy(custom).base_model.update_null_space(other_layout)
+    with pytest.raises(ValueError, match="`forward_kwargs` or `forward_fn`, not both"):
+        custom.base_model.update_null_space(
+            other_layout, forward_fn=lambda m, b: None, forward_kwargs={"interpolate_pos_encoding": True}
+        )
+    custom.base_model.update_null_space(
+        other_layout,
+        forward_fn=lambda model, batch: model(pixel_values=batch["image"]),
+        labels_fn=lambda batch: torch.tensor(batch["target"]),
+    )
+    expected, got = default.base_model.state_dict(), custom.base_model.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert custom.base_model.task_heads().fitted_tasks == 1

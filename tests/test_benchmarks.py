@@ -99,7 +99,7 @@ def test_speed_smoke_measures_every_cost(smoke_results):
     alignment = run["alignment"]
     width = 32  # the smoke ViT's hidden size: a packed covariance, a float64 mean and count per class
     assert alignment["bytes_per_class"] == 4 * width * (width + 1) // 2 + 8 * width + 8
-    assert [row["classes"] for row in alignment["refinement"]] == [10, 50, 200]
+    assert [row["classes"] for row in alignment["seconds_per_alignment"]] == [10, 50, 200]
 
 
 def test_fidelity_smoke_measures_every_difference(smoke_results):

@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""CLIP-NSP²: prompts in CLIP's (and SigLIP's) image tower, the text-embedding classifier, head refinement.
+"""CLIP-NSP²: prompts in CLIP's (and SigLIP's) image tower, the text-embedding classifier, classifier alignment.
 
 Tiny random `CLIPConfig`s and a character-level `CLIPTokenizer` (no Hub). Expected values are computed
 independently: statistics by brute force (numpy), logits through the base model's own `get_text_features` /
@@ -32,15 +32,15 @@ from transformers import (
 )
 
 from peft_nsp import VPTNSPConfig, VPTNSPLayer
-from peft_nsp.continual import run_class_incremental
 from peft_nsp.continual.class_names import (
     benchmark_class_names,
     benchmark_text_templates,
     domainnet_paper_classes,
     readable_class_names,
 )
-from peft_nsp.continual.refinement import HeadRefinementArguments, refine_head, sample_class_features
+from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 from peft_nsp.trainer import NSPConfig
+from peft_nsp.tuner.classifier_alignment import ClassifierAlignmentArguments, align_classifier, sample_class_features
 
 
 VOCAB = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -337,7 +337,7 @@ def test_unsupported_clip_variants_are_clear_errors():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# class statistics and head refinement
+# class statistics and classifier alignment
 # ----------------------------------------------------------------------------------------------------------
 def test_class_statistics_match_numpy():
     model = text_clip(class_statistics=True)
@@ -360,6 +360,17 @@ def test_class_statistics_match_numpy():
     off.add_task([0], class_names=["cat"], tokenizer=tokenizer())
     with pytest.raises(ValueError, match="create it with `class_statistics=True`"):
         off.update_class_statistics([(x[:1], torch.tensor([0]))])
+    # Another batch layout through `forward_fn`/`labels_fn` (as PEFT's eva): the same statistics.
+    stored = [t.clone() for t in model.class_feature_statistics()]
+    model.update_class_statistics(
+        [{"img": x[:5], "y": labels[:5]}, {"img": x[5:], "y": labels[5:]}],
+        forward_fn=lambda backbone, batch: backbone(pixel_values=batch["img"]),
+        labels_fn=lambda batch: batch["y"],
+    )
+    for before, after in zip(stored, model.class_feature_statistics()):
+        torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="or pass `labels_fn=`"):
+        model.update_class_statistics([{"pixel_values": x}])
 
 
 def test_sampled_features_follow_the_class_gaussians():
@@ -376,7 +387,7 @@ def test_sampled_features_follow_the_class_gaussians():
 
 
 def held_out_loss(means, covariances, text, scale, projection) -> float:
-    """Cross-entropy on fixed features drawn (by torch.distributions) independently of `refine_head`, logits by hand."""
+    """Cross-entropy on fixed features drawn (by torch.distributions) independently of `align_classifier`, logits by hand."""
     torch.manual_seed(123)
     features, labels = [], []
     for c in range(means.shape[0]):
@@ -388,7 +399,7 @@ def held_out_loss(means, covariances, text, scale, projection) -> float:
     return float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels)))
 
 
-def test_refinement_reduces_the_loss_and_trains_only_the_projection_copy():
+def test_alignment_reduces_the_loss_and_trains_only_the_projection_copy():
     model = text_clip(class_statistics=True)
     model.add_task([0, 1], class_names=["cat", "dog"], tokenizer=tokenizer())
     x = images(12)
@@ -404,8 +415,10 @@ def test_refinement_reduces_the_loss_and_trains_only_the_projection_copy():
     before = held_out_loss(
         means, covariances, head.class_embeddings, head.logit_scale.detach(), projection.weight.detach()
     )
-    arguments = HeadRefinementArguments(refine_epochs=8, refine_learning_rate=0.2, refine_batch_size=1024)
-    losses = refine_head(model, arguments, seed=3)
+    arguments = ClassifierAlignmentArguments(
+        alignment_epochs=8, alignment_learning_rate=0.2, alignment_batch_size=1024
+    )
+    losses = align_classifier(model, arguments, seed=3)
     after = held_out_loss(
         means, covariances, head.class_embeddings, head.logit_scale.detach(), projection.weight.detach()
     )
@@ -419,19 +432,21 @@ def test_refinement_reduces_the_loss_and_trains_only_the_projection_copy():
     assert not projection.weight.requires_grad and head.logit_scale.grad is None
 
 
-def test_refinement_needs_statistics_and_something_to_refine():
+def test_alignment_needs_statistics_and_something_to_align():
     siglip = get_peft_model(tiny_clip("siglip-vision"), VPTNSPConfig(classifier="text", class_statistics=True))
     siglip.add_task(2, class_embeddings=torch.randn(2, 32))
-    with pytest.raises(ValueError, match="Nothing to refine"):
-        refine_head(siglip)
+    with pytest.raises(ValueError, match="Nothing to align"):
+        align_classifier(siglip)
     linear = get_peft_model(tiny_clip("siglip-vision"), VPTNSPConfig(class_statistics=True))
     linear.add_task(2)
     with pytest.raises(ValueError, match=r"No class statistics for task\(s\) \[0\]"):
-        refine_head(linear)
+        align_classifier(linear)
     linear.update_class_statistics([(images(4), torch.tensor([0, 1, 0, 1]))])
-    assert len(refine_head(linear, HeadRefinementArguments(refine_epochs=2))) == 2  # linear heads are refined
-    with pytest.raises(ValueError, match="`refine_epochs` must be ≥ 1"):
-        HeadRefinementArguments(refine_epochs=0)
+    assert (
+        len(align_classifier(linear, ClassifierAlignmentArguments(alignment_epochs=2))) == 2
+    )  # linear heads are aligned
+    with pytest.raises(ValueError, match="`alignment_epochs` must be ≥ 1"):
+        ClassifierAlignmentArguments(alignment_epochs=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -443,7 +458,7 @@ def test_save_and_from_pretrained_give_identical_logits_and_state(tmp_path):
     x = images(8)
     model.update_null_space([x])
     model.update_class_statistics([(x, torch.tensor([4, 2] * 4))])
-    refine_head(model, HeadRefinementArguments(refine_epochs=2, refine_learning_rate=0.1))
+    align_classifier(model, ClassifierAlignmentArguments(alignment_epochs=2, alignment_learning_rate=0.1))
     model.add_task([0], class_names=["ship"], tokenizer=tokenizer())
     perturb_trainable(model)
     model.eval()
@@ -517,8 +532,8 @@ def test_two_task_clip_run_end_to_end(tmp_path):
         save_strategy="no",
         logging_steps=50,
         classifier_alignment=True,
-        refine_epochs=2,
-        refine_samples_per_class=16,
+        alignment_epochs=2,
+        alignment_samples_per_class=16,
     )
     config = VPTNSPConfig(
         prompt_length=2, prompt_layers=[0, 1, 2], classifier="text", text_templates=TEMPLATES, eta1=0.98, eta2=0.98
@@ -527,21 +542,21 @@ def test_two_task_clip_run_end_to_end(tmp_path):
         tiny_clip("clip"),
         config,
         args,
+        ClassIncrementalConfig(num_tasks=2),
         train,
         test,
-        num_tasks=2,
         train_transform=to_tensor,
         tokenizer=tokenizer(),
     )
     assert result.metrics.num_tasks == 2
     stage = tmp_path / "tasks" / "task-1"
     sequence = json.loads((stage / "sequence.json").read_text())
-    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["refine_epochs"] == 2
+    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["alignment_epochs"] == 2
     assert sequence["method"] == "CLIP-NSP²"
     loaded = PeftModel.from_pretrained(tiny_clip("clip"), stage)
     order = [c for task in result.tasks for c in task]
     assert loaded.class_names() == [f"class_{c}" for c in order]  # the ClassLabel names name the columns
-    assert loaded.peft_config["default"].class_statistics  # turned on by the refinement
+    assert loaded.peft_config["default"].class_statistics  # turned on by classifier alignment
     assert loaded.tasks_seen() == 2
     # The class embeddings are the text tower's encoding of the readable ClassLabel names ("class_3" → "class 3").
     names = [f"class {c}" for c in order]
@@ -550,7 +565,7 @@ def test_two_task_clip_run_end_to_end(tmp_path):
     torch.testing.assert_close(
         loaded.base_model.vpt_nsp_head["default"].class_embeddings, expected, rtol=1e-5, atol=1e-6
     )
-    # The refined projection of the last stage is the one in the returned model.
+    # The aligned projection of the last stage is the one in the returned model.
     torch.testing.assert_close(
         loaded.base_model.vpt_nsp_projection["default"].weight,
         result.model.base_model.vpt_nsp_projection["default"].weight,

@@ -31,11 +31,12 @@ from testing_utils import blob_images, tiny_model, to_tensor
 from peft_nsp import VPTNSPConfig
 from peft_nsp.continual import ContinualMetrics
 from peft_nsp.continual.card import render_model_card
+from peft_nsp.continual.stages import stage_digest
 from peft_nsp.hub import (
     HubPushError,
+    HubStageStore,
     build_model_card,
     materialize_stage,
-    push_after_each_task,
     push_to_hub,
     stage_revision,
 )
@@ -89,7 +90,7 @@ def pushed_run(hub, tmp_path_factory):
     calls = len(hub.calls)
     try:
         output_dir = tmp_path_factory.mktemp("run")
-        result = run(output_dir, run_info=RUN_INFO, on_stage_saved=push_after_each_task(REPO, private=True))
+        result = run(output_dir, run_info=RUN_INFO, stage_store=HubStageStore(REPO, private=True))
     finally:
         logging.getLogger("peft_nsp.hub").removeHandler(records)
     return result, output_dir, hub, records.messages, hub.calls[calls:]
@@ -337,7 +338,7 @@ def test_token_never_appears_in_warnings_or_errors(tmp_path, pushed_run, hub, re
     monkeypatch.setattr(hub, "token", "hf_TheOneTheLocalHubAccepts")
     token = "hf_ThisIsNotARealTokenButMustNeverBePrinted"
     with caplog.at_level(logging.WARNING, logger="peft_nsp.hub"):
-        push_after_each_task(repo, token=token)(output_dir / "tasks" / "task-2", 2)
+        HubStageStore(repo, token=token).publish(output_dir / "tasks" / "task-2", 2)
     assert f"Reading `{repo}` failed (HfHubHTTPError: Client error '401" in caplog.text and token not in caplog.text
     with pytest.raises(HubPushError, match="Invalid credentials") as error:
         push_to_hub(output_dir, repo, token=token)
@@ -438,7 +439,7 @@ def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_reposito
     classes lands as task-1, task-2 of the same repository, with cards describing the longer sequence."""
     from test_loop import TRAIN
 
-    from peft_nsp.continual.loop import run_class_incremental
+    from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
     from peft_nsp.trainer import NSPConfig
 
     result, output_dir = pushed_run[:2]
@@ -460,21 +461,35 @@ def test_a_continued_run_is_published_as_the_next_revisions_of_the_same_reposito
         tiny_model("vit", seed=2),
         None,
         args,
+        ClassIncrementalConfig(num_tasks=2, continue_from=f"{repo}@task-0", run_info=RUN_INFO),
         TRAIN,
         TEST,
-        num_tasks=2,
         train_transform=to_tensor,
-        continue_from=f"{repo}@task-0",
-        run_info=RUN_INFO,
-        on_stage_saved=push_after_each_task(repo),
+        stage_store=HubStageStore(repo),
     )
-    assert ("resolve", "task-0") in hub.calls[calls:]
+    assert any(call[1] == "task-0" for call in hub.calls[calls:])  # the revision was read over HTTP
     assert continued.record.tasks[0] == result.record.tasks[0] and len(continued.record.tasks) == 3
     assert continued.record.continued_from == f"{repo}@task-0"
     assert sorted(hub.branches_of(repo)) == ["main", "task-0", "task-1", "task-2"]
     card = hub.tree(repo, "task-2")["README.md"].decode()
     assert "continued `" in card and "| `task-2` | task 2 |" in card and "(3 of 3 tasks)" in card
     assert len(continued.metrics.total[-1]) == 3  # the accuracy matrix covers the continued adapter's task too
+
+
+def test_a_fetched_stage_whose_files_differ_from_its_commit_digest_is_refused(pushed_run, repo, tmp_path):
+    """The stage store checks what it fetches against the digest in the stage commit's title: a cached file that was
+    damaged after the download (or an incomplete one) is named, before anything is loaded or trained."""
+    output_dir = pushed_run[1]
+    push_to_hub(materialize_stage(output_dir / "tasks" / "task-0", tmp_path / "first").parent.parent, repo)
+    store = HubStageStore()
+    folder = store.fetch(repo, "task-0")
+    assert stage_digest(folder) == stage_digest(output_dir / "tasks" / "task-0")
+    weights = (folder / "adapter_model.safetensors").resolve()  # the blob in the Hub cache
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"differ from the stage its commit recorded.*hf cache delete"):
+        store.fetch(repo, "task-0")
 
 
 def test_pipeline_of_a_hub_revision(pushed_run, hub, repo, tmp_path):
@@ -518,7 +533,7 @@ def test_importing_the_hub_package_stays_light():
 
     code = (
         "import sys, peft_nsp.hub, peft_nsp.continual.stages; "
-        "print([m for m in ('transformers.trainer', 'matplotlib', 'peft_nsp.continual.loop') if m in sys.modules])"
+        "print([m for m in ('transformers.trainer', 'matplotlib', 'peft_nsp.loop') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -528,7 +543,7 @@ def test_an_unreachable_hub_is_named_once_with_the_way_out(tmp_path, monkeypatch
     """Offline: `materialize` and `continue_from=<repo>@<revision>` say the Hub cannot be reached and what to do."""
     import huggingface_hub
 
-    from peft_nsp.continual import run_class_incremental
+    from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(
@@ -541,11 +556,10 @@ def test_an_unreachable_hub_is_named_once_with_the_way_out(tmp_path, monkeypatch
             tiny_model("vit"),
             VPTNSPConfig(),
             args,
+            ClassIncrementalConfig(num_tasks=1, continue_from="me/repo@task-2"),
             blob_images(2, 2),
             blob_images(2, 1),
-            num_tasks=1,
             train_transform=to_tensor,
-            continue_from="me/repo@task-2",
         )
     done = subprocess.run(
         [

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from transformers import TrainerCallback
 
 from peft_nsp import VPTNSPConfig
 from peft_nsp.continual.data import split_classes
-from peft_nsp.continual.loop import run_class_incremental
+from peft_nsp.loop import ClassIncrementalConfig, plan_tasks, run_class_incremental
 from peft_nsp.trainer import NSPConfig
 
 
@@ -42,16 +44,16 @@ def run(output_dir, callbacks=(), **kwargs):
     test = arguments.pop("test", TEST)
     peft_config = arguments.pop("peft_config", VPTNSPConfig(prompt_length=2))
     transform = arguments.pop("train_transform", to_tensor)
-    hooks = {key: arguments.pop(key) for key in ("run_info", "on_stage_saved") if key in arguments}
+    run_info = arguments.pop("run_info", {})
+    hooks = {key: arguments.pop(key) for key in ("on_stage_saved", "stage_store") if key in arguments}
     return run_class_incremental(
         tiny_model("vit", seed=2),
         peft_config,
         NSPConfig(**arguments),
+        ClassIncrementalConfig(num_tasks=3, joint=joint, run_info=run_info),
         TRAIN,
         test,
-        num_tasks=3,
         train_transform=transform,
-        joint=joint,
         callbacks=callbacks,
         **hooks,
     )
@@ -168,9 +170,9 @@ def test_bad_datasets_are_clear_errors(tmp_path, train, message):
             tiny_model("vit"),
             VPTNSPConfig(),
             NSPConfig(output_dir=str(tmp_path), report_to="none"),
+            ClassIncrementalConfig(num_tasks=3),
             train,
             TEST,
-            num_tasks=3,
             train_transform=to_tensor,
         )
 
@@ -181,23 +183,21 @@ def test_named_columns_that_do_not_fit_are_clear_errors(tmp_path):
         run_class_incremental(
             tiny_model("vit"),
             VPTNSPConfig(),
-            args,
+            dataclasses.replace(args, label_column="target"),
+            ClassIncrementalConfig(num_tasks=3),
             TRAIN,
             TEST,
-            num_tasks=3,
             train_transform=to_tensor,
-            label_column="target",
         )
     with pytest.raises(ValueError, match="must be a `ClassLabel` column"):
         run_class_incremental(
             tiny_model("vit"),
             VPTNSPConfig(),
-            args,
+            dataclasses.replace(args, label_column="label"),
+            ClassIncrementalConfig(num_tasks=3),
             TRAIN.cast_column("label", Value("int64")),
             TEST,
-            num_tasks=3,
             train_transform=to_tensor,
-            label_column="label",
         )
 
 
@@ -207,16 +207,34 @@ def test_indivisible_classes_and_empty_tasks_are_clear_errors(tmp_path):
         ValueError, match=r"6 classes cannot be cut into 4 equal tasks of at least two.*among \[1, 2, 3\]"
     ):
         run_class_incremental(
-            tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=4, train_transform=to_tensor
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            ClassIncrementalConfig(num_tasks=4),
+            TRAIN,
+            TEST,
+            train_transform=to_tensor,
         )
     with pytest.raises(ValueError, match="6 classes cannot be cut into 6 equal tasks.*one-class task trains nothing"):
         run_class_incremental(
-            tiny_model("vit"), VPTNSPConfig(), args, TRAIN, TEST, num_tasks=6, train_transform=to_tensor
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            ClassIncrementalConfig(num_tasks=6),
+            TRAIN,
+            TEST,
+            train_transform=to_tensor,
         )
     without_classes = TRAIN.select([i for i, label in enumerate(TRAIN["label"]) if label not in (1, 4)])
     with pytest.raises(ValueError, match=r"`train_dataset` has no samples of classes \['class_1', 'class_4'\]"):
         run_class_incremental(
-            tiny_model("vit"), VPTNSPConfig(), args, without_classes, TEST, num_tasks=3, train_transform=to_tensor
+            tiny_model("vit"),
+            VPTNSPConfig(),
+            args,
+            ClassIncrementalConfig(num_tasks=3),
+            without_classes,
+            TEST,
+            train_transform=to_tensor,
         )
     test_without_class_4 = TEST.select([i for i, label in enumerate(TEST["label"]) if label != 4])
     with pytest.warns(UserWarning, match=r"`test_dataset` has no samples of classes \[4\]"):
@@ -263,11 +281,10 @@ def ordered_run(folder, class_order, num_tasks, base_model=None):
         base_model or tiny_model("vit", seed=2),
         VPTNSPConfig(prompt_length=2),
         args,
+        ClassIncrementalConfig(num_tasks=num_tasks, class_order=class_order),
         TRAIN,
         TEST,
-        num_tasks=num_tasks,
         train_transform=to_tensor,
-        class_order=class_order,
     )
 
 
@@ -295,3 +312,100 @@ def test_stages_get_the_base_models_image_processor_or_a_warning(tmp_path):
     assert (stage / "preprocessor_config.json").is_file()
     answer = pipeline("image-classification", model=str(stage))(TEST[0]["image"])
     assert {a["label"] for a in answer} == set(TRAIN.features["label"].names[:2])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run's settings, its task plan and the stage store
+# ----------------------------------------------------------------------------------------------------------
+def test_the_task_plan_is_a_step_of_its_own_and_matches_a_seeded_shuffle():
+    names = [f"c{i}" for i in range(8)]
+    for seed in (0, 7):
+        order = np.random.default_rng(seed).permutation(8).tolist()  # the authors' shuffle, written out
+        expected = [[names[c] for c in order[t * 2 : t * 2 + 2]] for t in range(4)]
+        assert plan_tasks(ClassIncrementalConfig(num_tasks=4), names, seed) == expected
+    assert plan_tasks(ClassIncrementalConfig(num_tasks=2, class_order=[5, 1, 2, 7]), names, 0) == [
+        ["c5", "c1"],
+        ["c2", "c7"],
+    ]
+    assert plan_tasks(ClassIncrementalConfig(num_tasks=2, joint=True), names, 3) == [
+        [c for task in plan_tasks(ClassIncrementalConfig(num_tasks=2), names, 3) for c in task]
+    ]
+    # A continued adapter's tasks come first; the other classes are shuffled among themselves.
+    inherited = [["c3", "c0"]]
+    others = [c for c in range(8) if c not in (3, 0)]
+    order = [others[i] for i in np.random.default_rng(1).permutation(6).tolist()]
+    assert plan_tasks(ClassIncrementalConfig(num_tasks=3), names, 1, inherited) == [
+        ["c3", "c0"],
+        *[[names[c] for c in order[t * 2 : t * 2 + 2]] for t in range(3)],
+    ]
+    with pytest.raises(ValueError, match=r"lack classes of the continued adapter: \['zebra'\]"):
+        plan_tasks(ClassIncrementalConfig(num_tasks=3), names, 1, [["zebra", "c0"]])
+    with pytest.raises(ValueError, match="distinct new class ids"):
+        plan_tasks(ClassIncrementalConfig(num_tasks=1, class_order=[3, 1]), names, 1, inherited)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"num_tasks": 0}, "`num_tasks` must be an integer ≥ 1"),
+        ({"num_tasks": 2.5}, "`num_tasks` must be an integer ≥ 1"),
+        ({"num_tasks": 2, "class_order": [1, 1]}, "distinct new class ids"),
+        ({"num_tasks": 2, "run_info": {"when": object()}}, "`run_info` must be JSON-serialisable"),
+    ],
+)
+def test_the_runs_settings_are_checked_when_made(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ClassIncrementalConfig(**settings)
+
+
+class FolderStore:
+    """A `StageStore` that is not the Hub: stages copied into a folder per name and revision."""
+
+    def __init__(self, root):
+        self.root, self.published, self.fetched = root, [], []
+
+    def publish(self, stage, task):
+        shutil.copytree(stage, self.root / "me" / "run" / f"task-{task}", dirs_exist_ok=True)
+        self.published.append((stage.name, task))
+
+    def fetch(self, name, revision=None):
+        self.fetched.append((name, revision))
+        return self.root / name / revision
+
+
+def test_another_stage_store_replaces_the_hub_on_both_sides(tmp_path):
+    """`stage_store` publishes every stage and serves `continue_from` that is no folder, checked as a stage."""
+    store = FolderStore(tmp_path / "store")
+    first = run(tmp_path / "first", stage_store=store, num_train_epochs=1)
+    assert store.published == [("task-0", 0), ("task-1", 1), ("task-2", 2)]
+    assert (store.root / "me/run/task-1/adapter_model.safetensors").read_bytes() == (
+        tmp_path / "first/tasks/task-1/adapter_model.safetensors"
+    ).read_bytes()
+    args = NSPConfig(str(tmp_path / "continued"), num_train_epochs=1, report_to="none", use_cpu=True, seed=5)
+    continued = run_class_incremental(
+        tiny_model("vit", seed=2),
+        None,
+        args,
+        ClassIncrementalConfig(
+            num_tasks=1, class_order=[c for task in first.tasks[2:] for c in task], continue_from="me/run@task-1"
+        ),
+        TRAIN,
+        TEST,
+        train_transform=to_tensor,
+        stage_store=store,
+    )
+    assert store.fetched == [("me/run", "task-1")]
+    assert continued.record.tasks == first.record.tasks and continued.record.continued_from == "me/run@task-1"
+    damaged = store.root / "me/run/task-0/adapter_model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="damaged after it was written"):
+        run_class_incremental(
+            tiny_model("vit", seed=2),
+            None,
+            dataclasses.replace(args, output_dir=str(tmp_path / "again")),
+            ClassIncrementalConfig(num_tasks=2, continue_from="me/run@task-0"),
+            TRAIN,
+            TEST,
+            train_transform=to_tensor,
+            stage_store=store,
+        )

@@ -23,15 +23,9 @@ from testing_utils import IMAGE_SIZE, blob_images, tiny_model
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp.continual.augment import AuthorsTrainTransform, EvalTransform, random_resized_crop_box
-from peft_nsp.continual.data import split_classes
+from peft_nsp.continual.data import keep_classes, most_frequent_classes, per_class_subset, split_classes
 from peft_nsp.scripts.arguments import DataArguments, parse_recipe_arguments, resolved_configuration
-from peft_nsp.scripts.data import (
-    authors_split_lines,
-    keep_classes,
-    load_recipe_data,
-    most_frequent_classes,
-    per_class_subset,
-)
+from peft_nsp.scripts.data import authors_split_lines, load_recipe_data
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -514,9 +508,9 @@ def test_clip_recipe_with_the_text_classifier_and_classifier_alignment(tmp_path,
         str(imagefolder),
         "--classifier",
         "text",
-        "--refine_epochs",
+        "--alignment_epochs",
         "2",
-        "--refine_samples_per_class",
+        "--alignment_samples_per_class",
         "8",
         "--prompt_layers",
         "0",
@@ -527,7 +521,7 @@ def test_clip_recipe_with_the_text_classifier_and_classifier_alignment(tmp_path,
     assert "CLIP-NSP² (this run)" in capsys.readouterr().out
     stage = tmp_path / "run" / "tasks" / "task-1"
     sequence = json.loads((stage / "sequence.json").read_text())
-    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["refine_epochs"] == 2
+    assert sequence["settings"]["classifier_alignment"] and sequence["settings"]["alignment_epochs"] == 2
     model = PeftModel.from_pretrained(CLIPModel.from_pretrained(checkpoint), stage)
     assert model.peft_config["default"].classifier == "text" and len(model.class_names()) == CLASSES
     off = parse_recipe_arguments("cifar100", ["--classifier", "text", "--classifier_alignment", "false"])
@@ -623,7 +617,7 @@ for script, flag in [(name, "--help") for name in sys.argv[1:]] + [(sys.argv[1],
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
         runpy.run_path(f"recipes/{script}", run_name="__main__")
     texts[f"{script} {flag}"] = out.getvalue()
-loaded = sorted(module for module in ("peft_nsp.continual.loop", "matplotlib") if module in sys.modules)
+loaded = sorted(module for module in ("peft_nsp.loop", "matplotlib") if module in sys.modules)
 print(json.dumps({"texts": texts, "loaded": loaded}))
 """
 

@@ -26,9 +26,10 @@ from testing_utils import tiny_config, tiny_model, to_tensor
 from transformers import TrainerCallback, ViTModel
 
 from peft_nsp import VPTNSPConfig
-from peft_nsp.continual import loop
-from peft_nsp.hub import HubPushError, materialize_stage, push_after_each_task
+from peft_nsp.hub import HubPushError, HubStageStore, materialize_stage
 from peft_nsp.hub.push import push_with_deadline
+from peft_nsp.loop import ClassIncrementalConfig
+from peft_nsp.loop import class_incremental as loop
 from peft_nsp.trainer import NSPConfig
 from peft_nsp.tuner import NonFiniteError
 
@@ -334,7 +335,7 @@ def test_settings_changed_inside_a_task_apply_from_its_beginning(tmp_path, caplo
     assert (inside / "training" / "task-2" / "checkpoint-2").is_dir()
     shutil.rmtree(between / "training")  # the state of a run killed as task 2 began
     change = dict(learning_rate=0.1, num_train_epochs=2, resume_with_changed_settings=True)
-    with caplog.at_level(logging.WARNING, logger="peft_nsp.continual.loop"):
+    with caplog.at_level(logging.WARNING, logger="peft_nsp.loop.class_incremental"):
         result = run(inside, **change)
     assert "Task 2 restarts from its beginning with the changed settings" in caplog.text
     reference = run(between, **change)
@@ -356,7 +357,7 @@ def test_a_stalled_hub_never_blocks_training_longer_than_the_timeout(tmp_path, c
     with LocalHub(tmp_path / "hub").running() as hub:
         hub.faults.append(Fault("create_repo", action="stall", times=10))
         api = HfApi(endpoint=hub.url, token="hf_fake")
-        hook = push_after_each_task(REPO, api=api, timeout=1.0)
+        hook = HubStageStore(REPO, api=api, timeout=1.0).publish
         start = time.perf_counter()
         with caplog.at_level(logging.WARNING, logger="peft_nsp.hub"):
             hook(tmp_path / "run" / "tasks" / "task-2", 2)
@@ -442,11 +443,10 @@ def test_a_flipped_bit_in_a_stage_is_found_before_it_is_resumed_or_continued(tmp
             tiny_model("vit", seed=2),
             None,
             NSPConfig(output_dir=str(tmp_path / "continued"), report_to="none", use_cpu=True),
+            ClassIncrementalConfig(num_tasks=2, continue_from=stage),
             TRAIN,
             TEST,
-            num_tasks=2,
             train_transform=to_tensor,
-            continue_from=stage,
         )
     with pytest.raises(ValueError, match=message):
         materialize_stage(stage, tmp_path / "materialized")

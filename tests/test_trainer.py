@@ -239,6 +239,12 @@ def test_trainer_input_errors(tmp_path):
         NSPConfig(output_dir=str(tmp_path), temperature=float("nan"))
     with pytest.raises(ValueError, match="`ln_loss_weight` must be a finite number"):
         NSPConfig(output_dir=str(tmp_path), ln_loss_weight=float("nan"))
+    with pytest.raises(ValueError, match="`ln_loss_weight` must be a finite number"):
+        NSPConfig(output_dir=str(tmp_path), ln_loss_weight=-1)
+    # One owner, resolved once: λ = 1 with the projection, 0 without it (VPT-Seq), unless given.
+    assert NSPConfig(output_dir=str(tmp_path)).ln_loss_weight == 1.0
+    assert NSPConfig(output_dir=str(tmp_path), projection=False).ln_loss_weight == 0.0
+    assert NSPConfig(output_dir=str(tmp_path), projection=False, ln_loss_weight=0.5).ln_loss_weight == 0.5
     with pytest.raises(ValueError, match="`projection_mode` must be one of"):
         NSPConfig(output_dir=str(tmp_path), projection_mode="both")
     with pytest.raises(ValueError, match="`weight_decay_mode='l2'` builds `torch.optim.Adam`"):

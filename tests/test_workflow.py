@@ -247,7 +247,7 @@ def test_a_continued_adapter_protects_old_outputs_only_with_the_projection(first
         model = PeftModel.from_pretrained(base(checkpoint), first_task, is_trainable=True)
         with torch.no_grad():
             before = model.eval()(pixel_values=task_a).logits[:, :2].clone()
-        args = config(tmp_path / str(projection), projection=projection, ln_loss_weight=None if projection else 0.0)
+        args = config(tmp_path / str(projection), projection=projection)
         NSPTrainer(model, args, train_dataset=TASK_B, processing_class=processor(checkpoint)).train()
         with torch.no_grad():
             after = model.eval()(pixel_values=task_a).logits[:, :2]

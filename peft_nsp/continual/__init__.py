@@ -1,6 +1,7 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Class-incremental learning: datasets and task splits, the run on disk (stages), the loop, classifier alignment,
-the accuracy matrix and its metrics (also as an `evaluate` module), plots, the benchmarks' class names.
+"""What a class-incremental run is made of, below the trainer: datasets, classes and task splits, the run on disk
+(stages, record, model card), the accuracy matrix and its metrics (also as an `evaluate` module), plots, the
+benchmarks' class names. The loop over tasks is `peft_nsp.loop`, above the trainer.
 
 Names are imported on first use (as PEFT does for optional backends), so importing a light module of this package,
 e.g. `peft_nsp.continual.stages`, does not load the `Trainer` or matplotlib.
@@ -27,15 +28,10 @@ _EXPORTS = {
     "select_classes": "data",
     "split_classes": "data",
     "with_class_ids": "data",
-    "ContinualResult": "loop",
-    "run_class_incremental": "loop",
     "ContinualMetrics": "metrics",
     "count_correct": "metrics",
     "plot_accuracy_curve": "plots",
     "plot_accuracy_matrix": "plots",
-    "HeadRefinementArguments": "refinement",
-    "refine_head": "refinement",
-    "sample_class_features": "refinement",
     "RunRecord": "stages",
     "method_name": "stages",
 }

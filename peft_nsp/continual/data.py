@@ -1,5 +1,6 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Image-classification datasets for continual learning: columns, class names, task splits, collators.
+"""Image-classification datasets for continual learning: columns, class names, task splits, which classes and rows
+a run keeps (the one owner of selecting classes and subsampling), collators.
 
 One label vocabulary everywhere: a model's *class ids* (logit column ``i`` is class id ``i``, named
 ``model.config.id2label[i]``). A dataset's `ClassLabel` ids are its own; [`ClassIdLabels`] maps them to the
@@ -150,6 +151,38 @@ def select_classes(dataset: Dataset, label_column: str, classes: Sequence[int], 
             stacklevel=2,
         )
     return dataset.select(indices)
+
+
+def most_frequent_classes(labels: Sequence[int], count: int) -> list[int]:
+    """The ``count`` classes with the most samples (ties: the smaller class id), in increasing id order."""
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    if count > len(ids):
+        raise ValueError(f"`--num_classes {count}` but the training data has only {len(ids)} classes.")
+    ranked = sorted(zip(ids.tolist(), counts.tolist()), key=lambda pair: (-pair[1], pair[0]))
+    return sorted(class_id for class_id, _ in ranked[:count])
+
+
+def keep_classes(dataset: Dataset, label_column: str, classes: Sequence[int]) -> Dataset:
+    """Rows of ``classes`` only, labels renumbered 0 … len(classes)−1 (names kept)."""
+    old = dataset.features[label_column]
+    new_id = {c: i for i, c in enumerate(classes)}
+    subset = select_classes(dataset, label_column, classes)
+    features = subset.features.copy()
+    features[label_column] = ClassLabel(names=[old.int2str(c) for c in classes])
+    return subset.map(
+        lambda batch: {label_column: [new_id[y] for y in batch[label_column]]},
+        batched=True,
+        features=features,
+        desc="Renumbering classes",
+    )
+
+
+def per_class_subset(labels: Sequence[int], per_class: int, seed: int) -> list[int]:
+    """Row indices keeping at most ``per_class`` random rows of every class (seeded), in dataset order."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return sorted(np.concatenate(keep).tolist())
 
 
 class ClassIdLabels:

@@ -1,5 +1,6 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The run on disk: its layout, its record, and the one protocol that publishes a stage.
+"""The run on disk: its layout, its record, and [`StageStore`], the interface to a store stages are published to and
+read back from (the Hub: `peft_nsp.hub.HubStageStore`).
 
 Layout of a run's ``output_dir`` (only the main process writes)::
 
@@ -27,7 +28,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .._io import fsync_tree, write_atomically
 
@@ -57,18 +58,22 @@ def method_name(
     name = f"{family}-NSP²" if projection else f"{family}-Seq"
     if classifier == "analytic":
         return f"{name} + analytic head"
-    # CLIP-NSP² refines its head after every task by definition (the paper's method).
+    # CLIP-NSP² aligns its classifier after every task by definition (the paper's method).
     return f"{name} + CA" if classifier_alignment and family == "VPT" else name
 
 
-def hub_unreachable_error(source: str, revision: str | None, error: Exception) -> ConnectionError:
-    """The error for a stage that had to come from the Hub when the Hub cannot be reached (offline, no network)."""
-    at = f" at revision `{revision}`" if revision else ""
-    fetch = f"hf download {source}" + (f" --revision {revision}" if revision else "") + " --local-dir <folder>"
-    return ConnectionError(
-        f"The Hub cannot be reached to read `{source}`{at} ({type(error).__name__}). Check the network (or unset "
-        f"`HF_HUB_OFFLINE`), or download the stage where the Hub is reachable (`{fetch}`) and pass that folder."
-    )
+class StageStore(Protocol):
+    """Where a run's stages are published after each task and read back from to continue them.
+
+    `run_class_incremental(..., stage_store=...)` calls [`publish`] once a stage is on disk and [`fetch`] for a
+    ``continue_from`` that is not a local folder; `peft_nsp.hub.HubStageStore` is the Hub's.
+    """
+
+    def publish(self, stage: Path, task: int) -> None:
+        """Publish the stage folder ``stage`` (the model after task ``task``) and any earlier one not published."""
+
+    def fetch(self, name: str, revision: str | None = None) -> Path:
+        """A local folder holding the files of the stage ``name`` at ``revision`` (e.g. ``"task-3"``)."""
 
 
 def stage_revision(task: int) -> str:

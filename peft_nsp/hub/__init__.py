@@ -9,17 +9,20 @@ does the network work only; the run's layout is `peft_nsp.continual.stages`, the
 
 from ..continual.card import build_model_card, write_model_card
 from ..continual.stages import finished_stages, stage_revision
-from .push import HubPushError, PushedStage, push_after_each_task, push_to_hub, push_with_deadline
+from .push import HubPushError, PushedStage, push_to_hub, push_with_deadline
 from .resume import materialize_stage
+from .store import HubStageStore, hub_unreachable, hub_unreachable_error
 
 
 __all__ = [
     "HubPushError",
+    "HubStageStore",
     "PushedStage",
     "build_model_card",
     "finished_stages",
+    "hub_unreachable",
+    "hub_unreachable_error",
     "materialize_stage",
-    "push_after_each_task",
     "push_to_hub",
     "push_with_deadline",
     "stage_revision",

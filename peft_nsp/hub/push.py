@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,6 @@ from ..continual.card import render_model_card
 from ..continual.stages import (
     CARD_FILE,
     finished_stages,
-    run_dir_of_stage,
     stage_digest,
     stage_files,
     stage_revision,
@@ -33,6 +33,8 @@ from ..continual.stages import (
 
 logger = logging.getLogger(__name__)
 
+#: Hex digits of the stage digest in a stage commit's title.
+_TITLE_DIGEST = 16
 #: Seconds a push may take before training goes on without it (the push keeps its lock until it ends).
 DEFAULT_PUSH_TIMEOUT = 900.0
 _T = TypeVar("_T")
@@ -118,42 +120,14 @@ def push_to_hub(
     return pushed
 
 
-def push_after_each_task(
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    api: HfApi | None = None,
-    timeout: float = DEFAULT_PUSH_TIMEOUT,
-) -> Callable[[Path, int], None]:
-    """An ``on_stage_saved`` hook for [`run_class_incremental`] that runs [`push_to_hub`] after every task.
-
-    A failed push is logged as a warning and training goes on; the next task's push, or a final
-    [`push_to_hub`] of the run (which raises), catches up. A push still running after ``timeout`` seconds (a
-    stalled Hub) is left to finish in the background while training goes on; the warning names the stages not on
-    the Hub yet. A branch conflict (``ValueError``) stops the run.
-    """
-    api = api or HfApi(token=token)
-    worker = _PushWorker()
-
-    def on_stage_saved(stage: Path, task: int) -> None:
-        output_dir = run_dir_of_stage(stage)
-        try:
-            worker.run(lambda: push_to_hub(output_dir, repo_id, private=private, api=api), timeout, output_dir)
-        except HubPushError as error:
-            logger.warning("%s Training goes on; the next push retries.", error)
-
-    return on_stage_saved
-
-
 def push_with_deadline(
     output_dir: str | os.PathLike, repo_id: str, *, timeout: float = DEFAULT_PUSH_TIMEOUT, **kwargs: Any
 ) -> list[PushedStage]:
     """[`push_to_hub`], raising [`HubPushError`] (naming what is not pushed) if it takes longer than ``timeout``."""
-    return _PushWorker().run(lambda: push_to_hub(output_dir, repo_id, **kwargs), timeout, output_dir)
+    return PushWorker().run(lambda: push_to_hub(output_dir, repo_id, **kwargs), timeout, output_dir)
 
 
-class _PushWorker:
+class PushWorker:
     """Runs pushes one at a time in a daemon thread, waiting at most a deadline for each."""
 
     def __init__(self) -> None:
@@ -193,7 +167,13 @@ def _left_to_push(output_dir: str | os.PathLike) -> str:
 
 def _commit_title(task: int, digest: str) -> str:
     """The title of the stage's commit; the digest identifies the stage's files across re-runs."""
-    return f"Add {stage_revision(task)}: the model after task {task} (stage sha256 {digest[:16]})"
+    return f"Add {stage_revision(task)}: the model after task {task} (stage sha256 {digest[:_TITLE_DIGEST]})"
+
+
+def digest_in_title(title: str) -> str | None:
+    """The (shortened) stage digest a stage commit's title carries, or ``None`` for another commit."""
+    match = re.search(rf"\(stage sha256 ([0-9a-f]{{{_TITLE_DIGEST}}})\)$", title)
+    return match.group(1) if match else None
 
 
 def _commit_stage(api: HfApi, repo_id: str, task: int, stage: Path, title: str, head: str, card: bytes) -> str:

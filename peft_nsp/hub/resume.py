@@ -8,17 +8,9 @@ import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import LocalEntryNotFoundError
 
-from ..continual.stages import (
-    PROGRESS_FILE,
-    SEQUENCE_FILE,
-    hub_unreachable_error,
-    read_record,
-    stage_files,
-    verify_stage,
-    write_stage,
-)
+from ..continual.stages import PROGRESS_FILE, SEQUENCE_FILE, read_record, stage_files, verify_stage, write_stage
+from .store import HubStageStore
 
 
 def materialize_stage(
@@ -53,12 +45,9 @@ def materialize_stage(
         if revision is not None:
             raise ValueError(f"`revision` is for Hub repositories; `{source}` is a local folder.")
         folder = Path(source)
-        verify_stage(folder)
     else:
-        try:
-            folder = Path((api or HfApi(token=token)).snapshot_download(repo_id=str(source), revision=revision))
-        except LocalEntryNotFoundError as error:  # offline, or no answer and nothing cached
-            raise hub_unreachable_error(str(source), revision, error) from error
+        folder = HubStageStore(token=token, api=api).fetch(str(source), revision)
+    verify_stage(folder)  # what the Hub gave is checked against the stage's own checksums, as a local stage
     record = read_record(folder)
 
     def copy_files(partial: Path) -> None:  # the stage's own files; hidden ones (.gitattributes, .cache) stay behind

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
-from ..continual.data import find_columns, select_classes
+from ..continual.data import find_columns, keep_classes, most_frequent_classes, per_class_subset
 from .arguments import DATA_LAYOUTS, Benchmark, DataArguments, _layouts_help
 
 
@@ -197,35 +195,3 @@ def read_domainnet(root: Path) -> DatasetDict:
     return DatasetDict(
         {split: Dataset.from_dict({"image": p, "label": y}, features=features) for split, (p, y) in splits.items()}
     )
-
-
-def most_frequent_classes(labels: Sequence[int], count: int) -> list[int]:
-    """The ``count`` classes with the most samples (ties: the smaller class id), in increasing id order."""
-    ids, counts = np.unique(np.asarray(labels), return_counts=True)
-    if count > len(ids):
-        raise ValueError(f"`--num_classes {count}` but the training data has only {len(ids)} classes.")
-    ranked = sorted(zip(ids.tolist(), counts.tolist()), key=lambda pair: (-pair[1], pair[0]))
-    return sorted(class_id for class_id, _ in ranked[:count])
-
-
-def keep_classes(dataset: Dataset, label_column: str, classes: Sequence[int]) -> Dataset:
-    """Rows of ``classes`` only, labels renumbered 0 … len(classes)−1 (names kept)."""
-    old = dataset.features[label_column]
-    new_id = {c: i for i, c in enumerate(classes)}
-    subset = select_classes(dataset, label_column, classes)
-    features = subset.features.copy()
-    features[label_column] = ClassLabel(names=[old.int2str(c) for c in classes])
-    return subset.map(
-        lambda batch: {label_column: [new_id[y] for y in batch[label_column]]},
-        batched=True,
-        features=features,
-        desc="Renumbering classes",
-    )
-
-
-def per_class_subset(labels: Sequence[int], per_class: int, seed: int) -> list[int]:
-    """Row indices keeping at most ``per_class`` random rows of every class (seeded), in dataset order."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return sorted(np.concatenate(keep).tolist())

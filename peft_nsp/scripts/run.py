@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import huggingface_hub
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
@@ -17,14 +16,14 @@ from .._io import write_atomically
 from ..continual.augment import AuthorsTrainTransform, EvalTransform
 from ..continual.paper import comparison_table
 from ..continual.stages import read_progress, stage_dir, training_dir
-from ..hub import HubPushError, push_after_each_task, push_to_hub
+from ..hub import HubPushError, HubStageStore, hub_unreachable, push_to_hub
 from ..timm_vit import is_timm_checkpoint, load_timm_vit
 from .arguments import ModelArguments, RecipeArguments, parse_recipe_arguments
 from .data import load_recipe_data
 
 
 if TYPE_CHECKING:
-    from ..continual.loop import ContinualResult
+    from ..loop import ContinualResult
 
 SUMMARY_FILE = "summary.json"
 
@@ -32,7 +31,10 @@ SUMMARY_FILE = "summary.json"
 def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualResult:
     """Run ``benchmark`` (a key of `BENCHMARKS`) with the command line ``argv`` (default: ``sys.argv[1:]``)."""
     args = parse_recipe_arguments(benchmark, argv)
-    from ..continual.loop import run_class_incremental  # the training stack (and matplotlib): not for `--help`
+    from ..loop import (  # the training stack (and matplotlib): not for `--help`
+        ClassIncrementalConfig,
+        run_class_incremental,
+    )
 
     training = args.training
     push = training.push_to_hub and training.process_index == 0
@@ -50,13 +52,26 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
     base_model, processor, size, mean, std = load_backbone(args.model, args.data.image_size)
     clip = args.model.classifier == "text"
     spec = args.benchmark
+    training.image_column, training.label_column = data.image_column, data.label_column
+    run = ClassIncrementalConfig(
+        num_tasks=args.num_tasks,
+        joint=args.model.joint,
+        continue_from=args.model.continue_from,
+        run_info={
+            "benchmark": spec.name,
+            "dataset": args.data.dataset,
+            "base_model": args.model.model_name_or_path,
+            "image_size": size,
+            "num_tasks": args.num_tasks,
+        },
+    )
     result = run_class_incremental(
         base_model,
         args.peft_config,
         training,
+        run,
         data.train,
         data.test,
-        num_tasks=args.num_tasks,
         train_transform=AuthorsTrainTransform(
             size,
             mean,
@@ -68,22 +83,9 @@ def run_recipe(benchmark: str, argv: Sequence[str] | None = None) -> ContinualRe
         eval_transform=EvalTransform(size, mean, std, interpolation="bicubic", shorter_side=True)
         if clip
         else EvalTransform(size, mean, std, resize_to=spec.eval_resize, interpolation=spec.eval_interpolation),
-        image_column=data.image_column,
-        label_column=data.label_column,
-        joint=args.model.joint,
-        run_info={
-            "benchmark": spec.name,
-            "dataset": args.data.dataset,
-            "base_model": args.model.model_name_or_path,
-            "image_size": size,
-            "num_tasks": args.num_tasks,
-        },
         tokenizer=AutoTokenizer.from_pretrained(args.model.model_name_or_path) if clip else None,
         processing_class=processor,
-        continue_from=args.model.continue_from,
-        on_stage_saved=push_after_each_task(
-            training.hub_model_id, private=training.hub_private_repo, token=training.hub_token
-        )
+        stage_store=HubStageStore(training.hub_model_id, private=training.hub_private_repo, token=training.hub_token)
         if push
         else None,
     )
@@ -144,23 +146,6 @@ def load_backbone(model: ModelArguments, image_size: int | None) -> tuple[PreTra
             "a checkpoint converted to that size."
         )
     return backbone, processor, size, list(processor.image_mean), list(processor.image_std)
-
-
-def hub_unreachable(name: str) -> bool:
-    """Whether ``name`` is a Hub id that cannot be fetched because there is no network (or offline mode is on)."""
-    if os.path.isdir(name):
-        return False
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return True
-    try:
-        huggingface_hub.HfApi().model_info(name, timeout=10)
-    except Exception as error:  # a missing repository answers; no answer at all means no network
-        return (
-            isinstance(error, OSError)
-            and not isinstance(error, huggingface_hub.errors.HfHubHTTPError)
-            or any(word in type(error).__name__ for word in ("Connect", "Timeout", "Network"))
-        )
-    return False
 
 
 def _offline_message(name: str, error: Exception) -> str:

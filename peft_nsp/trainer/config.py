@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from transformers import TrainingArguments
 
-from ..continual.refinement import HeadRefinementArguments
 from ..nullspace.update import PROJECTION_MODES
+from ..tuner.classifier_alignment import ClassifierAlignmentArguments
 
 
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
@@ -20,7 +20,7 @@ _ADAM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
 
 @dataclass
-class NSPConfig(HeadRefinementArguments, TrainingArguments):
+class NSPConfig(ClassifierAlignmentArguments, TrainingArguments):
     r"""[`transformers.TrainingArguments`] plus the knobs of VPT-NSP² training (one task per [`NSPTrainer`]).
 
     > [!NOTE]
@@ -36,14 +36,14 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         (`VPTNSPConfig.temperature`) and its logits are divided by it everywhere (`pipeline`, `predict`); a continued
         adapter must be trained at its own.
     ln_loss_weight (`float`, *optional*):
-        λ of the LayerNorm consistency loss. Defaults to the adapter's `VPTNSPConfig.ln_loss_weight`; `0` turns it
-        off.
+        λ of the LayerNorm consistency loss (tasks after the first). Defaults to `1.0` (the paper's) with the
+        projection and to `0` without it (VPT-Seq, as the authors' code).
 
     > Parameters that control the projection
 
     projection (`bool`, *optional*, defaults to `True`):
-        Project every prompt update into the null space of earlier tasks. `False` with `ln_loss_weight=0` is the
-        VPT-Seq baseline.
+        Project every prompt update into the null space of earlier tasks. `False` is the VPT-Seq baseline (with
+        `ln_loss_weight` 0 unless given).
     projection_mode (`str`, *optional*, defaults to `"update"`):
         `"update"` projects the change the optimizer applies (right for Adam/AdamW and any adaptive optimizer);
         `"gradient"` projects gradients before the step (equivalent for plain SGD only).
@@ -71,11 +71,11 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     classifier_alignment (`bool`, *optional*, defaults to `False`):
         After each task, store the per-class mean and covariance of the task's features in the adapter and retrain
         every head (and CLIP's image projection) on features sampled from all seen classes' Gaussians
-        ([`refine_head`], the `refine_*` settings). It removes the bias of each head towards its own task; the
+        ([`align_classifier`], the `alignment_*` settings). It removes the bias of each head towards its own task; the
         paper's CLIP-NSP² does it after every task. Turns on `VPTNSPConfig.class_statistics` for a new adapter.
-    refine_epochs, refine_learning_rate, refine_momentum, refine_nesterov, refine_weight_decay,
-    refine_samples_per_class, refine_batch_size, refine_covariance_ridge:
-        Classifier alignment's settings, see [`HeadRefinementArguments`].
+    alignment_epochs, alignment_learning_rate, alignment_momentum, alignment_nesterov, alignment_weight_decay,
+    alignment_samples_per_class, alignment_batch_size, alignment_covariance_ridge:
+        Classifier alignment's settings, see [`ClassifierAlignmentArguments`].
 
     > Parameters that control a whole run ([`run_class_incremental`] and the recipes)
 
@@ -97,7 +97,7 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         metadata={"help": "Training temperature: the heads' outputs are divided by it (saved in the adapter)."},
     )
     ln_loss_weight: Optional[float] = field(
-        default=None, metadata={"help": "λ of the LayerNorm consistency loss; default: the adapter config's."}
+        default=None, metadata={"help": "λ of the LayerNorm consistency loss; default: 1 with the projection, else 0."}
     )
     projection: bool = field(default=True, metadata={"help": "Project prompt updates into the null space."})
     projection_mode: str = field(
@@ -150,14 +150,18 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
     def __post_init__(self) -> None:
         # Both parents validate; neither calls the other (the base order keeps `output_dir` the first field).
         TrainingArguments.__post_init__(self)
-        HeadRefinementArguments.__post_init__(self)
+        ClassifierAlignmentArguments.__post_init__(self)
         for name in ("temperature", "lr_decay_factor"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         if not 0 < self.lr_decay_factor <= 1:
             raise ValueError(f"`lr_decay_factor` must be in (0, 1], got {self.lr_decay_factor}.")
-        if self.ln_loss_weight is not None and not (math.isfinite(self.ln_loss_weight) and self.ln_loss_weight >= 0):
+        if self.ln_loss_weight is None:
+            self.ln_loss_weight = 1.0 if self.projection else 0.0
+        if not (isinstance(self.ln_loss_weight, (int, float)) and math.isfinite(self.ln_loss_weight)) or (
+            self.ln_loss_weight < 0
+        ):
             raise ValueError(f"`ln_loss_weight` must be a finite number ≥ 0, got {self.ln_loss_weight}.")
         if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
             raise ValueError(f"`learning_rate` must be a finite number ≥ 0, got {self.learning_rate}.")
@@ -214,14 +218,14 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         "projection_mode",
         "statistics_batch_size",
         "classifier_alignment",
-        "refine_epochs",
-        "refine_learning_rate",
-        "refine_momentum",
-        "refine_nesterov",
-        "refine_weight_decay",
-        "refine_samples_per_class",
-        "refine_batch_size",
-        "refine_covariance_ridge",
+        "alignment_epochs",
+        "alignment_learning_rate",
+        "alignment_momentum",
+        "alignment_nesterov",
+        "alignment_weight_decay",
+        "alignment_samples_per_class",
+        "alignment_batch_size",
+        "alignment_covariance_ridge",
         "seed",
     )
 
@@ -234,6 +238,8 @@ class NSPConfig(HeadRefinementArguments, TrainingArguments):
         settings["world_size"] = self.world_size
         return settings
 
-    def refinement_arguments(self) -> HeadRefinementArguments:
-        """The classifier-alignment settings as [`HeadRefinementArguments`]."""
-        return HeadRefinementArguments(**{f.name: getattr(self, f.name) for f in fields(HeadRefinementArguments)})
+    def alignment_arguments(self) -> ClassifierAlignmentArguments:
+        """The classifier-alignment settings as [`ClassifierAlignmentArguments`]."""
+        return ClassifierAlignmentArguments(
+            **{f.name: getattr(self, f.name) for f in fields(ClassifierAlignmentArguments)}
+        )

@@ -1,5 +1,9 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""[`NSPTrainer`]: trains one task of a VPT-NSP² sequence with `transformers.Trainer`, start to finish."""
+"""[`NSPTrainer`]: trains one task of a VPT-NSP² sequence with `transformers.Trainer`, start to finish.
+
+One class of about 500 lines, like TRL's trainers: the `Trainer` hooks it overrides (optimizer, loss, data loaders,
+evaluation, saving) share the task's state.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from ..continual.data import (
     with_class_ids,
 )
 from ..continual.metrics import count_correct
-from ..continual.refinement import refine_head
 from ..continual.stages import SEQUENCE_FILE, RunRecord, method_name
+from ..tuner.classifier_alignment import align_classifier
 from ..tuner.config import VPTNSPConfig
 from ..tuner.model import VPTNSPModel
 from ..tuner.null_space_update import NonFiniteError
@@ -56,7 +60,7 @@ class NSPTrainer(Trainer):
        space of the earlier tasks (torch optimizer step hooks from `create_optimizer`, so once per real optimizer
        step whatever the gradient accumulation, never on a step the fp16 scaler skips, with any optimizer),
     3. at the end of `train()` folds the task into the null space (statistics over ``train_dataset`` with the
-       evaluation transform, summed over processes) and, with `classifier_alignment`, refines the heads; an
+       evaluation transform, summed over processes) and, with `classifier_alignment`, aligns the heads; an
        analytic head (`VPTNSPConfig(classifier="analytic")`) is refit in the same pass.
 
     After `train()` and `save_model()` the adapter is ready for the next task; `save_model` also writes the image
@@ -178,11 +182,6 @@ class NSPTrainer(Trainer):
         """The tuner (unwrapped from DDP and the `PeftModel`)."""
         return self.accelerator.unwrap_model(self.model).base_model
 
-    def ln_loss_weight(self) -> float:
-        if self.args.ln_loss_weight is not None:
-            return self.args.ln_loss_weight
-        return self.nsp_model.peft_config[self.nsp_model.active_adapters[0]].ln_loss_weight
-
     # ------------------------------------------------------------------ hooks of the Trainer
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None and self.args.weight_decay_mode == "l2":
@@ -231,7 +230,7 @@ class NSPTrainer(Trainer):
             task = tuner.task_columns()
             # The heads divide by the temperature (the adapter's, equal to `args.temperature`): logits are CE-ready.
             loss = F.cross_entropy(logits[:, task], columns - task.start)
-            weight = self.ln_loss_weight()
+            weight = self.args.ln_loss_weight
             if weight > 0:
                 loss = loss + weight * tuner.layernorm_consistency_loss()
             if not bool(torch.isfinite(loss)):
@@ -316,7 +315,7 @@ class NSPTrainer(Trainer):
     # ------------------------------------------------------------------ the end of a task
     def finish_task(self) -> None:
         """Fold the trained task into the null space (statistics over its training data, evaluation transform,
-        summed over processes) and, with `classifier_alignment`, store its class statistics and refine the heads.
+        summed over processes) and, with `classifier_alignment`, store its class statistics and align the heads.
         Does nothing when the task is already folded."""
         tuner = self.nsp_model
         if self.task_dataset is None or tuner.tasks_seen() >= tuner.num_tasks:
@@ -345,7 +344,7 @@ class NSPTrainer(Trainer):
             tuner.update_class_statistics(
                 tqdm(loader, desc=f"Class statistics of task {task}", disable=not show), reduce_fn=reduce_fn
             )
-            refine_head(tuner, self.args.refinement_arguments(), seed=self.args.seed + task)
+            align_classifier(tuner, self.args.alignment_arguments(), seed=self.args.seed + task)
         tuner.check_finite()
         accelerator.wait_for_everyone()
 
@@ -426,7 +425,7 @@ def _peft_model(
         raise ValueError(
             "`classifier_alignment=True` needs class statistics in the adapter, and this one was created without: "
             "create the adapter with `VPTNSPConfig(class_statistics=True)` (earlier tasks have no statistics to "
-            "refine from)."
+            "align from)."
         )
     return model
 

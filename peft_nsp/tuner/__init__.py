@@ -1,6 +1,7 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 from .analytic_head import AnalyticClassifier
 from .class_statistics import ClassFeatureStatistics
+from .classifier_alignment import ClassifierAlignmentArguments, align_classifier, sample_class_features
 from .config import VPTNSPConfig
 from .heads import ContinualClassifier, TaskHeads
 from .layer import VPTNSPLayer
@@ -13,6 +14,7 @@ from .text_classifier import TextEmbeddingClassifier, encode_class_names
 __all__ = [
     "AnalyticClassifier",
     "ClassFeatureStatistics",
+    "ClassifierAlignmentArguments",
     "ContinualClassifier",
     "HeadRouter",
     "NonFiniteError",
@@ -23,5 +25,7 @@ __all__ = [
     "VPTNSPLayer",
     "VPTNSPModel",
     "VPTNSPModelOutput",
+    "align_classifier",
     "encode_class_names",
+    "sample_class_features",
 ]

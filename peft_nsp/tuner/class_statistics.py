@@ -1,5 +1,5 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""Per-class feature mean and covariance of each task's training data (the input of head refinement)."""
+"""Per-class feature mean and covariance of each task's training data (the input of classifier alignment)."""
 
 from __future__ import annotations
 

@@ -68,8 +68,6 @@ class VPTNSPConfig(PeftConfig):
             task weighs by its size: the authors' accumulation, whose per-batch-normalised sums differ from it only by
             a scale and the weight of each task's last partial batch) or `"equal"` (each task's per-row mean is
             added, so every task weighs the same).
-        ln_loss_weight (`float`, defaults to `1.0`):
-            λ, weight of the LayerNorm consistency loss (tasks after the first).
         projected_layers (`list[int]`, *optional*):
             Block indices (a subset of `prompt_layers`) whose prompt updates are projected. Defaults to all
             prompted blocks; the others train freely (an ablation knob).
@@ -106,7 +104,7 @@ class VPTNSPConfig(PeftConfig):
             `logit_scale` if it has one (`CLIPModel`; `ln 100` for OpenAI's weights), else `ln 100`.
         class_statistics (`bool`, defaults to `False`):
             Keep the per-class mean and covariance of the pooled image features of every task's training data in
-            the adapter (`update_class_statistics`), the input of head refinement. Costs `F(F+1)/2` float32 per
+            the adapter (`update_class_statistics`), the input of classifier alignment. Costs `F(F+1)/2` float32 per
             class (F = 768 for ViT-B/16: 1.2 MB per class).
         task_classes (`list[list[int]]`, defaults to `[]`):
             Class ids of every task's head, in task order. Filled by `add_task`; saved so that
@@ -152,7 +150,6 @@ class VPTNSPConfig(PeftConfig):
         default="size",
         metadata={"help": "How the statistics of successive tasks combine.", "choices": list(TASK_WEIGHTINGS)},
     )
-    ln_loss_weight: float = field(default=1.0, metadata={"help": "λ, weight of the LayerNorm consistency loss."})
     projected_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Indices of the prompted blocks whose updates are projected. Default: all."}
     )
@@ -187,7 +184,7 @@ class VPTNSPConfig(PeftConfig):
     )
     class_statistics: bool = field(
         default=False,
-        metadata={"help": "Keep per-class feature means and covariances in the adapter (for head refinement)."},
+        metadata={"help": "Keep per-class feature means and covariances in the adapter (for classifier alignment)."},
     )
     task_classes: list[list[int]] = field(
         default_factory=list, metadata={"help": "Class ids of every task's head; filled by `add_task`."}
@@ -259,8 +256,6 @@ class VPTNSPConfig(PeftConfig):
         if not isinstance(grid, (list, tuple)) or not grid or not all(_finite(v) and v > 0 for v in grid):
             raise ValueError(f"`analytic_ridge_grid` must be a non-empty list of numbers > 0, got {grid!r}.")
         self.analytic_ridge_grid = [float(v) for v in grid]
-        if not _finite(self.ln_loss_weight) or self.ln_loss_weight < 0:
-            raise ValueError(f"`ln_loss_weight` must be a finite number ≥ 0, got {self.ln_loss_weight!r}.")
         if self.logit_scale is not None and not _finite(self.logit_scale):
             raise ValueError(f"`logit_scale` must be a finite number, got {self.logit_scale!r}.")
         if not isinstance(self.task_classes, list) or not all(

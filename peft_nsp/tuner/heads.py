@@ -43,7 +43,7 @@ class TaskHeads(nn.Module):
     def freeze_old_heads(self) -> None:
         """Re-freeze the weights of older tasks (PEFT's ``set_adapter`` makes every adapter weight trainable)."""
 
-    def refinable_parameters(self) -> list[nn.Parameter]:
+    def alignment_parameters(self) -> list[nn.Parameter]:
         """The weights classifier alignment retrains on sampled features (none by default)."""
         return []
 
@@ -92,7 +92,7 @@ class ContinualClassifier(TaskHeads):
         for old in list(self.heads)[:-1]:
             old.requires_grad_(False)
 
-    def refinable_parameters(self) -> list[nn.Parameter]:
+    def alignment_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
 
     @property

@@ -1,9 +1,13 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
-"""The `vpt_nsp` tuner: the PEFT contract, the task API, and one-line delegates to its siblings.
+"""The `vpt_nsp` tuner: the PEFT contract (injection, adapters, checkpoints) and the task API.
 
-Siblings: `layer.py` (prompted blocks), `heads.py` / `text_classifier.py` (the continual classifiers),
-`router.py` (the forward hooks that answer through the heads), `null_space_update.py` (folding a task into the
-null space), `class_statistics.py` (per-class feature statistics). None of them imports this module.
+Siblings: `layer.py` (prompted blocks), `heads.py` / `text_classifier.py` / `analytic_head.py` (the continual
+classifiers), `router.py` (the forward hooks that answer through the heads), `null_space_update.py` (folding a task
+into the null space: [`NullSpaceMixin`]), `classifier_alignment.py` (class statistics and alignment:
+[`ClassStatisticsMixin`]), `checkpoint_keys.py` (which keys are ours, loading other layouts), `batches.py` (the data
+passes' default `forward_fn`). None of them imports this module. It stays above 500 lines because the PEFT hooks and
+the task API both read and write the same per-adapter containers (prompts, heads, projection, statistics); split,
+each half would reach into the other's state.
 """
 
 from __future__ import annotations
@@ -12,17 +16,15 @@ import copy
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .._torch_utils import eval_mode, module_device
-from ..losses import layernorm_consistency_loss
-from ..nullspace.update import NullSpaceProjection, ProjectionTarget
-from .analytic_head import AnalyticClassifier, AnalyticTaskFit, gather_by_index, holdout_mask
+from .._torch_utils import module_device
+from .analytic_head import AnalyticClassifier
 from .architectures import (
     BLOCK_CLASSES,
     architecture,
@@ -31,22 +33,22 @@ from .architectures import (
     pooled_size,
     vision_config,
 )
-from .class_statistics import ClassFeatureStatistics, collect_class_feature_sums, mean_and_covariance
+from .batches import ForwardFn, forward_pixel_values
+from .checkpoint_keys import CONTAINERS, adapter_key, describe_architecture, remap_adapter_state_dict
+from .class_statistics import ClassFeatureStatistics
+from .classifier_alignment import ClassStatisticsMixin
 from .config import VPTNSPConfig
 from .heads import ContinualClassifier, TaskHeads
 from .layer import VPTNSPLayer
-from .null_space_update import NullSpaceLayerReport, fold_task, raise_if_not_finite
+from .null_space_update import NullSpaceLayerReport, NullSpaceMixin, raise_if_not_finite
 from .router import HeadRouter, VPTNSPModelOutput
 from .text_classifier import TextEmbeddingClassifier, encode_class_names
 
 
 __all__ = ["NullSpaceLayerReport", "VPTNSPModel", "VPTNSPModelOutput"]
 
-#: Containers the tuner keeps on the backbone module, keyed by adapter name.
-_CONTAINERS = ("vpt_nsp_head", "vpt_nsp_projection", "vpt_nsp_class_statistics")
 
-
-class VPTNSPModel(BaseTuner):
+class VPTNSPModel(NullSpaceMixin, ClassStatisticsMixin, BaseTuner):
     """VPT-NSP²: deep visual prompts for continual learning, updated in the null space of earlier tasks.
 
     Creates a [`VPTNSPLayer`] around every selected transformer block of the image tower of a supported model and
@@ -96,7 +98,7 @@ class VPTNSPModel(BaseTuner):
     def _pre_injection_hook(self, model: nn.Module, config: VPTNSPConfig, adapter_name: str) -> None:
         self._architecture = architecture(model)  # raises for unsupported models
         backbone = backbone_module(model, self._architecture)
-        for name in _CONTAINERS:
+        for name in CONTAINERS:
             if name not in backbone._modules:
                 backbone.add_module(name, nn.ModuleDict())
         if "_router" not in self.__dict__:
@@ -125,7 +127,7 @@ class VPTNSPModel(BaseTuner):
                     f"{key} {old} (adapter) vs {new} (this model)" for key, (old, new) in different.items()
                 )
                 raise ValueError(
-                    f"This VPT-NSP² adapter was made on a `{recorded.get('model_class')}` with {_describe(recorded)}, "
+                    f"This VPT-NSP² adapter was made on a `{recorded.get('model_class')}` with {describe_architecture(recorded)}, "
                     f"but this `{current['model_class']}` differs: {details}. Load it onto the model it was trained on "
                     f"(`base_model_name_or_path`={peft_config.base_model_name_or_path!r})."
                 )
@@ -243,7 +245,7 @@ class VPTNSPModel(BaseTuner):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        for name in _CONTAINERS:
+        for name in CONTAINERS:
             container = getattr(self, name)
             if adapter_name in container:
                 del container[adapter_name]
@@ -257,22 +259,15 @@ class VPTNSPModel(BaseTuner):
             self._check_merge_allowed()
         self._router.remove()
         backbone = backbone_module(self.model, self._architecture)
-        for name in _CONTAINERS:
+        for name in CONTAINERS:
             if name in backbone._modules:
                 delattr(backbone, name)
         return super()._unload_and_optionally_merge(merge=False, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def _adapter_key(cls, adapter_name: str) -> re.Pattern[str]:
-        """Matches a state-dict key of one of our tensors of `adapter_name`: the adapter name follows our container
-        (`vpt_nsp_head.<name>.heads.0.weight`, `….vpt_nsp_prompt.<name>`), not always second to last; group 1 is the
-        key up to the container."""
-        return re.compile(rf"((?:^|\.){cls.prefix}\w+)\.{re.escape(adapter_name)}(?=\.|$)")
-
-    @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        return cls._adapter_key(adapter_name).sub(r"\1", key, count=1)
+        return adapter_key(cls.prefix, adapter_name).sub(r"\1", key, count=1)
 
     @classmethod
     def _get_adapter_state_dict(
@@ -293,57 +288,11 @@ class VPTNSPModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(
         cls, model: nn.Module, config: VPTNSPConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Put a checkpoint's tensors under this model's names, and refuse one that does not fill it exactly.
-
-        Handles the other model class of the same backbone (`ViTModel` ↔ `ViTForImageClassification`: the
-        backbone prefix is added or dropped) and checkpoints of peft-nsp 0.1, whose heads sat on the tuner.
-        """
+        """Our tensors under this model's names, or an error naming what does not fit (`checkpoint_keys.py`)."""
         # A `PeftModel`, or a bare transformers model after `inject_adapter_in_model` (no tuner around it).
         tuner = getattr(model, "base_model", None)
         inner = tuner.model if isinstance(tuner, cls) else model
-        backbone = architecture(inner).backbone
-        own = cls._adapter_key(adapter_name)
-        expected = {key: value for key, value in model.state_dict().items() if own.search(key)}
-        # The checkpoint name of each of our tensors, as `_get_adapter_state_dict` + PEFT's renaming saved it.
-        to_model = {}
-        for model_key in expected:
-            checkpoint_key = cls._remove_adapter_name_from_key(model_key, adapter_name)
-            to_model[
-                checkpoint_key if model_key.startswith("base_model.model.") else "base_model.model." + checkpoint_key
-            ] = model_key
-        checkpoint = {_legacy_key(key, backbone): value for key, value in state_dict.items()}
-        checkpoint = _match_backbone_prefix(checkpoint, to_model, backbone)
-        remapped = {to_model.get(key, key): value for key, value in checkpoint.items()}
-        missing = sorted(set(expected) - set(remapped))
-        unexpected = sorted(set(remapped) - set(expected))
-        wrong_shape = [
-            f"`{key}` {tuple(value.shape)} (checkpoint) vs {tuple(expected[key].shape)} (model)"
-            for key, value in remapped.items()
-            if key in expected and expected[key].shape != value.shape
-        ]
-        source = getattr(config, "loaded_from", None) or "the checkpoint"
-        raise_if_not_finite(
-            {key: value for key, value in remapped.items() if value.is_floating_point() and not value.is_meta},
-            f"Loading the adapter `{source}` (restore it from its source or an earlier stage)",
-        )
-        if missing or unexpected or wrong_shape:
-            problems = []
-            for label, keys in (
-                ("missing from the checkpoint", missing),
-                ("not in this model", unexpected),
-                ("of another shape", wrong_shape),
-            ):
-                if keys:
-                    problems.append(f"{len(keys)} {label} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})")
-            recorded = config.base_model_architecture or {}
-            raise ValueError(
-                "The VPT-NSP² adapter does not fit this model: tensors " + "; ".join(problems) + ". It was trained on "
-                f"a `{recorded.get('model_class', '?')}` with {_describe(recorded)} and {len(config.task_classes)} "
-                f"task(s) ({sum(map(len, config.task_classes))} classes); this is a `{type(inner).__name__}` "
-                f"with {_describe(describe_model(inner))}. Load it onto the model it was trained on "
-                f"(`base_model_name_or_path`={config.base_model_name_or_path!r})."
-            )
-        return remapped
+        return remap_adapter_state_dict(model, inner, config, adapter_name, state_dict, cls.prefix)
 
     # ------------------------------------------------------------------ containers and vocabulary
     @property
@@ -533,7 +482,7 @@ class VPTNSPModel(BaseTuner):
             )
         return class_embeddings
 
-    # ------------------------------------------------------------------ null space
+    # ------------------------------------------------------------------ data passes (`NullSpaceMixin`, `ClassStatisticsMixin`)
     def _statistics_adapter(self, adapter_name: str | None, method: str) -> str:
         active = self._active_adapter_name()
         if adapter_name not in (None, active):
@@ -543,214 +492,28 @@ class VPTNSPModel(BaseTuner):
             )
         return active
 
-    def _run_on_batch(self, forward_kwargs: Mapping[str, Any] | None) -> Callable[[Any], None]:
-        device = module_device(self.model)
-        return lambda batch: self.model(pixel_values=_pixel_values(batch).to(device), **(forward_kwargs or {}))
-
-    @torch.no_grad()
-    def update_null_space(
-        self,
-        batches: Iterable[Any],
-        adapter_name: str | None = None,
-        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        forward_kwargs: Mapping[str, Any] | None = None,
-        chunk_size: int = 16,
-        sample_indices: Sequence[int] | None = None,
-    ) -> list[NullSpaceLayerReport]:
-        """Collect the statistics of a finished task, fold them in and rebuild the projectors.
-
-        Run after training each task, on that task's training data with evaluation transforms. The model is
-        put in eval mode for the collection and restored afterwards. Also stores the current prompts as the
-        reference of the LayerNorm consistency loss. All-or-nothing: an error or a non-finite value (e.g. a NaN
-        pixel) leaves every layer as it was.
-
-        Args:
-            batches: iterable of ``pixel_values`` tensors ``(B, C, H, W)``, of tuples/lists whose first item
-                is one, or of mappings with a ``"pixel_values"`` key (a `DataLoader` works).
-            adapter_name: defaults to the active adapter.
-            reduce_fn: sums a tensor over processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``), so
-                every rank builds identical projectors from the statistics of all data.
-            forward_kwargs: extra model arguments (e.g. ``{"interpolate_pos_encoding": True}``).
-            chunk_size: images per chunk for the softmax attention rows.
-            sample_indices: `classifier="analytic"` with several processes: the index of every sample of this
-                process within the task's data, in the order the batches yield them (default ``0, 1, 2, …``). The
-                same pass fits the analytic head (its batches then need ``labels``), on the features of every
-                process gathered by these indices, so every rank computes the single-process solution.
-
-        Returns:
-            One [`NullSpaceLayerReport`] per prompted layer.
-        """
-        adapter_name = self._statistics_adapter(adapter_name, "update_null_space")
-        forward = self._run_on_batch(forward_kwargs)
-        head = self.vpt_nsp_head[adapter_name]
-        prepare_head = None
-        if isinstance(head, AnalyticClassifier):
-            forward, prepare_head = self._analytic_pass(head, forward, reduce_fn, sample_indices)
-        with eval_mode(self.model):
-            return fold_task(
-                self.prompted_layers(adapter_name),
-                adapter_name,
-                self.peft_config[adapter_name],
-                batches,
-                forward,
-                reduce_fn,
-                chunk_size,
-                prepare_head,
-            )
-
-    def _analytic_pass(
-        self,
-        head: AnalyticClassifier,
-        forward: Callable[[Any], None],
-        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-        sample_indices: Sequence[int] | None,
-    ) -> tuple[Callable[[Any], None], Callable[[], Callable[[], None]]]:
-        """A forward that also records the pooled features and labels of the newest unfitted task, and the step
-        that fits the analytic head on them (gathered over processes by index) once the pass is over."""
-        task = head.fitted_tasks
-        if task >= head.num_tasks:
+    def _batch_forward(
+        self, forward_fn: ForwardFn | None, forward_kwargs: Mapping[str, Any] | None
+    ) -> Callable[[Any], Any]:
+        """One batch through the prompted model with ``forward_fn`` (default: its pixel values)."""
+        if forward_fn is not None and forward_kwargs:
             raise ValueError(
-                f"The analytic head has fitted all {head.num_tasks} task(s): add the next task (`add_task`) before "
-                "its statistics pass; a task's data cannot be added twice."
+                "Pass `forward_kwargs` or `forward_fn`, not both: a `forward_fn` passes its own arguments."
             )
-        first = self.task_columns(task).start
-        features, columns = [], []
-
-        def forward_and_record(batch: Any) -> None:
-            self._router.feature_sink = captured = []
-            try:
-                forward(batch)
-            finally:
-                self._router.feature_sink = None
-            features.append(captured[-1].double())
-            columns.append(self.class_ids_to_columns(_labels(batch).to(captured[-1].device)) - first)
-
-        def prepare() -> Callable[[], None]:
-            pooled, local = gather_by_index(features, columns, sample_indices, reduce_fn, head.in_features)
-            fit: AnalyticTaskFit = head.prepare_task(pooled, local, holdout_mask(torch.arange(len(local))))
-            return lambda: head.commit(fit)
-
-        return forward_and_record, prepare
-
-    def projection_targets(self, adapter_name: str | None = None) -> list[ProjectionTarget]:
-        """The prompts whose updates are projected now, with their projectors."""
-        adapter_name = adapter_name or self._active_adapter_name()
-        projected = self.peft_config[adapter_name].projected_layers
-        targets = []
-        for layer in self.prompted_layers(adapter_name):
-            state = layer.vpt_nsp_null_space[adapter_name]
-            if state.has_projectors and (projected is None or layer.layer_index in projected):
-                targets.append(
-                    ProjectionTarget(layer.vpt_nsp_prompt[adapter_name], state.prompt_projector, state.key_projector)
-                )
-        return targets
-
-    def attach_null_space_projection(
-        self, optimizer: torch.optim.Optimizer, mode: str = "update", adapter_name: str | None = None
-    ) -> NullSpaceProjection:
-        """Make ``optimizer`` apply ``Proj2 · u · Proj1`` to every prompt update (see `NullSpaceProjection`).
-
-        Returns the attached hooks; call ``.remove()`` to detach.
-        """
-        return NullSpaceProjection(lambda: self.projection_targets(adapter_name), mode).attach(optimizer)
-
-    def layernorm_consistency_loss(self, adapter_name: str | None = None) -> torch.Tensor:
-        """The LayerNorm consistency loss (unweighted; 0 before the first task was folded in)."""
-        adapter_name = adapter_name or self._active_adapter_name()
-        pairs = [
-            (layer.vpt_nsp_prompt[adapter_name], layer.vpt_nsp_null_space[adapter_name].previous_prompt)
-            for layer in self.prompted_layers(adapter_name)
-            if layer.vpt_nsp_null_space[adapter_name].has_projectors
-        ]
-        if not pairs:
-            return next(self.vpt_nsp_head.parameters(), torch.zeros(())).new_zeros(())
-        return layernorm_consistency_loss([p for p, _ in pairs], [old for _, old in pairs])
-
-    def tasks_seen(self, adapter_name: str | None = None) -> int:
-        """Number of tasks folded into the null-space statistics."""
-        adapter_name = adapter_name or self._active_adapter_name()
-        return int(self.prompted_layers(adapter_name)[0].vpt_nsp_null_space[adapter_name].tasks_seen)
+        forward_fn = forward_fn or forward_pixel_values(forward_kwargs)
+        return lambda batch: forward_fn(self.model, batch)
 
     def check_finite(self, adapter_name: str | None = None) -> None:
         """Raise [`NonFiniteError`] if any tensor of the adapter (prompts, heads, null-space and class
         statistics) holds a NaN or Inf, naming them."""
         adapter_name = adapter_name or self._active_adapter_name()
-        own = self._adapter_key(adapter_name)
+        own = adapter_key(self.prefix, adapter_name)
         tensors = {
             name: tensor
             for name, tensor in self.model.state_dict().items()
             if own.search(name) and tensor.is_floating_point()
         }
         raise_if_not_finite(tensors, f"Adapter `{adapter_name}`")
-
-    # ------------------------------------------------------------------ classifier alignment
-    @torch.no_grad()
-    def update_class_statistics(
-        self,
-        batches: Iterable[Any],
-        task: int = -1,
-        adapter_name: str | None = None,
-        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        forward_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Store the per-class mean and covariance of the pooled features of a task's training data.
-
-        Run after training the task, on its training data with evaluation transforms (the model is put in eval
-        mode and restored). The features are those the image-side head reads (before CLIP's projection).
-
-        Args:
-            batches: iterable of mappings with ``pixel_values`` and ``labels`` (class ids), or of
-                ``(pixel_values, labels)`` tuples.
-            task: the task whose classes the labels belong to (default: the newest).
-            adapter_name: must be the active adapter (default).
-            reduce_fn: sums a tensor over processes, so every rank stores the statistics of all data.
-            forward_kwargs: extra model arguments (e.g. ``{"interpolate_pos_encoding": True}``).
-        """
-        adapter_name = self._statistics_adapter(adapter_name, "update_class_statistics")
-        config = self.peft_config[adapter_name]
-        if not config.class_statistics:
-            raise ValueError("Class statistics are off for this adapter: create it with `class_statistics=True`.")
-        if not config.task_classes:
-            raise ValueError("The adapter has no task: call `add_task` first.")
-        task = range(len(config.task_classes))[task]
-        classes = config.task_classes[task]
-        statistics = self.vpt_nsp_class_statistics[adapter_name]
-        forward = self._run_on_batch(forward_kwargs)
-
-        def features_of(batch: Any) -> torch.Tensor:
-            self._router.feature_sink = captured = []
-            try:
-                forward(batch)
-            finally:
-                self._router.feature_sink = None
-            return captured[-1]
-
-        with eval_mode(self.model):
-            sums = collect_class_feature_sums(
-                batches, features_of, _labels, classes, statistics.feature_size, module_device(self.model), reduce_fn
-            )
-        empty = [c for c, count in zip(classes, sums[0].tolist()) if count == 0]
-        if empty:
-            raise ValueError(f"`update_class_statistics` got no samples of classes {empty} of task {task}.")
-        means, covariances = mean_and_covariance(*sums)
-        raise_if_not_finite({"class means": means, "class covariances": covariances}, "`update_class_statistics`")
-        statistics.store(task, sums[0], means, covariances)
-
-    def class_feature_statistics(self, adapter_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(C_seen, F)`` float64 means and ``(C_seen, F, F)`` float32 covariances of every seen class, in
-        logit-column order (see `update_class_statistics`)."""
-        adapter_name = adapter_name or self._active_adapter_name()
-        if adapter_name not in self.vpt_nsp_class_statistics:
-            raise ValueError("Class statistics are off for this adapter: create it with `class_statistics=True`.")
-        return self.vpt_nsp_class_statistics[adapter_name].collected()
-
-    def refinable_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
-        """What classifier alignment trains: the image projection (CLIP) and the linear heads of every task."""
-        adapter_name = adapter_name or self._active_adapter_name()
-        parameters = []
-        if adapter_name in self.vpt_nsp_projection:
-            parameters += list(self.vpt_nsp_projection[adapter_name].parameters())
-        return parameters + self.vpt_nsp_head[adapter_name].refinable_parameters()
 
 
 def _new_task_classes(
@@ -799,49 +562,11 @@ def _names_by_task(config: VPTNSPConfig) -> list[list[str]]:
     return names
 
 
-def _describe(architecture: Mapping[str, Any]) -> str:
-    if not architecture:
-        return "an unrecorded architecture"
-    return (
-        f"{architecture.get('num_hidden_layers', '?')} blocks, {architecture.get('num_attention_heads', '?')} "
-        f"attention heads, hidden size {architecture.get('hidden_size', '?')}, head input size "
-        f"{architecture.get('head_input_size', '?')}"
-    )
-
-
 def _matches(target_modules: str | set[str], name: str) -> bool:
     """PEFT's rule for `target_modules`: a regex matching the whole name, or names/suffixes."""
     if isinstance(target_modules, str):
         return re.fullmatch(target_modules, name) is not None
     return any(name == target or name.endswith(f".{target}") for target in target_modules)
-
-
-def _legacy_key(key: str, backbone: str) -> str:
-    """peft-nsp 0.1 kept the heads on the tuner (``base_model.vpt_nsp_head…``): move them to the backbone."""
-    for name in _CONTAINERS:
-        if key.startswith(f"base_model.{name}."):
-            inner = f"{backbone}.{name}" if backbone else name
-            return f"base_model.model.{inner}." + key[len(f"base_model.{name}.") :]
-    return key
-
-
-def _match_backbone_prefix(
-    state_dict: dict[str, torch.Tensor], expected: Mapping[str, Any], backbone: str
-) -> dict[str, torch.Tensor]:
-    """Add or drop the backbone prefix (``vit.``) when the checkpoint comes from the other model class of the same
-    backbone (`ViTModel` ↔ `ViTForImageClassification`); otherwise return ``state_dict`` unchanged."""
-    if set(state_dict) <= set(expected):
-        return state_dict
-    root = "base_model.model."
-    for name in filter(None, {backbone, *(key[len(root) :].split(".", 1)[0] for key in state_dict)}):
-        inner = f"{root}{name}."
-        if backbone:  # the checkpoint comes from the bare backbone: add the prefix
-            moved = {(inner + key[len(root) :] if key.startswith(root) else key): v for key, v in state_dict.items()}
-        else:  # the checkpoint comes from a classification model around this backbone: drop its prefix
-            moved = {(root + key[len(inner) :] if key.startswith(inner) else key): v for key, v in state_dict.items()}
-        if set(moved) <= set(expected):
-            return moved
-    return state_dict
 
 
 def _block_names(model: nn.Module, prefix: str = "") -> list[str]:
@@ -855,28 +580,3 @@ def _block_names(model: nn.Module, prefix: str = "") -> list[str]:
         elif isinstance(module, BLOCK_CLASSES) and not name.endswith(".base_layer"):
             names.append(name)
     return names
-
-
-def _labels(batch: Any) -> torch.Tensor:
-    if isinstance(batch, Mapping) and "labels" in batch:
-        return torch.as_tensor(batch["labels"])
-    if isinstance(batch, (tuple, list)) and len(batch) > 1:
-        return torch.as_tensor(batch[1])
-    raise ValueError(
-        "Class statistics need labels: yield mappings with a `labels` key or `(pixel_values, labels)` tuples."
-    )
-
-
-def _pixel_values(batch: Any) -> torch.Tensor:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, Mapping):
-        if "pixel_values" not in batch:
-            raise ValueError(f"A batch mapping needs a `pixel_values` key, got keys {sorted(batch)}.")
-        return batch["pixel_values"]
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise ValueError(
-        f"Cannot read pixel values from a batch of type {type(batch).__name__}: yield tensors, (pixel_values, ...) "
-        "tuples or mappings with a `pixel_values` key."
-    )
