@@ -129,11 +129,12 @@ def main(source: str, output: str) -> None:
     from peft_nsp.offline import load_mnist_5k
 
     test = load_mnist_5k(test_per_class=1, seed=0)["test"]
-    image = Path(output).with_name(".demo-digit.png")
+    image = Path(output).resolve().with_name(".demo-digit.png")
     test.filter(lambda label: label == 7, input_columns="label")[0]["image"].resize((112, 112)).save(image)
     try:
-        with served(build_demo(source)) as url, headless_chromium(1400, 900) as browser:
+        with served(build_demo(source)) as url, headless_chromium(1400, 1000) as browser:
             shown = classify_in_page(browser, url, image, compare=True)
+            browser.execute_script("window.scrollTo(0, 0)")
             browser.save_screenshot(output)
     finally:
         image.unlink()

@@ -283,6 +283,17 @@ def test_api_routes_classify_compare_teach_and_cancel(run_copy, tiny_run, digit_
         assert read_progress(run_copy).finished_tasks == 3
 
 
+def test_the_command_line_names_a_bad_source(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for argv, message in (
+        ([str(tmp_path / "empty")], "holds no adapter"),
+        ([str(tmp_path / "run"), "--threads", "0"], "`--threads` must be ≥ 1"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_the_space_files_run_the_demo_on_a_local_stage(tiny_run, digit_file, tmp_path, capsys):
     run_dir, _ = tiny_run
     main(["space", "someone/digits", "--output", str(tmp_path / "published")])

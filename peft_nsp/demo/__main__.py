@@ -30,7 +30,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(default: peft-nsp-demo/<repository name>)",
     )
     parser.add_argument("--epochs", type=int, default=3, help="the teach tab's default epochs (default: 3)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the app (default: torch's); 1 keeps classification fast on a CPU other processes "
+        "share (benchmarks/demo_latency.py)",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("`--threads` must be ≥ 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     from .app import build_demo, launch  # gradio loads only here: `--help` works without the extra
 
     teach_dir = args.teach_dir or f"peft-nsp-demo/{args.source.split('@')[0].rstrip('/').rsplit('/', 1)[-1]}"
