@@ -266,10 +266,11 @@ def revision_table(run: DemoRun) -> dict[str, list]:
 def header(run: DemoRun) -> str:
     """The title: the source, its method and where the latest revision stands."""
     record, metrics = run.record(), run.metrics()
+    forgetting = "" if metrics.num_tasks < 2 else f", forgetting {100 * metrics.forgetting:.1f} %"
     return (
         f"## {record.method}: `{run.source}`\n{len(run.revisions)} revision(s), the latest `{run.latest.name}` knows "
-        f"{len(record.class_names)} classes; accuracy on all seen classes {100 * metrics.final_accuracy:.1f} %, "
-        f"forgetting {100 * metrics.forgetting:.1f} %."
+        f"{len(record.class_names)} classes; accuracy on all seen classes {100 * metrics.final_accuracy:.1f} %"
+        f"{forgetting}."
     )
 
 

@@ -88,6 +88,7 @@ class DemoRun:
         self.run_dir: Path | None = None
         """The run on this machine that a taught task extends; ``None`` until one exists (Hub, lone stage)."""
         self._models: OrderedDict[Path, tuple[PeftModel, Any]] = OrderedDict()
+        self._records: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
         self.revisions = self._find_revisions()
 
@@ -169,15 +170,18 @@ class DemoRun:
         return revision.folder
 
     def record(self, name: str | None = None) -> RunRecord:
-        """The run record of revision ``name`` (a Hub revision's ``sequence.json`` only is downloaded)."""
+        """The run record of revision ``name`` (a Hub revision's ``sequence.json`` only is downloaded), read once."""
         revision = self.revision(name)
-        if revision.folder is not None:
-            return read_record(revision.folder)
-        try:
-            path = self.api.hf_hub_download(revision.repo, SEQUENCE_FILE, revision=revision.name)
-        except LocalEntryNotFoundError as error:
-            raise hub_unreachable_error(revision.repo, revision.name, error) from error
-        return read_record(path)
+        if revision.name not in self._records:
+            if revision.folder is not None:
+                path = revision.folder
+            else:
+                try:
+                    path = self.api.hf_hub_download(revision.repo, SEQUENCE_FILE, revision=revision.name)
+                except LocalEntryNotFoundError as error:
+                    raise hub_unreachable_error(revision.repo, revision.name, error) from error
+            self._records[revision.name] = read_record(path)
+        return self._records[revision.name]
 
     def metrics(self, name: str | None = None) -> ContinualMetrics:
         """The accuracy matrix of the run up to revision ``name``."""
