@@ -118,7 +118,7 @@ def classify_files(classifier: Any, files: Sequence[Path], top_k: int = 5, batch
     predictions = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        answers = classifier([_open_rgb(path) for path in chunk], top_k=top_k, batch_size=batch_size)
+        answers = classifier([open_rgb(path) for path in chunk], top_k=top_k, batch_size=batch_size)
         predictions += [(str(path), answer) for path, answer in zip(chunk, answers)]
     return predictions
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(format_predictions(predictions))
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")

@@ -29,8 +29,9 @@ from testing_utils import IMAGE_SIZE, tiny_model
 from transformers import ViTImageProcessor, ViTModel
 
 from peft_nsp import NSPConfig, VPTNSPConfig
-from peft_nsp.continual import processor_transform, run_class_incremental
+from peft_nsp.continual import processor_transform
 from peft_nsp.continual.stages import read_progress, stage_dir
+from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 
 
 gr = pytest.importorskip("gradio", reason="the demo needs the `demo` extra: pip install -e '.[demo]'")
@@ -72,10 +73,9 @@ def tiny_run(tmp_path_factory):
         ViTModel.from_pretrained(base, add_pooling_layer=False),
         VPTNSPConfig(prompt_length=2),
         args,
+        ClassIncrementalConfig(num_tasks=2, class_order=[0, 1, 2, 3]),
         data["train"],
         data["test"],
-        num_tasks=2,
-        class_order=[0, 1, 2, 3],
         train_transform=processor_transform(processor),
         processing_class=processor,
     )

@@ -37,10 +37,10 @@ from ..continual.stages import (
     TASKS_DIR,
     RunRecord,
     finished_stages,
-    hub_unreachable_error,
     read_record,
     stage_revision,
 )
+from ..hub.store import HubStageStore, hub_unreachable_error
 
 
 #: The folder name of the offline DINOv2-S/14 (`peft_nsp.offline.offline_vit_path`), rebuilt where it is missing.
@@ -162,11 +162,8 @@ class DemoRun:
     def stage(self, name: str | None = None) -> Path:
         """The stage folder of revision ``name`` on this machine, downloading a Hub revision on first use."""
         revision = self.revision(name)
-        if revision.folder is None:
-            try:
-                revision.folder = Path(self.api.snapshot_download(repo_id=revision.repo, revision=revision.name))
-            except LocalEntryNotFoundError as error:
-                raise hub_unreachable_error(revision.repo, revision.name, error) from error
+        if revision.folder is None:  # the Hub's stage store: downloaded and checked against the commit's digest
+            revision.folder = HubStageStore(api=self.api).fetch(revision.repo, revision.name)
         return revision.folder
 
     def record(self, name: str | None = None) -> RunRecord:

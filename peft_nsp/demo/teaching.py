@@ -23,11 +23,12 @@ from filelock import FileLock, Timeout
 from PIL import Image
 from transformers import AutoImageProcessor, TrainerCallback
 
-from ..classify import _open_rgb
+from ..classify import open_rgb
 from ..continual.data import processor_transform
-from ..continual.loop import _stage_files, load_stage
 from ..continual.metrics import ContinualMetrics, count_correct
 from ..continual.stages import LOCK_FILE, RunRecord, write_stage
+from ..loop.class_incremental import write_stage_files
+from ..loop.resume import load_stage
 from ..offline import datasets as offline
 from ..trainer import NSPConfig, NSPTrainer
 from .run import DemoRun, class_probabilities, load_base_model
@@ -155,7 +156,7 @@ def uploaded_task(images: Mapping[str, Sequence[str | Path]]) -> NewTask:
             raise ValueError(
                 f"Class `{name}` has {len(files)} image(s): give two or more (one to hold out for measuring)."
             )
-        opened = [_open_rgb(Path(path)) for path in files]
+        opened = [open_rgb(Path(path)) for path in files]
         cut = max(1, len(opened) // 4)
         for target, chosen in ((held_out, opened[:cut]), (train, opened[cut:])):
             target[0].extend(chosen)
@@ -228,7 +229,10 @@ def teach(
         if cancel.is_set():  # pressed after the last step: still nothing is written
             raise TeachingCancelled("Teaching was cancelled: the run is unchanged.")
         stage = write_stage(
-            run_dir, len(record.tasks), new_record, lambda folder: _stage_files(folder, trained, new_record, processor)
+            run_dir,
+            len(record.tasks),
+            new_record,
+            lambda folder: write_stage_files(folder, trained, new_record, processor),
         )
     run.refresh()
     return Lesson(

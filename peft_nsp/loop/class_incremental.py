@@ -274,7 +274,7 @@ def _save_stage_everywhere(
         try:
             try:
                 stage = write_stage(
-                    output_dir, task, record, lambda folder: _stage_files(folder, model, record, processing_class)
+                    output_dir, task, record, lambda folder: write_stage_files(folder, model, record, processing_class)
                 )
             except Exception as error:
                 _raise_if_disk_full(
@@ -332,7 +332,7 @@ def _base_model_processor(base_model: PreTrainedModel) -> Any:
     return None
 
 
-def _stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:
+def write_stage_files(folder: Path, model: PeftModel, record: RunRecord, processing_class: Any) -> None:
     """Everything a stage holds besides its record: adapter (checked finite), processor, metrics, plots, card."""
     model.base_model.check_finite()
     model.save_pretrained(folder)
