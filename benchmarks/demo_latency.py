@@ -19,20 +19,12 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-import gradio
 import torch
-import transformers
-from common import facts_line, markdown_table, run_facts
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server helper of the tests
-from demo_browser import served  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-
-from peft_nsp.demo import DemoRun, build_demo  # noqa: E402
-from peft_nsp.offline import load_mnist_5k  # noqa: E402
+from common import RESULTS_DIR, facts_line, markdown_table, package_versions, run_facts, write_results
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -52,12 +44,37 @@ def row(threads: int, path: str, seconds: list[float]) -> list[str]:
     ]
 
 
-def main() -> None:
+def markdown(results: dict[str, Any]) -> str:
+    """The latency table with the facts of its run."""
+    rows = [row(r["threads"], r["path"], r["seconds"]) for r in results["rows"]]
+    return "\n".join(
+        [
+            "## Browser demo: classifying one image (`results/demo-latency.json`)",
+            "",
+            facts_line(results["facts"]),
+            f"Run: {results['run']} (latest {results['revision']}); {results['images']} images per row; first load and "
+            f"classification {results['load_seconds']:.1f} s; {', '.join(f'{k} {v}' for k, v in results['versions'].items())}; "
+            f"load average {results['load_average'][0]:.1f} at the start, {results['load_average'][1]:.1f} at the end.",
+            "",
+            markdown_table(["torch threads", "path", "median ms", "p90 ms", "worst ms", "under 1 s"], rows),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/quickstart/nsp", help="a run folder (default: the quickstart's)")
     parser.add_argument("--repeats", type=int, default=30, help="images classified per path and thread count")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to time")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "demo-latency.json")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server helper of the tests
+    from demo_browser import served
+    from gradio_client import Client, handle_file
+
+    from peft_nsp.demo import DemoRun, build_demo
+    from peft_nsp.offline import load_mnist_5k
+
     images = list(load_mnist_5k(test_per_class=max(1, -(-args.repeats // 10)), seed=0)["test"]["image"])[
         : args.repeats
     ]
@@ -84,14 +101,23 @@ def main() -> None:
                 begin = time.perf_counter()
                 client.predict(handle_file(str(file)), run.latest.name, 5, api_name="/classify")
                 http.append(time.perf_counter() - begin)
-            rows += [row(threads, "DemoRun.classify", direct), row(threads, "/classify over HTTP", http)]
-    print(facts_line(run_facts("cpu")))
-    print(
-        f"Run: {args.run} (latest {run.latest.name}); {len(images)} images per row; first load and classification "
-        f"{load_seconds:.1f} s; torch {torch.__version__}, transformers {transformers.__version__}, gradio "
-        f"{gradio.__version__}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.\n"
-    )
-    print(markdown_table(["torch threads", "path", "median ms", "p90 ms", "worst ms", "under 1 s"], rows))
+            rows += [
+                {"threads": threads, "path": "DemoRun.classify", "seconds": direct},
+                {"threads": threads, "path": "/classify over HTTP", "seconds": http},
+            ]
+    results = {
+        "facts": run_facts("cpu"),
+        "run": args.run,
+        "revision": run.latest.name,
+        "images": len(images),
+        "load_seconds": load_seconds,
+        "versions": {**package_versions(), "gradio": version("gradio")},
+        "load_average": [load_start[0], os.getloadavg()[0]],
+        "rows": rows,
+    }
+    write_results(args.output, results)
+    print(markdown(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import analytic_head
+import demo_latency
 import fidelity
 import forgetting
 import growth
@@ -46,7 +48,7 @@ def forgetting_files(results_dir: Path) -> list[Path]:
     files = [
         path
         for path in results_dir.glob("*.json")
-        if not path.name.startswith(("speed", "growth", "fidelity", "quickstart", "analytic-head"))
+        if not path.name.startswith(("speed", "growth", "fidelity", "quickstart", "analytic-head", "demo-latency"))
     ]
     return sorted(files, key=lambda p: (p.name != "forgetting.json", p.name))
 
@@ -78,6 +80,8 @@ def render(results_dir: Path) -> str:
         sections += [fidelity.markdown(read_results(path)), ""]
     for path in sorted(results_dir.glob("analytic-head*.json")):
         sections += [analytic_head.markdown(read_results(path)), ""]
+    for path in sorted(results_dir.glob("demo-latency*.json")):
+        sections += [demo_latency.markdown(read_results(path)), ""]
     if not any(run["settings"]["device"].startswith("cuda") for run in speed_runs):
         sections += [
             "## GPU",
@@ -118,6 +122,9 @@ def readme_blocks(results_dir: Path) -> dict[str, str]:
     small = read_results(results_dir / "forgetting.json")
     if sequence and small:
         blocks["baselines"] = _baselines(sequence, small)
+    latency = read_results(results_dir / "demo-latency.json")
+    if latency:
+        blocks["demo-latency"] = _demo_latency(latency)
     analytic = read_results(results_dir / "analytic-head.json")
     if analytic:
         blocks["analytic-head"] = _analytic_head(analytic)
@@ -301,6 +308,19 @@ def _analytic_head(results: dict[str, Any], default_size: int = 5000) -> str:
         f"rounded to float32 after every task it still solved in {total - unsolvable} of {total} runs here, but on split "
         "Fashion-MNIST (90 images a task) the λ the task chose made the float32-rounded `G + λI` numerically singular "
         "and the run stopped."
+    )
+
+
+def _demo_latency(results: dict[str, Any]) -> str:
+    """The README's sentence on how fast the demo classifies one image (the medians of its fastest thread count)."""
+    rows = {(r["threads"], r["path"]): statistics.median(r["seconds"]) for r in results["rows"]}
+    threads = min({t for t, _ in rows}, key=lambda t: rows[(t, "/classify over HTTP")])
+    worst = max(max(r["seconds"]) for r in results["rows"] if r["threads"] == threads)
+    return (
+        f"Classifying one image with the quickstart's model took a median {1000 * rows[(threads, 'DemoRun.classify')]:.0f}"
+        f" ms for the model and {1000 * rows[(threads, '/classify over HTTP')]:.0f} ms through the HTTP route the "
+        f"browser uses (worst {1000 * worst:.0f} ms; {threads} torch thread{'s' if threads > 1 else ''}, 2-core CPU, "
+        f"load average {results['load_average'][0]:.1f}; `python benchmarks/demo_latency.py`, RESULTS.md)."
     )
 
 

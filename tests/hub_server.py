@@ -40,6 +40,7 @@ _ROUTES = [
     ("GET", "list_repo_commits", re.compile(rf"/api/models/{_REPO}/commits/{_REVISION}")),
     ("GET", "list_repo_tree", re.compile(rf"/api/models/{_REPO}/tree/{_REVISION}(?P<path>/.*)?")),
     ("GET", "repo_info", re.compile(rf"/api/models/{_REPO}(?:/revision/{_REVISION})?")),
+    ("GET", "space_info", re.compile(rf"/api/spaces/{_REPO}")),
     ("POST", "preupload", re.compile(rf"/api/models/{_REPO}/preupload/{_REVISION}")),
     ("POST", "create_commit", re.compile(rf"/api/models/{_REPO}/commit/{_REVISION}")),
     ("POST", "create_branch", re.compile(rf"/api/models/{_REPO}/branch/(?P<branch>[^/]+)")),
@@ -84,6 +85,7 @@ class LocalHub:
     def __init__(self, folder: Path, token: str | None = None):
         self.folder, self.token = Path(folder), token
         self.faults: list[Fault] = []
+        self.spaces: set[str] = set()  # the Space ids that exist (a Space's files are not served)
         self.calls: list[tuple[str, str | None]] = []
         self._lock = threading.RLock()
         self._stopped = threading.Event()
@@ -223,6 +225,11 @@ class LocalHub:
             "private": private,
             "siblings": [{"rfilename": path} for path in files],
         }
+
+    def space_info(self, repo: str, **_: Any) -> tuple[int, Any]:
+        if repo not in self.spaces:
+            raise HubError(401, f"Repository Not Found for url: spaces/{repo}.", "RepoNotFound")
+        return 200, {"id": repo, "sha": "0" * 40, "private": False, "siblings": []}
 
     def preupload(self, repo: str, body: dict[str, Any], **_: Any) -> tuple[int, Any]:
         self._read(repo, "refs.json")

@@ -175,3 +175,31 @@ def test_gpu_script_runs_its_whole_path_on_the_cpu(tmp_path):
         "nsp-analytic",
         "joint",
     }
+
+
+def test_demo_latency_table_and_readme_sentence_are_computed_from_the_recorded_times():
+    """The demo's latency table (median, 90th percentile, worst, share under a second) and the README's sentence,
+    against the statistics of the recorded seconds computed by hand."""
+    import demo_latency
+    import report
+
+    seconds = [0.03, 0.01, 0.02, 1.5, 0.04]  # sorted: 0.01 0.02 0.03 0.04 1.5
+    http = [0.2, 0.1, 0.3]
+    results = {
+        "facts": {"machine": "CPU", "date": "d", "torch": "t", "command": "c"},
+        "run": "runs/quickstart/nsp",
+        "revision": "task-4",
+        "images": 5,
+        "load_seconds": 0.5,
+        "versions": {"torch": "2.13.0"},
+        "load_average": [1.0, 2.0],
+        "rows": [
+            {"threads": 1, "path": "DemoRun.classify", "seconds": seconds},
+            {"threads": 1, "path": "/classify over HTTP", "seconds": http},
+        ],
+    }
+    table = demo_latency.markdown(results)
+    assert "| 1 | DemoRun.classify | 30 | 1500 | 1500 | 80 % |" in table  # nearest-rank p90 of 5: the 5th (⌈4.5⌉)
+    assert "| 1 | /classify over HTTP | 200 | 300 | 300 | 100 % |" in table
+    sentence = report._demo_latency(results)
+    assert "median 30 ms for the model and 200 ms through the HTTP route" in sentence and "worst 1500 ms" in sentence

@@ -221,6 +221,23 @@ def test_card_without_run_info_has_no_hub_claims(pushed_run, tmp_path):
     assert 'PeftModel.from_pretrained(base, "path/to/tasks/task-0")' in card.text
 
 
+def test_the_card_links_the_demo_space_only_when_the_push_names_one_that_exists(pushed_run, hub, repo, tmp_path):
+    """`push_to_hub(..., space_id=)` (`python -m peft_nsp.hub push --space`): a Space that does not exist is refused
+    before anything is uploaded; one that exists is linked from the pushed cards; without it no card mentions one."""
+    output_dir = pushed_run[1]
+    assert "Try it in the browser" not in hub.tree(REPO, "task-2")["README.md"].decode()
+    space = f"{repo}-demo"
+    calls = len(hub.calls)
+    with pytest.raises(ValueError, match=rf"The Space `{space}` does not exist.*python -m peft_nsp.demo space"):
+        push_to_hub(output_dir, repo, space_id=space)
+    assert not any(name in ("create_repo", "create_commit") for name, _ in hub.calls[calls:])
+    hub.spaces.add(space)
+    push_to_hub(output_dir, repo, space_id=space)
+    card = hub.tree(repo, "task-1")["README.md"].decode()
+    assert f"[`{space}`](https://huggingface.co/spaces/{space})" in card
+    assert f"python -m peft_nsp.demo {repo}" in card
+
+
 def test_every_revision_loads_from_its_stage_folder_and_from_the_hub(pushed_run, tmp_path):
     result, output_dir, hub, _, _ = pushed_run
     pixel_values = to_tensor([row["image"] for row in TEST])

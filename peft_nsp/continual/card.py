@@ -38,9 +38,13 @@ _ADAPTER_BOOKKEEPING = {
 
 
 def build_model_card(
-    stage_dir: str | os.PathLike, repo_id: str | None = None, template_path: str | os.PathLike = TEMPLATE_PATH
+    stage_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    template_path: str | os.PathLike = TEMPLATE_PATH,
+    space_id: str | None = None,
 ) -> ModelCard:
-    """The model card of the stage in ``stage_dir``, for the Hub repository ``repo_id`` (or a local folder).
+    """The model card of the stage in ``stage_dir``, for the Hub repository ``repo_id`` (or a local folder), linking
+    the Space ``space_id`` that runs the browser demo on it (`python -m peft_nsp.demo space`), when there is one.
 
     Reads the stage's run record (``sequence.json``) and ``adapter_config.json``. ``run_info`` keys used:
     ``benchmark`` (a key of [`PAPER_RESULTS`] puts the paper's numbers next to ours), ``dataset`` (a Hub dataset
@@ -75,6 +79,7 @@ def build_model_card(
         template_path=str(template_path),
         title=model_name,
         repo_id=repo_id,
+        space_id=space_id,
         revision=stage_revision(task),
         task=task,
         num_tasks=len(record.tasks),
@@ -112,9 +117,9 @@ def build_model_card(
     )
 
 
-def render_model_card(stage_dir: str | os.PathLike, repo_id: str | None = None) -> bytes:
+def render_model_card(stage_dir: str | os.PathLike, repo_id: str | None = None, space_id: str | None = None) -> bytes:
     """[`build_model_card`] as the bytes of a ``README.md``."""
-    return str(build_model_card(stage_dir, repo_id)).encode("utf-8")
+    return str(build_model_card(stage_dir, repo_id, space_id=space_id)).encode("utf-8")
 
 
 def write_model_card(stage_dir: str | os.PathLike, repo_id: str | None = None) -> Path:

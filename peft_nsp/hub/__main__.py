@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     push.add_argument("output_dir", help="the `output_dir` of a class-incremental run")
     push.add_argument("--hub_model_id", required=True, help="the model repository, created if missing")
     push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--space", help="a Space running the demo on this repository: the pushed cards link it")
     push.add_argument(
         "--timeout",
         type=float,
@@ -46,9 +47,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "push":
         try:
             pushed = push_with_deadline(
-                args.output_dir, args.hub_model_id, timeout=args.timeout, private=args.private or None
+                args.output_dir,
+                args.hub_model_id,
+                timeout=args.timeout,
+                private=args.private or None,
+                space_id=args.space,
             )
-        except HubPushError as error:
+        except (HubPushError, ValueError) as error:
             raise SystemExit(str(error)) from error
         for stage in pushed:
             print(f"{stage.revision}: {stage.action} ({stage.commit})")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from ..continual.card import render_model_card
@@ -64,6 +65,7 @@ def push_to_hub(
     private: bool | None = None,
     token: str | bool | None = None,
     api: HfApi | None = None,
+    space_id: str | None = None,
 ) -> list[PushedStage]:
     """Push every finished stage of a run's ``output_dir`` that is not on the Hub yet, in task order.
 
@@ -79,6 +81,8 @@ def push_to_hub(
         private: visibility of a new repository (``None``: the Hub's default); an existing one is unchanged.
         token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login, as in `huggingface_hub`.
         api: the [`~huggingface_hub.HfApi`] to use (default: ``HfApi(token=token)``).
+        space_id: a Space that runs the browser demo on ``repo_id`` (`python -m peft_nsp.demo space`): the cards of
+            the stages this push commits link it. It must exist (checked before anything is uploaded).
 
     Returns:
         What happened to each finished stage found locally, in task order.
@@ -92,6 +96,12 @@ def push_to_hub(
     output_dir = Path(output_dir)
     stages = finished_stages(output_dir)
     api = api or HfApi(token=token)
+    if space_id is not None and not _space_exists(api, space_id, output_dir):
+        raise ValueError(
+            f"The Space `{space_id}` does not exist (or is not visible to this token): create it first, e.g. "
+            f"`python -m peft_nsp.demo space {repo_id} --output space/` and `hf upload {space_id} space/ "
+            "--repo-type space`, then push again with it."
+        )
     with _resumable(f"Reading `{repo_id}`", output_dir):
         api.create_repo(repo_id, private=private, exist_ok=True)
         branches = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo_id).branches}
@@ -112,7 +122,7 @@ def push_to_hub(
         with _resumable(f"Pushing `{revision}` to `{repo_id}`", output_dir):
             if commit is None:
                 commit = head = _commit_stage(
-                    api, repo_id, task, stage, title, head, render_model_card(stage, repo_id)
+                    api, repo_id, task, stage, title, head, render_model_card(stage, repo_id, space_id)
                 )
             api.create_branch(repo_id, branch=revision, revision=commit)
         logger.info("%s of %s: %s (commit %s)", revision, repo_id, action, commit)
@@ -208,6 +218,16 @@ def _operations(
         CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card),
         *(CommitOperationDelete(path_in_repo=name) for name in stale),
     ]
+
+
+def _space_exists(api: HfApi, space_id: str, output_dir: Path) -> bool:
+    validate_repo_id(space_id)
+    with _resumable(f"Reading the Space `{space_id}`", output_dir):
+        try:
+            api.space_info(space_id)
+        except RepositoryNotFoundError:
+            return False
+    return True
 
 
 @contextmanager
