@@ -152,17 +152,27 @@ def test_the_tuner_fits_in_the_statistics_pass_and_predicts_the_joint_solution()
     assert tuner.tasks_seen() == 2 and tuner.task_heads().fitted_tasks == 2
 
 
-def test_training_mode_answers_with_the_training_heads():
-    model = _analytic_model()
+def test_training_and_a_task_not_fitted_yet_answer_with_the_training_heads():
+    """Training mode, and evaluation during a task (before its statistics pass fits it), answer with the linear
+    training heads over every seen class, never with the unfitted task's zero columns; once fitted, the ridge head."""
+    model = _analytic_model(analytic_ridge=0.3)
     tuner = model.base_model
     tuner.add_task(3)
-    x, _ = _blob_task([0, 1, 2])
+    x, y = _blob_task([0, 1, 2])
     model.train()
+    pooled = torch.tensor(_pooled(model, x), dtype=torch.float32)
     training = model(pixel_values=x).logits
-    expected = tuner.task_heads().training_heads(torch.tensor(_pooled(model, x), dtype=torch.float32))
-    torch.testing.assert_close(training, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(training, tuner.task_heads().training_heads(pooled), rtol=1e-5, atol=1e-5)
     model.eval()
-    assert torch.count_nonzero(model(pixel_values=x).logits) == 0  # not fitted yet
+    torch.testing.assert_close(model(pixel_values=x).logits, training, rtol=1e-5, atol=1e-5)  # not fitted yet
+    tuner.update_null_space(_batches(x, y))
+    head = tuner.task_heads()
+    fitted = model(pixel_values=x).logits
+    torch.testing.assert_close(fitted, head.state.scale.float() * head.ridge_outputs(pooled), rtol=1e-4, atol=1e-4)
+    tuner.add_task(2)  # the next task, mid-training: all five columns from the training heads again
+    mid_task = model(pixel_values=x).logits
+    assert mid_task.shape == (len(x), 5)
+    torch.testing.assert_close(mid_task, head.training_heads(pooled), rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_continue_round_trip_gives_identical_logits(tmp_path):

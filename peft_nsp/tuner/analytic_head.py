@@ -211,13 +211,13 @@ class _AnalyticTask(DeviceOnlyBuffers):
 class AnalyticClassifier(TaskHeads):
     """Closed-form continual classifier: ridge regression on random ReLU features of the pooled feature.
 
-    Evaluation (``model.eval()``): ``logits = s · relu(x R) W``, columns in task order, ``W`` the joint ridge solution
-    over every fitted task (a task's columns are 0 until it is fitted) and ``s`` a softmax scale fitted on the newest
-    task's held-out samples, scored over every seen class by the solution without them, so ``softmax(logits)`` are
-    calibrated probabilities (the argmax is the ridge classifier's). Training
-    (``model.train()``): the logits of ``training_heads``, one linear head per task as [`ContinualClassifier`], which
-    give the prompts their training signal; the ridge solution is refit by [`~AnalyticClassifier.commit`] after the
-    task. Usable on its own, on any features (e.g. a frozen backbone's, no prompts).
+    Evaluation (``model.eval()``) once every task is fitted: ``logits = s · relu(x R) W``, columns in task order,
+    ``W`` the joint ridge solution over every fitted task and ``s`` a softmax scale fitted on the newest task's
+    held-out samples, scored over every seen class by the solution without them, so ``softmax(logits)`` are
+    calibrated probabilities (the argmax is the ridge classifier's). Training (``model.train()``), and evaluation
+    during a task before its statistics pass fits it (``evaluate()`` mid-task, early stopping): the logits of
+    ``training_heads``, one linear head per task as [`ContinualClassifier`], which give the prompts their training
+    signal; the ridge solution is refit by [`~AnalyticClassifier.commit`] after the task. Usable on its own, on any features (e.g. a frozen backbone's, no prompts).
 
     Args:
         in_features: F, the pooled feature size.
@@ -275,8 +275,9 @@ class AnalyticClassifier(TaskHeads):
         return self.features(pooled) @ weight.to(pooled.device)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``(B, F)`` → ``(B, C_seen)`` logits: the training heads' in training mode, else the analytic head's."""
-        if self.training:
+        """``(B, F)`` → ``(B, C_seen)`` logits: the analytic head's once every task is fitted, else (training, or
+        evaluating during a task, before its statistics pass fits it) the training heads'."""
+        if self.training or self.fitted_tasks < len(self.tasks):
             return self.training_heads(pooled)
         return self.state.scale.float() * self.ridge_outputs(pooled)
 
