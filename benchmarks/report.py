@@ -24,6 +24,7 @@ import forgetting
 import growth
 import numpy as np
 import speed
+import startup
 from common import RESULTS_DIR, markdown_table, mean_std, read_results
 
 
@@ -48,7 +49,9 @@ def forgetting_files(results_dir: Path) -> list[Path]:
     files = [
         path
         for path in results_dir.glob("*.json")
-        if not path.name.startswith(("speed", "growth", "fidelity", "quickstart", "analytic-head", "demo-latency"))
+        if not path.name.startswith(
+            ("speed", "growth", "fidelity", "quickstart", "analytic-head", "demo-latency", "startup")
+        )
     ]
     return sorted(files, key=lambda p: (p.name != "forgetting.json", p.name))
 
@@ -82,6 +85,8 @@ def render(results_dir: Path) -> str:
         sections += [analytic_head.markdown(read_results(path)), ""]
     for path in sorted(results_dir.glob("demo-latency*.json")):
         sections += [demo_latency.markdown(read_results(path)), ""]
+    for path in sorted(results_dir.glob("startup*.json")):
+        sections += [startup.markdown(read_results(path)), ""]
     if not any(run["settings"]["device"].startswith("cuda") for run in speed_runs):
         sections += [
             "## GPU",

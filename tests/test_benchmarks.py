@@ -203,3 +203,19 @@ def test_demo_latency_table_and_readme_sentence_are_computed_from_the_recorded_t
     assert "| 1 | /classify over HTTP | 200 | 300 | 300 | 100 % |" in table
     sentence = report._demo_latency(results)
     assert "median 30 ms for the model and 200 ms through the HTTP route" in sentence and "worst 1500 ms" in sentence
+
+
+def test_startup_table_gives_medians_and_their_ratio_to_the_floor():
+    import startup
+
+    results = {
+        "facts": {"machine": "CPU", "date": "d", "torch": "t", "command": "c"},
+        "repeats": 3,
+        "versions": {"torch": "2.13.0"},
+        "load_average": [1.0, 1.0],
+        "seconds": {"recipe --help": [3.0, 9.0, 6.0], startup.FLOOR: [2.0, 4.0, 5.0]},
+        "lines": {"recipe --help": 240, startup.FLOOR: 598},
+    }
+    table = startup.markdown(results)
+    assert "| recipe --help | 6.00 | 1.50× | 240 |" in table  # median 6 over the floor's median 4
+    assert f"| {startup.FLOOR} | 4.00 | 1.00× | 598 |" in table
