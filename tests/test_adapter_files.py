@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from testing_utils import blob_images, tiny_model, to_tensor
 
@@ -45,3 +47,14 @@ def test_a_sound_adapter_still_loads(stage):
     loaded = PeftModel.from_pretrained(tiny_model(), stage)
     assert loaded.peft_config["default"].class_names == ["a", "b"]
     assert "loaded_from" not in loaded.peft_config["default"].to_dict()
+
+
+@pytest.mark.parametrize("keep", [0, 40, -3])
+def test_a_half_written_adapter_config_is_named(stage, keep):
+    """PEFT reads `adapter_config.json` before any code of ours: its error keeps its type (`JSONDecodeError`) and
+    names the file, through `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` alike."""
+    config = stage / "adapter_config.json"
+    config.write_text(config.read_text()[:keep])
+    for load in (lambda: PeftModel.from_pretrained(tiny_model(), stage), lambda: PeftConfig.from_pretrained(stage)):
+        with pytest.raises(json.JSONDecodeError, match=rf"`{config}` is not valid JSON.*damaged or half-written"):
+            load()
