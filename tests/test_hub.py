@@ -238,6 +238,20 @@ def test_the_card_links_the_demo_space_only_when_the_push_names_one_that_exists(
     assert f"python -m peft_nsp.demo {repo}" in card
 
 
+def test_a_stage_damaged_on_disk_is_not_pushed(pushed_run, hub, repo, tmp_path):
+    """Every stage about to be uploaded is checked against its `.sha256` first: a flipped bit is named and nothing
+    reaches the Hub (no commit, no branch)."""
+    output_dir = shutil.copytree(pushed_run[1], tmp_path / "run", ignore=shutil.ignore_patterns("training"))
+    weights = output_dir / "tasks" / "task-2" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    calls = len(hub.calls)
+    with pytest.raises(ValueError, match=r"task-2` was damaged after it was written: `adapter_model.safetensors`"):
+        push_to_hub(output_dir, repo)
+    assert not any(name in ("create_commit", "create_branch") for name, _ in hub.calls[calls:])
+
+
 def test_every_revision_loads_from_its_stage_folder_and_from_the_hub(pushed_run, tmp_path):
     result, output_dir, hub, _, _ = pushed_run
     pixel_values = to_tensor([row["image"] for row in TEST])

@@ -29,6 +29,7 @@ from ..continual.stages import (
     stage_digest,
     stage_files,
     stage_revision,
+    verify_stage,
 )
 
 
@@ -89,8 +90,9 @@ def push_to_hub(
 
     Raises:
         HubPushError: a Hub call failed; stages pushed before it stay pushed, re-run to resume.
-        ValueError: ``repo_id`` is invalid, ``output_dir`` has no finished task, or the repository already has a
-            branch ``task-<t>`` that is not this run's stage (checked before anything is uploaded).
+        ValueError: ``repo_id`` is invalid, ``output_dir`` has no finished task, a stage to push differs from the
+            checksums it was written with (``.sha256``), or the repository already has a branch ``task-<t>`` that is
+            not this run's stage (all checked before anything is uploaded).
     """
     validate_repo_id(repo_id)
     output_dir = Path(output_dir)
@@ -111,6 +113,8 @@ def push_to_hub(
     plan = [(task, stage, _commit_title(task, stage_digest(stage))) for task, stage in stages]
     for task, stage, title in plan:
         _check_branch(repo_id, stage, branches.get(stage_revision(task)), commit_of_title.get(title))
+        if stage_revision(task) not in branches:
+            verify_stage(stage)  # nothing damaged on this disk reaches the Hub (checked before any upload)
     pushed = []
     for task, stage, title in plan:
         revision = stage_revision(task)
