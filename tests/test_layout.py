@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "peft_nsp"
 #: Bottom to top: a module may import its own layer and the layers below it.
 LAYERS = (
-    ("_io", "_torch_utils", "_registration", "losses", "nullspace", "offline", "timm_vit"),
+    ("_io", "_lazy", "_torch_utils", "_registration", "losses", "nullspace", "offline", "timm_vit"),
     ("tuner",),
     ("continual",),
     ("trainer",),

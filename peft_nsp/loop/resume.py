@@ -24,11 +24,8 @@ from ..tuner.config import VPTNSPConfig
 
 logger = logging.getLogger(__name__)
 
-#: Adapter settings recorded with the run (λ is recorded as the one in effect).
-_ADAPTER_SETTINGS = (
-    "prompt_length",
-    "prompt_layers",
-    "prompt_init",
+#: The adapter settings of the null-space fold at the end of a task (η and the thresholds).
+_FOLD_SETTINGS = (
     "threshold_mode",
     "threshold_offset1",
     "threshold_offset2",
@@ -36,6 +33,13 @@ _ADAPTER_SETTINGS = (
     "times_factor2",
     "eta1",
     "eta2",
+)
+#: Adapter settings recorded with the run.
+_ADAPTER_SETTINGS = (
+    "prompt_length",
+    "prompt_layers",
+    "prompt_init",
+    *_FOLD_SETTINGS,
     "task_weighting",
     "projected_layers",
     "head_init",
@@ -53,13 +57,7 @@ _FIXED_TRAINING_SETTINGS = ("temperature",)
 #: null-space fold at the end of a task), `projected_layers` (its training), `head_init`/`text_templates` (its head).
 #: The others shaped the prompts, statistics or heads the stage already holds.
 _CHANGEABLE_ADAPTER_SETTINGS = (
-    "threshold_mode",
-    "threshold_offset1",
-    "threshold_offset2",
-    "times_factor1",
-    "times_factor2",
-    "eta1",
-    "eta2",
+    *_FOLD_SETTINGS,
     "projected_layers",
     "head_init",
     "text_templates",
