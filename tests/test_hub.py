@@ -543,8 +543,14 @@ def test_pipeline_of_a_hub_revision(pushed_run, hub, repo, tmp_path):
     api.upload_folder(folder_path=base_dir, repo_id=base_repo)
     adapter_run = copy_run(output_dir, tmp_path / "run")
     for task in range(3):  # the adapters name the base model's repository (the run used a model made in memory)
-        path = adapter_run / "tasks" / f"task-{task}" / "adapter_config.json"
+        stage = adapter_run / "tasks" / f"task-{task}"
+        path = stage / "adapter_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base_repo}))
+        listing = stage / ".sha256"  # an intended edit: its checksum too, or the push refuses the stage
+        lines = [line.split("  ", 1) for line in listing.read_text().splitlines()]
+        listing.write_text(
+            "".join(f"{hashlib.sha256((stage / name).read_bytes()).hexdigest()}  {name}\n" for _, name in lines)
+        )
     push_to_hub(adapter_run, repo)
     processor = ViTImageProcessor.from_pretrained(base_repo)
     with pytest.raises(OSError, match=f"task-1 is not a valid git identifier .* for this model name.*{base_repo}"):
