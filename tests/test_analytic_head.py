@@ -307,6 +307,14 @@ def test_trainer_trains_fits_and_the_pipeline_names_calibrated_probabilities(tmp
         train_transform=to_tensor,
         peft_config=peft_nsp.VPTNSPConfig(classifier="analytic", analytic_projection_size=WIDTH),
     )
+    # evaluate() before the task's statistics pass scores the linear training heads, over every class of the task.
+    before = trainer.evaluate(data)
+    head = trainer.nsp_model.task_heads()
+    with torch.no_grad():
+        columns = trainer.nsp_model.class_ids_to_columns(torch.tensor(data["label"]))
+        pooled = trainer.model.base_model.model(pixel_values=to_tensor(data["image"])).last_hidden_state[:, 0]
+        expected = (head.training_heads(pooled).argmax(-1) == columns).double().mean()
+    assert before["eval_accuracy"] == pytest.approx(float(expected))
     trainer.train()
     tuner = trainer.nsp_model
     assert tuner.task_heads().fitted_tasks == 1
