@@ -277,7 +277,8 @@ class AnalyticClassifier(TaskHeads):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` → ``(B, C_seen)`` logits: the analytic head's once every task is fitted, else (training, or
         evaluating during a task, before its statistics pass fits it) the training heads'."""
-        if self.training or self.fitted_tasks < len(self.tasks):
+        # Tasks are fitted in order: only the newest can be waiting (one check per batch, not one per task).
+        if self.training or (len(self.tasks) > 0 and not bool(self.tasks[-1].samples > 0)):
             return self.training_heads(pooled)
         return self.state.scale.float() * self.ridge_outputs(pooled)
 
