@@ -83,6 +83,7 @@ import peft_nsp
 from peft_nsp._torch_utils import eval_mode, module_device
 from peft_nsp.continual import ContinualMetrics, count_correct, split_classes
 from peft_nsp.continual.plots import plot_curves as plot_accuracy_curves
+from peft_nsp.continual.training_free import NearestClassMean, fit_tasks_on_features
 from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 from peft_nsp.nullspace.update import project
 from peft_nsp.trainer import NSPConfig, NSPTrainer
@@ -499,31 +500,10 @@ def run_training_free(
     (``simplecil``) or the analytic head (``ranpac``, seeded projection)."""
     features = frozen_features(dataset, backbone, data, transform, device)
     tasks = split_classes(len(data["train"].features["label"].names), NUM_TASKS[dataset], seed)
-    train_x, train_y = features["train"]
-    head = AnalyticClassifier(train_x.shape[1], analytic_size, seed=seed).eval()
-    prototypes: list[torch.Tensor] = []
-    metrics = {"test": ContinualMetrics(), "validation": ContinualMetrics()}
-    order: list[int] = []
-    for t, classes in enumerate(tasks):
-        mask = torch.isin(train_y, torch.tensor(classes))
-        columns = torch.tensor([classes.index(int(c)) for c in train_y[mask]])
-        if method == "simplecil":
-            prototypes += [F.normalize(train_x[mask][columns == i].mean(0), dim=0) for i in range(len(classes))]
-        else:
-            head.add_task(len(classes))
-            head.fit_task(train_x[mask], columns)
-        order += classes
-        task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
-        for name, record in metrics.items():
-            eval_x, eval_y = features[name]
-            seen = torch.isin(eval_y, torch.tensor(order))
-            scores = (
-                F.normalize(eval_x[seen], dim=-1) @ torch.stack(prototypes).T
-                if method == "simplecil"
-                else head.ridge_outputs(eval_x[seen])
-            )
-            predicted = torch.tensor(order)[scores.argmax(-1)]
-            record.record_task(t, *count_correct(predicted.tolist(), eval_y[seen].tolist(), task_of_class, t + 1))
+    dim = features["train"][0].shape[1]
+    head = NearestClassMean() if method == "simplecil" else AnalyticClassifier(dim, analytic_size, seed=seed)
+    evaluations = {name: features[name] for name in ("test", "validation")}
+    metrics = fit_tasks_on_features(head, tasks, features["train"], evaluations)
     return {name: record.to_dict() for name, record in metrics.items()} | {"tasks": tasks}
 
 

@@ -39,7 +39,7 @@ from peft_nsp._torch_utils import module_device
 from peft_nsp.continual import ContinualMetrics, method_name, plot_accuracy_curve
 from peft_nsp.continual.augment import EvalTransform
 from peft_nsp.continual.data import per_class_subset
-from peft_nsp.continual.metrics import count_correct
+from peft_nsp.continual.training_free import fit_tasks_on_features
 from peft_nsp.loop import ClassIncrementalConfig, run_class_incremental
 from peft_nsp.offline import load_mnist_5k, offline_vit_path
 from peft_nsp.trainer import NSPConfig
@@ -178,17 +178,8 @@ def training_free_baseline(
         return torch.cat(pooled), torch.tensor(data[split]["label"])
 
     (train_x, train_y), (test_x, test_y) = features("train"), features("test")
-    head = AnalyticClassifier(train_x.shape[1], projection_size, seed=seed).eval()
-    metrics, order = ContinualMetrics(), []
-    for t, classes in enumerate(tasks):
-        mask = torch.isin(train_y, torch.tensor(classes))
-        head.add_task(len(classes))
-        head.fit_task(train_x[mask], torch.tensor([classes.index(int(c)) for c in train_y[mask]]))
-        order += classes
-        seen = torch.isin(test_y, torch.tensor(order))
-        predicted = torch.tensor(order)[head.ridge_outputs(test_x[seen]).argmax(-1)]
-        task_of_class = {c: j for j, task in enumerate(tasks[: t + 1]) for c in task}
-        metrics.record_task(t, *count_correct(predicted.tolist(), test_y[seen].tolist(), task_of_class, t + 1))
+    head = AnalyticClassifier(train_x.shape[1], projection_size, seed=seed)
+    metrics = fit_tasks_on_features(head, tasks, (train_x, train_y), {"test": (test_x, test_y)})["test"]
     print(f"\n=== {TRAINING_FREE} ===\n{metrics.format_table()}", flush=True)
     return metrics
 

@@ -1,7 +1,7 @@
 # Copyright 2026 The peft-nsp Authors. Licensed under the Apache License, Version 2.0.
 """What a class-incremental run is made of, below the trainer: datasets, classes and task splits, the run on disk
 (stages, record, model card), the accuracy matrix and its metrics (also as an `evaluate` module), plots, the
-benchmarks' class names. The loop over tasks is `peft_nsp.loop`, above the trainer.
+benchmarks' class names, classifiers that train nothing run on fixed features. The loop over tasks is `peft_nsp.loop`, above the trainer.
 
 Names are imported on first use (as PEFT does for optional backends), so importing a light module of this package,
 e.g. `peft_nsp.continual.stages`, does not load the `Trainer` or matplotlib.
@@ -33,6 +33,9 @@ _EXPORTS = {
     "plot_accuracy_matrix": "plots",
     "RunRecord": "stages",
     "method_name": "stages",
+    "NearestClassMean": "training_free",
+    "TaskClassifier": "training_free",
+    "fit_tasks_on_features": "training_free",
 }
 
 __all__ = sorted(_EXPORTS)
