@@ -69,7 +69,7 @@ def images_and_model(args) -> tuple[torch.Tensor, callable]:
 
 def prompted(backbone) -> Any:
     torch.manual_seed(0)
-    model = get_peft_model(backbone, peft_nsp.VPTNSPConfig(prompt_length=4))
+    model = get_peft_model(backbone, peft_nsp.VPTNSPConfig(prompt_length=4, classifier="linear"))  # the authors' heads
     model.add_task(2)
     return model
 

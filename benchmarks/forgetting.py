@@ -366,7 +366,9 @@ def run_prompted(
     analytic = is_analytic(method)
     names = data["train"].features["label"].names
     monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
-    classifier = dict(classifier="analytic", analytic_projection_size=analytic_size) if analytic else {}
+    classifier = (
+        dict(classifier="analytic", analytic_projection_size=analytic_size) if analytic else {"classifier": "linear"}
+    )
     with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
         args = training_arguments(
             settings,

@@ -103,7 +103,7 @@ def measure(num_tasks: int) -> list[dict[str, float]]:
         with contextlib.redirect_stdout(io.StringIO()):
             loop.run_class_incremental(
                 tiny_vit(16),
-                peft_nsp.VPTNSPConfig(prompt_length=2),
+                peft_nsp.VPTNSPConfig(prompt_length=2, classifier="linear"),
                 args,
                 ClassIncrementalConfig(num_tasks=num_tasks),
                 train,

@@ -68,11 +68,13 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def build_model(
     name: str, image_size: int, attn: str, device: str, tasks_before: int, batch: torch.Tensor, **adapter: Any
 ):
-    """A seeded random ViT with prompts, ``tasks_before`` tasks folded into the null space, and a current task."""
+    """A seeded random ViT with prompts and the paper's linear heads, ``tasks_before`` tasks folded into the null
+    space, and a current task."""
     torch.manual_seed(0)
     config = ViTConfig(image_size=image_size, **MODELS[name])
     config._attn_implementation = attn
-    model = get_peft_model(ViTModel(config, add_pooling_layer=False), peft_nsp.VPTNSPConfig(**adapter)).to(device)
+    adapter_config = peft_nsp.VPTNSPConfig(classifier="linear", **adapter)
+    model = get_peft_model(ViTModel(config, add_pooling_layer=False), adapter_config).to(device)
     for _ in range(tasks_before):
         model.add_task(2)
         model.update_null_space([batch[:4]])

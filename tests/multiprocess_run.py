@@ -41,7 +41,7 @@ def main(output_dir: str, per_device_batch: int) -> None:
     # 4 classes × 6 images: 12 training images per task; 7 test images per class (uneven last eval batches).
     result = run_class_incremental(
         tiny_model("vit", seed=3),
-        VPTNSPConfig(prompt_length=2),
+        VPTNSPConfig(prompt_length=2, classifier="linear"),
         args,
         ClassIncrementalConfig(num_tasks=2),
         blob_images(4, 6),

@@ -16,7 +16,7 @@ from peft_nsp.tuner import NonFiniteError
 
 @pytest.fixture
 def stage(tmp_path):
-    model = get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(prompt_length=2))
+    model = get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(prompt_length=2, classifier="linear"))
     model.add_task(["a", "b"])
     model.update_null_space([to_tensor(blob_images(2, 3)["image"])])
     model.save_pretrained(tmp_path)

@@ -5,16 +5,19 @@ entry points; bad input changes nothing."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from testing_utils import blob_images, tiny_model, to_tensor
+from testing_utils import blob_images, prompts, tiny_model, to_tensor
 
 import peft_nsp
 from peft_nsp import NSPConfig, NSPTrainer
+from peft_nsp.tuner import ContinualClassifier
 from peft_nsp.tuner.analytic_head import (
     DEFAULT_RIDGE_GRID,
     AnalyticClassifier,
@@ -403,3 +406,72 @@ def test_a_forward_fn_and_labels_fn_read_any_batch_layout_as_the_default_reads_i
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
     assert custom.base_model.task_heads().fitted_tasks == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the default classifier: the analytic head for new adapters, linear adapters keep their meaning
+# ----------------------------------------------------------------------------------------------------------
+def test_a_default_config_is_the_analytic_head_and_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = peft_nsp.VPTNSPConfig()
+    assert config.classifier == "analytic" and config.analytic_projection_size == 5000
+    head = get_peft_model(tiny_model(), config).base_model.task_heads()
+    assert isinstance(head, AnalyticClassifier) and head.state.projection.shape == (32, 5000)
+
+
+def test_a_config_without_classifier_trained_by_the_trainer_ends_with_the_closed_form_head(tmp_path):
+    """No `classifier=`: `train()` trains the prompts, then its statistics pass fits the ridge head, whose
+    predictions after the task are the NumPy float64 closed form on the final model's features."""
+    data = blob_images(3, 10)
+    trainer = NSPTrainer(
+        tiny_model(),
+        NSPConfig(str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=8, report_to="none"),
+        train_dataset=data,
+        train_transform=to_tensor,
+        peft_config=peft_nsp.VPTNSPConfig(analytic_projection_size=WIDTH),  # the default M = 5000 fits in ~10 s
+    )
+    prompts_before = [p.detach().clone() for p in prompts(trainer.model)]
+    trainer.train()
+    tuner, model = trainer.nsp_model, trainer.model.eval()
+    head = tuner.task_heads()
+    assert isinstance(head, AnalyticClassifier) and head.fitted_tasks == 1
+    assert any(not torch.equal(a, b) for a, b in zip(prompts_before, prompts(model)))  # the prompts trained
+    x, labels = to_tensor(data["image"]), torch.tensor(data["label"])
+    columns = tuner.class_ids_to_columns(labels).numpy()
+    ridge = float(head.state.ridge)
+    assert ridge in DEFAULT_RIDGE_GRID
+    projection = head.state.projection.double().numpy()
+    features = _pooled(model, x).astype(np.float32).astype(np.float64)
+    solution = reference_solution(features, columns, projection, ridge)
+    expected = np.maximum(features @ projection, 0.0) @ solution
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits.double().numpy()
+    np.testing.assert_allclose(logits / float(head.state.scale), expected, rtol=1e-3, atol=1e-4)
+    trainer.save_model(str(tmp_path / "stage"))
+    assert json.loads((tmp_path / "stage" / "adapter_config.json").read_text())["classifier"] == "analytic"
+
+
+def test_an_adapter_saved_with_linear_heads_loads_as_linear_next_to_a_default_one(tmp_path):
+    """Adapters written before the default changed say `"classifier": "linear"` in adapter_config.json (PEFT
+    writes every field): they load with their linear heads, also into a model whose own adapter is analytic."""
+    linear = get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(prompt_length=2, classifier="linear")).eval()
+    linear.base_model.add_task(["a", "b", "c"])
+    x, y = _blob_task([0, 1, 2])
+    linear.base_model.update_null_space([x])
+    with torch.no_grad():
+        expected = linear(pixel_values=x).logits
+    linear.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["classifier"] == "linear"
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path)
+    assert loaded.peft_config["default"].classifier == "linear"
+    assert isinstance(loaded.base_model.task_heads(), ContinualClassifier)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, expected, rtol=0, atol=0)
+    mixed = get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(analytic_projection_size=WIDTH)).eval()
+    mixed.load_adapter(tmp_path, adapter_name="old")
+    mixed.set_adapter("old")
+    assert isinstance(mixed.base_model.task_heads("default"), AnalyticClassifier)
+    assert isinstance(mixed.base_model.task_heads("old"), ContinualClassifier)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(pixel_values=x).logits, expected, rtol=0, atol=0)

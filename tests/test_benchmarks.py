@@ -138,7 +138,7 @@ def test_report_is_generated_from_the_json(smoke_results, tmp_path):
 
 
 def test_norm_matched_update_keeps_the_direction_and_takes_the_projected_norm(images):
-    model = get_peft_model(tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=3))
+    model = get_peft_model(tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=3, classifier="linear"))
     model.add_task(3)
     model.update_null_space([images])
     model.add_task(3)

@@ -55,7 +55,7 @@ def stage(tmp_path_factory):
         args,
         train_dataset=data,
         processing_class=ViTImageProcessor.from_pretrained(base),
-        peft_config=VPTNSPConfig(prompt_length=2),
+        peft_config=VPTNSPConfig(prompt_length=2, classifier="linear"),
     )
     trainer.train()
     folder = root / "stage"

@@ -151,7 +151,7 @@ def perturb_trainable(model, scale: float = 0.1) -> None:
 @pytest.mark.parametrize(("kind", "attn"), [("clip", "eager"), ("clip", "sdpa"), ("siglip-vision", "sdpa")])
 def test_statistics_match_brute_force(kind, attn):
     """C1/C2 of the prompted image blocks against an explicit loop over samples, heads and image tokens."""
-    config = VPTNSPConfig(prompt_length=3, prompt_layers=[0, 2])
+    config = VPTNSPConfig(prompt_length=3, prompt_layers=[0, 2], classifier="linear")
     model = get_peft_model(tiny_clip(kind, attn=attn), config)
     sharpen_attention(model)
     layers = prompted_layers(model)
@@ -201,7 +201,7 @@ def test_disabled_adapter_and_unload_are_bit_identical_to_base(kind):
         inputs["input_ids"] = text["input_ids"] if kind == "clip" else torch.randint(0, 64, (2, 7))
     with torch.no_grad():
         reference = reference_model(**inputs)
-    model = get_peft_model(tiny_clip(kind, attn="sdpa"), VPTNSPConfig(prompt_length=2))
+    model = get_peft_model(tiny_clip(kind, attn="sdpa"), VPTNSPConfig(prompt_length=2, classifier="linear"))
     model.add_task(3)
     perturb_trainable(model)
     key = "logits_per_image" if "input_ids" in inputs else "pooler_output"
@@ -437,7 +437,7 @@ def test_alignment_needs_statistics_and_something_to_align():
     siglip.add_task(2, class_embeddings=torch.randn(2, 32))
     with pytest.raises(ValueError, match="Nothing to align"):
         align_classifier(siglip)
-    linear = get_peft_model(tiny_clip("siglip-vision"), VPTNSPConfig(class_statistics=True))
+    linear = get_peft_model(tiny_clip("siglip-vision"), VPTNSPConfig(class_statistics=True, classifier="linear"))
     linear.add_task(2)
     with pytest.raises(ValueError, match=r"No class statistics for task\(s\) \[0\]"):
         align_classifier(linear)
@@ -484,7 +484,7 @@ def test_save_and_from_pretrained_give_identical_logits_and_state(tmp_path):
 
 
 def test_linear_heads_on_clip_vision_survive_save_and_load(tmp_path):
-    model = get_peft_model(tiny_clip("clip-vision"), VPTNSPConfig(prompt_length=2))
+    model = get_peft_model(tiny_clip("clip-vision"), VPTNSPConfig(prompt_length=2, classifier="linear"))
     model.add_task(3)
     perturb_trainable(model)
     with torch.no_grad():

@@ -71,7 +71,7 @@ def tiny_run(tmp_path_factory):
     )
     run_class_incremental(
         ViTModel.from_pretrained(base, add_pooling_layer=False),
-        VPTNSPConfig(prompt_length=2),
+        VPTNSPConfig(prompt_length=2, classifier="linear"),
         args,
         ClassIncrementalConfig(num_tasks=2, class_order=[0, 1, 2, 3]),
         data["train"],

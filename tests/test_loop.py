@@ -42,7 +42,7 @@ def run(output_dir, callbacks=(), **kwargs):
     arguments.update(kwargs)
     joint = arguments.pop("joint", False)
     test = arguments.pop("test", TEST)
-    peft_config = arguments.pop("peft_config", VPTNSPConfig(prompt_length=2))
+    peft_config = arguments.pop("peft_config", VPTNSPConfig(prompt_length=2, classifier="linear"))
     transform = arguments.pop("train_transform", to_tensor)
     run_info = arguments.pop("run_info", {})
     hooks = {key: arguments.pop(key) for key in ("on_stage_saved", "stage_store") if key in arguments}
@@ -279,7 +279,7 @@ def ordered_run(folder, class_order, num_tasks, base_model=None):
     )
     return run_class_incremental(
         base_model or tiny_model("vit", seed=2),
-        VPTNSPConfig(prompt_length=2),
+        VPTNSPConfig(prompt_length=2, classifier="linear"),
         args,
         ClassIncrementalConfig(num_tasks=num_tasks, class_order=class_order),
         TRAIN,

@@ -43,7 +43,9 @@ def prompted_model(family: str, attn: str, seed: int = 0, task_weighting: str = 
     """
     base = tiny_model(family, seed=seed, attn_implementation=attn, **overrides)
     randomize_layernorms(base, seed=seed + 1)
-    model = get_peft_model(base, peft_nsp.VPTNSPConfig(prompt_length=PROMPT_LENGTH, task_weighting=task_weighting))
+    model = get_peft_model(
+        base, peft_nsp.VPTNSPConfig(prompt_length=PROMPT_LENGTH, task_weighting=task_weighting, classifier="linear")
+    )
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for layer in prompted_layers(model):
@@ -397,7 +399,7 @@ def test_times_mode_update_with_rank_deficient_key_statistics():
     ≤ H·N = 20 < D = 32; its zero eigenvalues come out of eigh as ±1e-20. The `times` rule must still pick
     a non-empty null space (it holds at least the D − rank zero directions)."""
     base = tiny_model("vit", patch_size=8)
-    model = get_peft_model(base, peft_nsp.VPTNSPConfig(prompt_length=4, threshold_mode="times"))
+    model = get_peft_model(base, peft_nsp.VPTNSPConfig(prompt_length=4, threshold_mode="times", classifier="linear"))
     image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     reports = model.update_null_space([image])
     for report, layer in zip(reports, prompted_layers(model)):

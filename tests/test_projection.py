@@ -15,7 +15,9 @@ from peft_nsp import VPTNSPConfig
 
 def model_after_one_task(images: torch.Tensor, **config_kwargs):
     """Prompts perturbed as if trained on task 1, statistics folded in, head of task 2 added."""
-    model = get_peft_model(tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=3, **config_kwargs))
+    model = get_peft_model(
+        tiny_model("vit", seed=3), VPTNSPConfig(prompt_length=3, classifier="linear", **config_kwargs)
+    )
     model.add_task(3)
     model.update_null_space([images])
     model.add_task(3)
@@ -72,7 +74,7 @@ def test_sgd_gradient_mode_equals_update_mode(images):
 
 
 def test_no_projection_before_the_first_projector(images):
-    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3))
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3, classifier="linear"))
     model.add_task(3)
     twin = copy.deepcopy(model)
     projection = model.attach_null_space_projection(torch.optim.Adam(trainable(model), lr=0.1))
@@ -166,7 +168,7 @@ def _train_new_task(model, images, labels, steps, project: bool, ln_weight: floa
 def test_projection_protects_old_task_features_as_the_paper_claims():
     """Same K Adam steps on new data with and without projection (η = 1), from the same task-1 model."""
     base, old_images, old_labels, new_images, new_labels = _claim_setup()
-    model = get_peft_model(base, VPTNSPConfig(prompt_length=4, eta1=1.0, eta2=1.0))
+    model = get_peft_model(base, VPTNSPConfig(prompt_length=4, eta1=1.0, eta2=1.0, classifier="linear"))
     model.add_task(4)
     optimizer = torch.optim.Adam(trainable(model), lr=0.01)
     for _ in range(20):  # task 1: train prompts and head on old data
@@ -193,7 +195,7 @@ def test_projection_protects_old_task_features_as_the_paper_claims():
 
 def test_layernorm_loss_keeps_prompt_statistics():
     base, old_images, _, new_images, new_labels = _claim_setup()
-    model = get_peft_model(base, VPTNSPConfig(prompt_length=4))
+    model = get_peft_model(base, VPTNSPConfig(prompt_length=4, classifier="linear"))
     model.add_task(4)
     model.update_null_space([old_images])
     model.add_task(4)

@@ -38,7 +38,7 @@ IMAGES = to_tensor([row["image"] for row in TRAIN.select(range(6))])
 
 
 def folded_model(**config) -> PeftModel:
-    model = get_peft_model(tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2, **config))
+    model = get_peft_model(tiny_model("vit", seed=2), VPTNSPConfig(prompt_length=2, classifier="linear", **config))
     model.add_task(["a", "b"])
     model.update_null_space([IMAGES])
     return model
@@ -263,7 +263,7 @@ def test_a_resume_with_changed_settings_is_refused_or_recorded(tmp_path):
     ):
         run(tmp_path, learning_rate=0.1)
     with pytest.raises(ValueError, match=r"`eta1`: 0.97 \(run\) → 0.5 \(now\)"):
-        run(tmp_path, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5))
+        run(tmp_path, peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, classifier="linear"))
     result = run(tmp_path, learning_rate=0.1, resume_with_changed_settings=True)
     assert result.record.settings_changes == [{"task": 2, "changed": {"learning_rate": [0.05, 0.1]}}]
     assert result.record.settings["learning_rate"] == 0.05  # what the run started with
@@ -293,13 +293,13 @@ def test_a_changed_eta_applies_from_the_next_task_and_a_prompt_length_change_is_
             run(
                 changed,
                 num_train_epochs=1,
-                peft_config=VPTNSPConfig(prompt_length=3),
+                peft_config=VPTNSPConfig(prompt_length=3, classifier="linear"),
                 resume_with_changed_settings=allowed,
             )
     result = run(
         changed,
         num_train_epochs=1,
-        peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5),
+        peft_config=VPTNSPConfig(prompt_length=2, eta1=0.5, eta2=0.5, classifier="linear"),
         resume_with_changed_settings=True,
     )
     reference = run(unchanged, num_train_epochs=1)

@@ -19,7 +19,9 @@ from peft_nsp.trainer import NSPConfig, NSPTrainer
 
 def second_task_model(temperature: float = 1.0):
     """A model whose first task (classes `class_0`, `class_1`) is folded in."""
-    model = get_peft_model(tiny_model("vit", seed=4), VPTNSPConfig(prompt_length=2, temperature=temperature))
+    model = get_peft_model(
+        tiny_model("vit", seed=4), VPTNSPConfig(prompt_length=2, temperature=temperature, classifier="linear")
+    )
     model.add_task(["class_0", "class_1"])
     model.update_null_space([to_tensor(blob_images(2, 4)["image"])])
     return model
@@ -201,7 +203,7 @@ def test_the_adapter_records_the_temperature_and_its_logits_are_divided_by_it(tm
         config(tmp_path, temperature=30.0),
         train_dataset=task_two_data(),
         train_transform=to_tensor,
-        peft_config=VPTNSPConfig(prompt_length=2),
+        peft_config=VPTNSPConfig(prompt_length=2, classifier="linear"),
     )
     model = trainer.model.eval()
     assert model.peft_config["default"].temperature == 30.0

@@ -23,7 +23,7 @@ FAMILIES = ["vit", "deit", "dinov2"]
 def trained_two_task_model(family: str, classification: bool, images: torch.Tensor, attn: str = "eager"):
     """A PEFT model after two tasks: both heads, updated prompts, one projector update."""
     base = tiny_model(family, classification, attn_implementation=attn)
-    model = get_peft_model(base, VPTNSPConfig(prompt_length=3))
+    model = get_peft_model(base, VPTNSPConfig(prompt_length=3, classifier="linear"))
     model.add_task(2)
     with torch.no_grad():
         for param in model.parameters():
@@ -124,7 +124,7 @@ def test_from_pretrained_subfolder_and_load_adapter(images, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=images).logits, expected)
     # A second adapter through load_adapter, then switching between them.
-    other = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3))
+    other = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3, classifier="linear"))
     other.load_adapter(tmp_path / "repo" / "task-2", adapter_name="old")
     other.set_adapter("old")
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_labels_are_global_class_ids(images):
 
 
 def test_interpolate_pos_encoding_and_layer_subset(images):
-    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=2, prompt_layers=[1]))
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=2, prompt_layers=[1], classifier="linear"))
     assert [type(m.base_layer).__name__ for m in prompted_layers(model)] == ["ViTLayer"]
     assert model.base_model.model.layers[0].__class__.__name__ == "ViTLayer"
     model.add_task(4)
@@ -178,7 +178,7 @@ def test_interpolate_pos_encoding_and_layer_subset(images):
 
 def test_dinov2_with_layerscale_and_any_shape(images):
     base = tiny_model("dinov2", hidden_size=48, num_attention_heads=6, layerscale_value=0.3, patch_size=8)
-    model = get_peft_model(base, VPTNSPConfig(prompt_length=5))
+    model = get_peft_model(base, VPTNSPConfig(prompt_length=5, classifier="linear"))
     model.add_task(3)
     report = model.update_null_space([images])
     assert report[0].rows == 6 * 6 * ((IMAGE_SIZE // 8) ** 2 + 1)
@@ -264,7 +264,7 @@ def test_merge_is_refused(images):
 
 
 def test_casting_the_model_leaves_the_null_space_state_exact(images):
-    model = get_peft_model(tiny_model("vit"), VPTNSPConfig())
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(classifier="linear"))
     model.add_task(2)
     model.update_null_space([5 * images])
     before = {k: v.clone() for k, v in model.state_dict().items() if "null_space" in k}
@@ -313,7 +313,7 @@ def test_from_pretrained_needs_the_import_documented(tmp_path, images):
 def test_failed_null_space_update_leaves_every_layer_unchanged(images, monkeypatch):
     from peft_nsp.tuner import null_space_update as tuner_model
 
-    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3))
+    model = get_peft_model(tiny_model("vit"), VPTNSPConfig(prompt_length=3, classifier="linear"))
     model.add_task(2)
     before = {k: v.clone() for k, v in model.state_dict().items() if "null_space" in k}
     calls = []

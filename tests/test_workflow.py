@@ -102,7 +102,7 @@ def first_task(checkpoint, tmp_path_factory):
         config(folder / "out"),
         train_dataset=TASK_A,
         processing_class=processor(checkpoint),
-        peft_config=VPTNSPConfig(prompt_length=2),
+        peft_config=VPTNSPConfig(prompt_length=2, classifier="linear"),
     )
     trainer.train()
     trainer.save_model(str(folder))

@@ -60,8 +60,8 @@ class NSPTrainer(Trainer):
        space of the earlier tasks (torch optimizer step hooks from `create_optimizer`, so once per real optimizer
        step whatever the gradient accumulation, never on a step the fp16 scaler skips, with any optimizer),
     3. at the end of `train()` folds the task into the null space (statistics over ``train_dataset`` with the
-       evaluation transform, summed over processes) and, with `classifier_alignment`, aligns the heads; an
-       analytic head (`VPTNSPConfig(classifier="analytic")`) is refit in the same pass.
+       evaluation transform, summed over processes) and refits the analytic head (`VPTNSPConfig`'s default) in the
+       same pass; with linear heads (`classifier="linear"`) and `classifier_alignment`, it aligns the heads.
 
     After `train()` and `save_model()` the adapter is ready for the next task; `save_model` also writes the image
     processor. Labels everywhere (collator, loss, `evaluate`, `predict`, `compute_metrics`) are the model's class
@@ -419,7 +419,8 @@ def _peft_model(
     if args.classifier_alignment and model.peft_config[model.active_adapter].classifier == "analytic":
         raise ValueError(
             "`classifier_alignment=True` retrains linear heads on sampled features, but this adapter's classifier is "
-            "`'analytic'`: the closed-form solution over every seen class, refit after each task. Turn one off."
+            "`'analytic'` (`VPTNSPConfig`'s default): the closed-form solution over every seen class, refit after each "
+            "task. Turn one off (`VPTNSPConfig(classifier='linear')` for linear heads)."
         )
     if args.classifier_alignment and not model.peft_config[model.active_adapter].class_statistics:
         raise ValueError(

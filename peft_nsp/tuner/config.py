@@ -31,8 +31,9 @@ class VPTNSPConfig(PeftConfig):
     appends `prompt_length` learnable tokens to the input of every prompted transformer block (used as
     keys/values only, dropped after the block), and projects every prompt update with
     `Proj2 · u · Proj1`, built from statistics of earlier tasks. Projector 1 (`D × D`, from `C1`) protects the
-    attention logits, projector 2 (`M × M`, from `C2`) the prompt part of the attention output. CLIP-NSP²
-    prompts the first blocks of CLIP's image tower (`prompt_layers=[0, 1, 2]`) and classifies with
+    attention logits, projector 2 (`M × M`, from `C2`) the prompt part of the attention output. The classifier is
+    the analytic head by default (the validation winner); `classifier="linear"` gives the paper's linear heads.
+    CLIP-NSP² prompts the first blocks of CLIP's image tower (`prompt_layers=[0, 1, 2]`) and classifies with
     `classifier="text"`.
 
     Args:
@@ -76,12 +77,14 @@ class VPTNSPConfig(PeftConfig):
             authors' first head), `"pytorch"` (`nn.Linear`'s own) or `"authors"` (exactly what the authors' code
             does: the first head `"trunc_normal"`, the second a copy of the trained first head when both tasks have
             as many classes, later heads `"pytorch"`).
-        classifier (`str`, defaults to `"linear"`):
-            The continual classifier: `"linear"` (one linear head per task), `"text"` (CLIP-NSP²: scaled cosine
-            similarity to class-name embeddings of the frozen text tower, with a trainable logit scale; the
-            embeddings are computed by `add_task` and saved with the adapter) or `"analytic"` ([`AnalyticClassifier`]:
-            ridge regression on random ReLU features, solved in closed form from sums over every task, refit after
-            each task in the null-space statistics pass; linear heads per task train the prompts).
+        classifier (`str`, defaults to `"analytic"`):
+            The continual classifier: `"analytic"` ([`AnalyticClassifier`]: ridge regression on random ReLU
+            features, solved in closed form from sums over every task, refit after each task in the null-space
+            statistics pass, whose batches then need labels; linear heads per task train the prompts), the default
+            because it won on validation data; `"linear"` (the paper's: one linear head per task, what the paper
+            recipes use and classifier alignment needs) or `"text"` (CLIP-NSP²: scaled cosine similarity to
+            class-name embeddings of the frozen text tower, with a trainable logit scale; the embeddings are
+            computed by `add_task` and saved with the adapter).
         temperature (`float`, defaults to `1.0`):
             The training temperature T: the logits are the linear (or text) heads' outputs divided by it, so
             `softmax(logits)` (what `pipeline` shows) are the probabilities the model was trained to output. Set by
@@ -158,7 +161,14 @@ class VPTNSPConfig(PeftConfig):
         metadata={"help": "Initialisation of each new linear head.", "choices": list(HEAD_INITS)},
     )
     classifier: str = field(
-        default="linear", metadata={"help": "The continual classifier.", "choices": list(CLASSIFIERS)}
+        default="analytic",
+        metadata={
+            "help": (
+                "The continual classifier: `analytic` (closed-form ridge head, the validation winner), `linear` (the "
+                "paper's per-task linear heads) or `text` (CLIP-NSP²)."
+            ),
+            "choices": list(CLASSIFIERS),
+        },
     )
     temperature: float = field(
         default=1.0, metadata={"help": "Training temperature: logits are the heads' outputs divided by it."}

@@ -52,8 +52,10 @@ class VPTNSPModel(NullSpaceMixin, ClassStatisticsMixin, BaseTuner):
     """VPT-NSP²: deep visual prompts for continual learning, updated in the null space of earlier tasks.
 
     Creates a [`VPTNSPLayer`] around every selected transformer block of the image tower of a supported model and
-    a continual classifier: [`ContinualClassifier`] (one linear head per task) or, for CLIP-NSP²,
-    [`TextEmbeddingClassifier`] (scaled cosine similarity to class-name embeddings of the frozen text tower).
+    a continual classifier: [`AnalyticClassifier`] (the default: a closed-form ridge head refit by
+    `update_null_space`, linear heads per task train the prompts), [`ContinualClassifier`] (`classifier="linear"`:
+    the paper's one linear head per task) or, for CLIP-NSP², [`TextEmbeddingClassifier`] (scaled cosine similarity
+    to class-name embeddings of the frozen text tower).
     Paper: https://huggingface.co/papers/2406.05658.
 
     The heads live in the backbone module (the model itself, or the `vit`/`deit`/`dinov2` it wraps), so an adapter's
@@ -80,7 +82,7 @@ class VPTNSPModel(NullSpaceMixin, ClassStatisticsMixin, BaseTuner):
         >>> model = get_peft_model(ViTModel.from_pretrained(path), peft_nsp.VPTNSPConfig(prompt_length=4))
         >>> model.add_task(["cat", "dog"])  # a head over two named classes (ids 0 and 1)
         >>> ...  # train the task with `model.attach_null_space_projection(optimizer)`, or use `NSPTrainer`
-        >>> model.update_null_space(train_loader)  # statistics → projectors for the next tasks
+        >>> model.update_null_space(train_loader)  # statistics → projectors; fits the analytic head (with labels)
 
     **Attributes**:
         - **model** ([`transformers.PreTrainedModel`]) -- the adapted model.
