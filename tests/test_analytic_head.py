@@ -420,6 +420,15 @@ def test_a_default_config_is_the_analytic_head_and_warns_nothing():
     assert isinstance(head, AnalyticClassifier) and head.state.projection.shape == (32, 5000)
 
 
+def test_the_default_head_asked_to_fit_batches_without_labels_names_the_fixes_and_changes_nothing():
+    model = get_peft_model(tiny_model(), peft_nsp.VPTNSPConfig(analytic_projection_size=WIDTH)).base_model
+    model.add_task(2)
+    head = model.task_heads()
+    with pytest.raises(ValueError, match=r"classifier='analytic'.*needs labels.*`labels_fn=`.*classifier='linear'"):
+        model.update_null_space([torch.rand(4, 3, 16, 16)])
+    assert head.fitted_tasks == 0 and model.tasks_seen() == 0
+
+
 def test_a_config_without_classifier_trained_by_the_trainer_ends_with_the_closed_form_head(tmp_path):
     """No `classifier=`: `train()` trains the prompts, then its statistics pass fits the ridge head, whose
     predictions after the task are the NumPy float64 closed form on the final model's features."""

@@ -73,6 +73,8 @@ class NSPConfig(ClassifierAlignmentArguments, TrainingArguments):
         every head (and CLIP's image projection) on features sampled from all seen classes' Gaussians
         ([`align_classifier`], the `alignment_*` settings). It removes the bias of each head towards its own task; the
         paper's CLIP-NSP² does it after every task. Turns on `VPTNSPConfig.class_statistics` for a new adapter.
+        Needs heads that train: `VPTNSPConfig(classifier="linear")` (or `"text"`); the analytic head, the default,
+        is the solution over every seen class already and refuses it.
     alignment_epochs, alignment_learning_rate, alignment_momentum, alignment_nesterov, alignment_weight_decay,
     alignment_samples_per_class, alignment_batch_size, alignment_covariance_ridge:
         Classifier alignment's settings, see [`ClassifierAlignmentArguments`].

@@ -46,8 +46,9 @@ def labels_of(batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)) and len(batch) > 1:
         return torch.as_tensor(batch[1])
     raise ValueError(
-        "Class statistics need labels: yield mappings with a `labels` key or `(pixel_values, labels)` tuples, or pass "
-        "`labels_fn=`."
+        "The analytic head (`classifier='analytic'`, the default) and class statistics are fitted per class, so the "
+        "statistics pass needs labels: yield mappings with a `labels` key or `(pixel_values, labels)` tuples, pass "
+        "`labels_fn=`, or choose `classifier='linear'`."
     )
 
 
