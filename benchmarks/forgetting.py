@@ -241,6 +241,8 @@ class TaskMonitor(TrainerCallback):
         norm_matched: rescale each prompt update ``u`` to ``‖Proj2 · u · Proj1‖`` (the projectors of the earlier
             tasks, which the loop collects when λ > 0).
         batch_size: evaluation batch size.
+        snapshot_images: name → ``(N, 3, S, S)`` images whose CLS features are kept after every task (in
+            ``snapshots``), e.g. every split for `drift_refresh.py`.
     """
 
     def __init__(
@@ -249,8 +251,12 @@ class TaskMonitor(TrainerCallback):
         class_names: list[str],
         norm_matched: bool,
         batch_size: int,
+        snapshot_images: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.validation = validation
+        self.snapshot_images = snapshot_images or {}
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+        """Per finished task: name → ``(N, F)`` CLS features of ``snapshot_images``."""
         self.class_names = class_names
         self.norm_matched = norm_matched
         self.batch_size = batch_size
@@ -299,17 +305,24 @@ class TaskMonitor(TrainerCallback):
         order = [names.index(name) for name in tuner.class_names()]  # dataset class id of every logit column
         tasks = [[order[c] for c in classes] for classes in tuner.peft_config["default"].task_classes]
         seen = torch.isin(labels, torch.tensor(order))
-        features, logits = [], []
-        with eval_mode(tuner.model):
-            for batch in images.split(self.batch_size):
-                output = tuner.model(pixel_values=batch.to(module_device(tuner.model)))
-                features.append(output.last_hidden_state[:, 0].float().cpu())
-                logits.append(output.logits.float().cpu())
-        self.features.append(torch.cat(features))
-        predicted = torch.tensor(order)[torch.cat(logits).argmax(-1)]
+        features, logits = self._forward(images)
+        self.features.append(features)
+        self.snapshots.append({name: self._forward(x)[0] for name, x in self.snapshot_images.items()})
+        predicted = torch.tensor(order)[logits.argmax(-1)]
         task_of_class = {c: t for t, classes in enumerate(tasks) for c in classes}
         correct, total = count_correct(predicted[seen].tolist(), labels[seen].tolist(), task_of_class, len(tasks))
         self.metrics.record_task(len(tasks) - 1, correct, total)
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, S, S)`` → the current model's ``(N, F)`` CLS features and ``(N, C)`` logits (CPU, float32)."""
+        model = self._model.model
+        features, logits = [], []
+        with eval_mode(model):
+            for batch in images.split(self.batch_size):
+                output = model(pixel_values=batch.to(module_device(model)))
+                features.append(output.last_hidden_state[:, 0].float().cpu())
+                logits.append(output.logits.float().cpu())
+        return torch.cat(features), torch.cat(logits)
 
     def drift(self, tasks: list[list[int]]) -> dict[str, list[float]]:
         """Per later task ``t ≥ 1``: mean ``‖f_t(x) − f_{t−1}(x)‖`` over validation images of tasks ``< t``."""
@@ -358,14 +371,22 @@ def run_prompted(
     device: str,
     transform: Callable,
     analytic_size: int = ANALYTIC_SIZE,
+    snapshot_splits: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One class-incremental run with prompts through `run_class_incremental`."""
+    """One class-incremental run with prompts through `run_class_incremental`; ``snapshot_splits``: also return,
+    under ``"snapshots"``, every image's CLS features of those splits after every task (not JSON)."""
     eta = float(method.rsplit("-eta", 1)[1]) if "-eta" in method else 0.97
     projection = method.startswith("nsp")
     ln_weight = 0.0 if method in ("seq", "seq-ca", "seq-analytic", "nsp-noln", "joint", "joint-analytic") else 1.0
     analytic = is_analytic(method)
     names = data["train"].features["label"].names
-    monitor = TaskMonitor(pixels(data["validation"], transform), names, method == "seq-norm-matched", 64)
+    monitor = TaskMonitor(
+        pixels(data["validation"], transform),
+        names,
+        method == "seq-norm-matched",
+        64,
+        {split: pixels(data[split], transform)[0] for split in snapshot_splits},
+    )
     classifier = (
         dict(classifier="analytic", analytic_projection_size=analytic_size) if analytic else {"classifier": "linear"}
     )
@@ -398,6 +419,8 @@ def run_prompted(
         "movement": monitor.movement,
         "update_ratio": monitor.update_ratio,
     }
+    if snapshot_splits:
+        run["snapshots"] = monitor.snapshots
     if analytic:
         run["refit"] = refit_on_final_features(result.model.base_model, data, names, transform, device)
     return run

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
@@ -219,3 +220,55 @@ def test_startup_table_gives_medians_and_their_ratio_to_the_floor():
     table = startup.markdown(results)
     assert "| recipe --help | 6.00 | 1.50× | 240 |" in table  # median 6 over the floor's median 4
     assert f"| {startup.FLOOR} | 4.00 | 1.00× | 598 |" in table
+
+
+def test_drift_refresh_math_against_brute_force():
+    """`drift_refresh.py`: the SDC mean against a NumPy weighted average, the Gaussian replay against its samples
+    pushed through the projection by hand, and, on snapshots whose features never move, every variant's statistics
+    equal the real ones' (accumulated = refit, true moments = the Gaussians of their own time)."""
+    import drift_refresh as dr
+
+    generator = torch.Generator().manual_seed(0)
+    mean, before, after = torch.randn(4, generator=generator).double(), torch.randn(30, 4, generator=generator), None
+    after = before + torch.randn(30, 4, generator=generator)
+    b, a, m = before.double().numpy(), after.double().numpy(), mean.numpy()
+    distance = ((b - m) ** 2).sum(1)
+    weights = np.exp(-distance / (2 * 0.3 * np.median(distance)))
+    expected = m + (weights[:, None] * (a - b)).sum(0) / weights.sum()
+    np.testing.assert_allclose(dr.drift_compensated_mean(mean, before, after, 0.3).numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(dr.drift_compensated_mean(mean, before, after, None).numpy(), m + (a - b).mean(0))
+
+    projection = torch.randn(4, 7, generator=generator).double()
+    covariance = torch.cov(torch.randn(50, 4, generator=generator).double().T)
+    noise = torch.randn(12, 4, generator=generator).double()
+    gram, column = dr.gaussian_statistics(mean, covariance, 6, projection, noise)
+    factor = np.linalg.cholesky(covariance.numpy() + 1e-4 * np.eye(4))
+    phi = np.maximum((m + noise.numpy() @ factor.T) @ projection.numpy(), 0)
+    np.testing.assert_allclose(gram.numpy(), 6 / 12 * phi.T @ phi, rtol=1e-10)
+    np.testing.assert_allclose(column.numpy(), 6 / 12 * phi.sum(0), rtol=1e-10)
+
+    tasks = [[2, 0], [1, 3]]
+    labels = {split: torch.arange(4).repeat_interleave(6) for split in ("train", "validation", "test")}
+    centres = torch.randn(4, 5, generator=generator) * 3
+    frozen = {split: centres[y] + torch.randn(len(y), 5, generator=generator) for split, y in labels.items()}
+    result = dr.refresh([frozen, frozen], labels, tasks, torch.randn(5, 16, generator=generator).double(), [1.0], 8)
+    assert result["accumulated"] == result["refit"]
+    for variant in ("gaussian-sdc0.1", "gaussian-sdc0.5", "gaussian-mean-drift", "gaussian-true-means"):
+        assert result[variant] == result["gaussian"]
+    import report
+
+    sentence = report._refresh_finding({"runs": [{"method": "seq-analytic", "seed": 7, "variants": result}]}, 85.0)
+    refit = 100 * result["refit"]["test"]
+    assert f"VPT-Seq + analytic head (seed 7): accumulated {refit:.1f} %" in sentence  # no drift: accumulated = refit
+    assert "The target needs 87.0 %" in sentence
+
+
+def test_drift_refresh_smoke_writes_every_variant(tmp_path):
+    output = tmp_path / "drift-refresh.json"
+    printed = run_script("drift_refresh.py", "--smoke", "--output", str(output))
+    (run,) = json.loads(output.read_text())["runs"]
+    import drift_refresh
+
+    assert list(run["variants"]) == list(drift_refresh.VARIANTS)
+    assert all(0 <= v["test"] <= 1 and v["ridge"] > 0 for v in run["variants"].values())
+    assert "| refit * |" in printed
