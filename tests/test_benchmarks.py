@@ -272,3 +272,23 @@ def test_drift_refresh_smoke_writes_every_variant(tmp_path):
     assert list(run["variants"]) == list(drift_refresh.VARIANTS)
     assert all(0 <= v["test"] <= 1 and v["ridge"] > 0 for v in run["variants"].values())
     assert "| refit * |" in printed
+
+
+def test_a_baseline_comparison_the_seeds_disagree_on_says_so():
+    import report
+
+    def run(method, seed, correct):
+        return {"dataset": "d", "method": method, "seed": seed, "test": {"correct": [[correct]], "total": [[100]]}}
+
+    ours = [run("nsp-analytic", s, c) for s, c in ((1, 80), (2, 90), (3, 70))]
+    assert (
+        report._verdict({"runs": ours + [run("ranpac", s, 60) for s in (1, 2, 3)]}, "d", "nsp-analytic", "ranpac")
+        == "won"
+    )
+    assert (
+        report._verdict({"runs": ours + [run("ranpac", s, 95) for s in (1, 2, 3)]}, "d", "nsp-analytic", "ranpac")
+        == "lost"
+    )
+    theirs = [run("ranpac", s, c) for s, c in ((1, 82), (2, 85), (3, 75))]  # -2, +5, -5: the mean loses
+    verdict = report._verdict({"runs": ours + theirs}, "d", "nsp-analytic", "ranpac")
+    assert verdict == "lost on the mean, not in every seed (-2.0, +5.0, -5.0)"
