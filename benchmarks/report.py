@@ -343,8 +343,8 @@ def _refresh_finding(results: dict[str, Any], fta: float) -> str:
         + "; ".join(cells)
         + f". The target needs {needed:.1f} %; the oracles (true final moments, refit) need the old images. A "
         f"Gaussian per class with the true final moments is {moments_gap:+.1f} points from the refit (mean of the "
-        "runs): the replay itself loses little; what no estimate from the new tasks' images supplies is where the "
-        "old classes moved."
+        "runs): the replay itself loses little; what falls short is the drift estimated from the new tasks' images, "
+        "and even a perfect estimate would stop at the refit."
     )
 
 
