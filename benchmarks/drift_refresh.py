@@ -37,7 +37,6 @@ from common import (
     markdown_table,
     package_versions,
     run_facts,
-    tiny_vit,
     write_results,
 )
 
@@ -185,14 +184,8 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     data = forgetting.load_splits(dataset, settings, args.smoke)
     transform = greyscale_transform(args.image_size)
 
-    def backbone():
-        if args.smoke:
-            return tiny_vit(image_size=args.image_size, attn_implementation="sdpa")
-        from peft_nsp.offline import load_offline_vit
-
-        return load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
-
     start = time.perf_counter()
+    backbone = forgetting.backbone_loader(args.image_size, args.smoke)
     prompted = forgetting.run_prompted(
         dataset, method, backbone, data, seed, settings, "cpu", transform, args.analytic_size, SPLITS
     )

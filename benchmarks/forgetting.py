@@ -133,6 +133,19 @@ ANALYTIC_METHODS = ("ranpac", "ranpac-fta", "seq-analytic", "nsp-analytic", "joi
 ETAS = (1.0, 0.9, 0.5)  # 0.97 is the `nsp` row
 
 
+def method_eta(method: str) -> float:
+    """η of a prompted row: the sweep's ``…-eta<η>`` suffix, else the default 0.97."""
+    return float(method.rsplit("-eta", 1)[1]) if "-eta" in method else 0.97
+
+
+def method_label(method: str) -> str:
+    """What a row is, in words (the sweep's rows name their η)."""
+    if method in LABELS:
+        return LABELS[method]
+    head = " + analytic head" if method.startswith("nsp-analytic-eta") else ""
+    return f"VPT-NSP²{head}, η = {method_eta(method):g}"
+
+
 def is_analytic(method: str) -> bool:
     """Whether ``method`` predicts with the analytic head (its rows record M and the refit)."""
     return method in ANALYTIC_METHODS or method.startswith("nsp-analytic-eta")
@@ -186,6 +199,24 @@ def synthetic_digits(per_class: int, seed: int, num_classes: int = 10) -> Datase
     labels = np.repeat(np.arange(num_classes), per_class)
     images = np.clip(patterns[labels] + noise.normal(0, 40, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
     return image_dataset(images, labels, tuple(str(c) for c in range(num_classes)))
+
+
+def backbone_loader(image_size: int, smoke: bool, path: str | None = None) -> Callable[[], ViTModel]:
+    """A fresh backbone per call: the tiny random ViT (``smoke``), a converted ``ViTModel`` folder, or the offline
+    DINOv2-S/14 at ``image_size``."""
+
+    def backbone() -> ViTModel:
+        if smoke:
+            return tiny_vit(image_size=image_size, attn_implementation="sdpa")
+        if path is not None:
+            return ViTModel.from_pretrained(
+                path, add_pooling_layer=False, attn_implementation="sdpa", dtype=torch.float32
+            )
+        from peft_nsp.offline import load_offline_vit
+
+        return load_offline_vit(image_size=image_size, attn_implementation="sdpa")
+
+    return backbone
 
 
 def load_splits(name: str, settings: Settings, smoke: bool, data_dir: Path | None = None) -> dict[str, Dataset]:
@@ -375,7 +406,7 @@ def run_prompted(
 ) -> dict[str, Any]:
     """One class-incremental run with prompts through `run_class_incremental`; ``snapshot_splits``: also return,
     under ``"snapshots"``, every image's CLS features of those splits after every task (not JSON)."""
-    eta = float(method.rsplit("-eta", 1)[1]) if "-eta" in method else 0.97
+    eta = method_eta(method)
     projection = method.startswith("nsp")
     ln_weight = 0.0 if method in ("seq", "seq-ca", "seq-analytic", "nsp-noln", "joint", "joint-analytic") else 1.0
     analytic = is_analytic(method)
@@ -873,7 +904,7 @@ def _analytic_eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> 
         if not sweep:
             continue
         seeds = {r["seed"] for r in sweep}
-        etas = sorted({float(r["method"].rsplit("-eta", 1)[1]) for r in sweep} | {0.97}, reverse=True)
+        etas = sorted({method_eta(r["method"]) for r in sweep} | {0.97}, reverse=True)
         for eta in etas:
             method = "nsp-analytic" if eta == 0.97 else f"nsp-analytic-eta{eta}"
             chosen = [r for r in runs if r["dataset"] == dataset and r["method"] == method and r["seed"] in seeds]
@@ -928,7 +959,7 @@ def _eta_sweep(runs: list[dict[str, Any]], datasets: Sequence[str]) -> str:
         if not sweep:
             continue
         seeds = {r["seed"] for r in sweep}
-        etas = sorted({float(r["method"].removeprefix("nsp-eta")) for r in sweep} | {0.97}, reverse=True)
+        etas = sorted({method_eta(r["method"]) for r in sweep} | {0.97}, reverse=True)
         methods = [("nsp" if eta == 0.97 else f"nsp-eta{eta}", f"{eta}") for eta in etas]
         for method, label in [*methods, ("seq", "VPT-Seq (no projection)")]:
             accuracy = collect(runs, dataset, method, "validation", "final_accuracy", seeds)
@@ -1004,16 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["facts"] = run_facts(args.device)
     done = {(r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
 
-    def backbone() -> ViTModel:
-        if args.smoke:
-            return tiny_vit(image_size=args.image_size, attn_implementation="sdpa")
-        if args.backbone is not None:
-            return ViTModel.from_pretrained(
-                args.backbone, add_pooling_layer=False, attn_implementation="sdpa", dtype=torch.float32
-            )
-        from peft_nsp.offline import load_offline_vit
-
-        return load_offline_vit(image_size=args.image_size, attn_implementation="sdpa")
+    backbone = backbone_loader(args.image_size, args.smoke, args.backbone)
 
     transform = greyscale_transform(args.image_size)
     data = {dataset: load_splits(dataset, settings, args.smoke, args.data_dir) for dataset in args.datasets}

@@ -78,18 +78,16 @@ def render(results_dir: Path) -> str:
     speed_runs = [run for path in sorted(results_dir.glob("speed*.json")) for run in read_results(path)["runs"]]
     if speed_runs:
         sections += [speed.markdown({"runs": speed_runs}), ""]
-    for path in sorted(results_dir.glob("growth*.json")):
-        sections += [growth.markdown(read_results(path)), ""]
-    for path in sorted(results_dir.glob("fidelity*.json")):
-        sections += [fidelity.markdown(read_results(path)), ""]
-    for path in sorted(results_dir.glob("analytic-head*.json")):
-        sections += [analytic_head.markdown(read_results(path)), ""]
-    for path in sorted(results_dir.glob("drift-refresh*.json")):
-        sections += [drift_refresh.markdown(read_results(path)), ""]
-    for path in sorted(results_dir.glob("demo-latency*.json")):
-        sections += [demo_latency.markdown(read_results(path)), ""]
-    for path in sorted(results_dir.glob("startup*.json")):
-        sections += [startup.markdown(read_results(path)), ""]
+    for prefix, script in (
+        ("growth", growth),
+        ("fidelity", fidelity),
+        ("analytic-head", analytic_head),
+        ("drift-refresh", drift_refresh),
+        ("demo-latency", demo_latency),
+        ("startup", startup),
+    ):
+        for path in sorted(results_dir.glob(f"{prefix}*.json")):
+            sections += [script.markdown(read_results(path)), ""]
     if not any(run["settings"]["device"].startswith("cuda") for run in speed_runs):
         sections += [
             "## GPU",
@@ -245,7 +243,7 @@ def _plasticity_trade_off(results: dict[str, Any], dataset: str) -> str | None:
     seeds = {r["seed"] for r in sweep}
     by_eta = {}
     for eta, method in [(0.97, "nsp-analytic")] + sorted(
-        ((float(r["method"].rsplit("-eta", 1)[1]), r["method"]) for r in sweep), reverse=True
+        ((forgetting.method_eta(r["method"]), r["method"]) for r in sweep), reverse=True
     ):
         chosen = [
             r for r in results["runs"] if r["dataset"] == dataset and r["method"] == method and r["seed"] in seeds
@@ -298,7 +296,7 @@ def _refit_bound(results: dict[str, Any], dataset: str) -> str | None:
     refit, cells = {}, []
     for method in methods:
         chosen = [r for r in runs if r["method"] == method]
-        label = forgetting.LABELS.get(method) or f"VPT-NSP² + analytic head, η = {method.rsplit('-eta', 1)[1]}"
+        label = forgetting.method_label(method)
         refit[label] = 100 * float(np.mean([r["refit"]["test"] for r in chosen]))
         accumulated = 100 * float(np.mean([r["refit"]["test_accumulated"] for r in chosen]))
         cells.append(f"{label} {refit[label]:.1f} % (accumulated {accumulated:.1f} %; {len(chosen)} seed(s))")
@@ -326,9 +324,7 @@ def _refresh_finding(results: dict[str, Any], fta: float) -> str:
     for run in results["runs"]:
         variants = {name: 100 * value["test"] for name, value in run["variants"].items()}
         best = max(honest, key=lambda name: 100 * run["variants"][name]["validation"])
-        label = forgetting.LABELS.get(run["method"]) or (
-            f"VPT-NSP² + analytic head, η = {run['method'].rsplit('-eta', 1)[1]}"
-        )
+        label = forgetting.method_label(run["method"])
         gap = variants["refit"] - variants["accumulated"]
         recovered = (variants[best] - variants["accumulated"]) / gap if gap > 0 else float("nan")
         cells.append(
@@ -356,17 +352,7 @@ def _validation_resolution(results: dict[str, Any], dataset: str, ours: str, the
     if not seeds:
         return None
     split_sizes = {split: sum(runs[ours, seeds[0]][split]["total"][-1]) for split in ("validation", "test")}
-    margins = {
-        split: [
-            100
-            * (
-                forgetting.summary(runs[ours, s], split)["final_accuracy"]
-                - forgetting.summary(runs[theirs, s], split)["final_accuracy"]
-            )
-            for s in seeds
-        ]
-        for split in split_sizes
-    }
+    margins = {split: _paired_differences(results, dataset, ours, theirs, split) for split in split_sizes}
     per_seed = {split: ", ".join(f"{m:+.1f}" for m in values) for split, values in margins.items()}
     return (
         f"- **How far validation ranks two close rows** (30-class sequence, seeds {seeds}): "
@@ -392,19 +378,24 @@ def _chosen(results: dict[str, Any], dataset: str, methods: Sequence[str]) -> st
     return max(present, key=lambda m: _mean(results, dataset, m, "final_accuracy", "validation"), default=None)
 
 
-def _verdict(results: dict[str, Any], dataset: str, ours: str, theirs: str) -> str:
-    """``won`` / ``lost`` when ``ours`` ends above / below ``theirs`` in every seed (test final accuracy), else the
-    mean's verdict with the per-seed differences: a margin the seeds disagree on says so."""
+def _paired_differences(results: dict[str, Any], dataset: str, ours: str, theirs: str, split: str) -> list[float]:
+    """Final accuracy of ``ours`` minus ``theirs`` (points) on ``split``, per seed both ran, in seed order."""
     runs = {(r["method"], r["seed"]): r for r in results["runs"] if r["dataset"] == dataset}
-    differences = [
+    return [
         100
         * (
-            forgetting.summary(runs[ours, seed], "test")["final_accuracy"]
-            - forgetting.summary(runs[theirs, seed], "test")["final_accuracy"]
+            forgetting.summary(runs[ours, seed], split)["final_accuracy"]
+            - forgetting.summary(runs[theirs, seed], split)["final_accuracy"]
         )
         for method, seed in sorted(runs)
         if method == ours and (theirs, seed) in runs
     ]
+
+
+def _verdict(results: dict[str, Any], dataset: str, ours: str, theirs: str) -> str:
+    """``won`` / ``lost`` when ``ours`` ends above / below ``theirs`` in every seed (test final accuracy), else the
+    mean's verdict with the per-seed differences: a margin the seeds disagree on says so."""
+    differences = _paired_differences(results, dataset, ours, theirs, "test")
     if all(d > 0 for d in differences):
         return "won"
     if all(d < 0 for d in differences):
