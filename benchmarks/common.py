@@ -27,7 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def run_facts(device: str) -> dict[str, Any]:
-    """The machine, the date and the command of this run, for the header of every table."""
+    """The machine, its load (1-minute average as the results are written), the date and the command of this run,
+    for the header of every table."""
     if device.startswith("cuda") and torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
     else:
@@ -39,6 +40,7 @@ def run_facts(device: str) -> dict[str, Any]:
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load": f"{os.getloadavg()[0]:.1f}",
     }
 
 
@@ -105,6 +107,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def facts_line(facts: dict[str, Any]) -> str:
+    load = f"; load {facts['load']}" if "load" in facts else ""
     return (
-        f"Machine: {facts['machine']}; date: {facts['date']}; torch {facts['torch']}.\nCommand: `{facts['command']}`"
+        f"Machine: {facts['machine']}{load}; date: {facts['date']}; torch {facts['torch']}.\n"
+        f"Command: `{facts['command']}`"
     )
